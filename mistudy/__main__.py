@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 
@@ -24,7 +25,6 @@ HELP = {
     "normalize": "normalise images with ImageNet mean/std",
     "train_samples": "use the first N training samples (synthetic: generate N)",
     "val_samples": "use the first N validation samples (synthetic: generate N)",
-    "synthetic_image_size": "side of the generated synthetic images",
     "cache_dir": "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding after the first epoch",
     "num_workers": "DataLoader worker processes",
     "eval_protocol": "paper: resize + deterministic centre crop; full: whole images at their own resolution",
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as e:
             print(f"mistudy train: error: {e}", file=sys.stderr)
             return 1
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
         print(json.dumps({n: {k: v for k, v in m["best_miou"].items() if k in ("epoch", "pixel_accuracy", "iou_micro", "miou")}
                           for n, m in summary["networks"].items() if "best_miou" in m}, indent=2))
         print(f"run written to {summary['run_dir']}")

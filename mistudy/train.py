@@ -49,6 +49,7 @@ USE_CASES = {
     "mutual": dict(networks=("deeplabv3", "unet"), batch_size=10, lr=1e-4),
 }
 PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, for mutual)
+DATASETS = ("synthetic", "voc", "cityscapes")
 EVAL_PROTOCOLS = ("paper", "full")
 CHECKPOINTS = ("best_miou", "best_loss", "last")
 
@@ -73,7 +74,6 @@ class TrainConfig:
     normalize: bool = True  # ImageNet mean/std
     train_samples: int | None = None  # first n training samples (synthetic: how many to generate)
     val_samples: int | None = None
-    synthetic_image_size: int | None = None  # native side of generated synthetic images
     cache_dir: str | None = None  # cache of resized images (VOC/Cityscapes), see mistudy.data
     num_workers: int = 0
     # evaluation
@@ -112,7 +112,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
 
         choice("use_case", USE_CASES)
-        choice("dataset", data.DATASET_NAMES)
+        choice("dataset", DATASETS)
         choice("eval_protocol", EVAL_PROTOCOLS)
         choice("rmi_pool", ("none", "max", "avg"))
         choice("mutual_schedule", ("sequential", "simultaneous"))
@@ -121,7 +121,7 @@ class TrainConfig:
         for name in ("epochs", "resize_size", "crop_size", "eval_every", "rmi_radius", "rmi_pool_size", "unet_features"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_batch_size", "train_samples", "val_samples", "synthetic_image_size"):
+        for name in ("batch_size", "eval_batch_size", "train_samples", "val_samples"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
@@ -244,11 +244,10 @@ class SeededItems(Dataset):
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
                   normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.seed)
-    if cfg.dataset == "synthetic":
-        extra = {} if cfg.synthetic_image_size is None else {"synthetic_image_size": cfg.synthetic_image_size}
-        train_set = data.build_dataset("synthetic", "train", train=True, synthetic_size=cfg.train_samples, **extra, **common)
+    if cfg.dataset == "synthetic":  # generated at resize_size x resize_size
+        train_set = data.build_dataset("synthetic", "train", train=True, synthetic_size=cfg.train_samples, **common)
         val_set = data.build_dataset("synthetic", "val", train=False, protocol=cfg.eval_protocol,
-                                     synthetic_size=cfg.val_samples, **extra, **common)
+                                     synthetic_size=cfg.val_samples, **common)
     else:
         train_set = data.build_dataset(cfg.dataset, "train", train=True, num_samples=cfg.train_samples, **common)
         val_set = data.build_dataset(cfg.dataset, "val", train=False, protocol=cfg.eval_protocol,
@@ -332,7 +331,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's key array stored as a tensor: checkpoints load with weights_only=True
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -340,7 +342,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -441,6 +444,14 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, d
         m.all_reduce()
         result[name] = m.compute()
     return result
+
+
+def broadcast_buffers(nets: dict[str, nn.Module]) -> None:
+    """Give every rank rank 0's BatchNorm running statistics (DDP keeps them per rank between forwards),
+    so that distributed evaluation and the saved checkpoint use the same weights."""
+    for net in nets.values():
+        for buf in _unwrap(net).buffers():
+            dist.broadcast(buf, src=0)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -602,6 +613,8 @@ def train(cfg: TrainConfig) -> dict:
             for k, v in zip(acc, (totals / n_seen).tolist()):
                 row[f"{name}/train_{k}"] = v
 
+        if distributed:
+            broadcast_buffers(nets)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             val = evaluate({n: _unwrap(net) for n, net in train_nets.items()}, val_loader, num_classes, device,
                            autocast, channels_last)

@@ -1,0 +1,148 @@
+"""Training throughput of the three use-cases at the paper's batch sizes (issue 3, issue 5 target 3).
+
+    python benchmarks/bench_train.py                       # CPU, 224x224, paper batch sizes
+    python benchmarks/bench_train.py --device cuda --compile
+    python benchmarks/bench_train.py --size 128 --steps 3  # quicker
+
+For each use-case it times `mistudy.train.train_step` (the engine's step: AMP/channels_last on CUDA) and,
+with --compare, a plain fp32 loop with the same models and losses, and for `mutual` the authors' scheme of
+six forward passes per step against the engine's three. Prints images/s, seconds/step, peak memory and, on
+CUDA, model FLOP utilisation (forward+backward: U-Net ~55.6 GFLOP, DeepLabV3-ResNet50 ~188 GFLOP per
+224x224 image, scaled by area; the peak is --peak-tflops).
+Peak memory: CUDA: torch.cuda.max_memory_allocated; CPU: growth of the process's max RSS during the
+use-case (a lower bound when an earlier use-case already raised it; run one use-case per process with
+--use-case for exact CPU figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import time
+
+import torch
+
+from mistudy import train as T
+from mistudy.losses import mutual_kl
+
+GFLOP_224 = {"unet": 55.6, "deeplabv3": 188.0}
+
+
+def synthetic_batch(batch, size, num_classes, device, gen):
+    images = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    target = torch.randint(0, num_classes, (batch, size, size), generator=gen).to(device)
+    return images, target
+
+
+def six_pass_step(nets, optims, objective, images, target):
+    """The paper authors' mutual step: both networks forwarded again for every loss (6 passes)."""
+    (n1, net1), (n2, net2) = nets.items()
+    for name, other in ((n1, n2), (n2, n1)):
+        p_self, p_other = nets[name](images), nets[other](images)  # passes 1-2 / 4-5
+        loss, _ = objective(p_self, target, p_other)
+        optims[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optims[name].step()
+        with torch.no_grad():
+            nets[name](images)  # pass 3 / 6: the prediction recomputed for logging
+    return {}
+
+
+def bench(use_case, args, device, variant):
+    cfg = T.TrainConfig(use_case=use_case, dataset="synthetic", device=str(device), progress="none",
+                        amp=("off" if variant != "engine" else args.amp), compile=args.compile and variant == "engine",
+                        batch_size=args.batch_size or None, crop_size=args.size, resize_size=args.size)
+    num_classes = args.num_classes
+    nets = {n: net.to(device) for n, net in T.build_networks(cfg, num_classes).items()}
+    channels_last = variant == "engine" and device.type == "cuda"
+    if channels_last:
+        nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
+    optims = {n: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr) for n, net in nets.items()}
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    dtype = T.amp_dtype(cfg, device) if variant == "engine" else None
+    if cfg.compile:
+        nets = {n: torch.compile(net) for n, net in nets.items()}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    objective = T.Objective(cfg, num_classes)
+    batch = cfg.resolved_batch_size
+    gen = torch.Generator().manual_seed(0)
+    images, target = synthetic_batch(batch, args.size, num_classes, device, gen)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    for net in nets.values():
+        net.train()
+
+    def step():
+        if variant == "six-pass":
+            return six_pass_step(nets, optims, objective, images, target)
+        return T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast)
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - t0) / args.steps
+    if device.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    ips = batch / seconds
+    flop = sum(GFLOP_224[n] for n in nets) * (args.size / 224) ** 2 * 1e9 * batch
+    if use_case == "mutual" and variant != "simultaneous":
+        flop += GFLOP_224["deeplabv3"] / 3 * (args.size / 224) ** 2 * 1e9 * batch  # the recomputed forward
+    mfu = flop / seconds / (args.peak_tflops * 1e12) if device.type == "cuda" else float("nan")
+    return dict(use_case=use_case, variant=variant, batch=batch, s_per_step=seconds, img_s=ips, peak_mib=peak_mib,
+                mfu=mfu)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--batch-size", type=int, default=0, help="0 = the paper's batch size of each use-case")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--use-case", nargs="*", default=["baseline", "rmi", "mutual"])
+    p.add_argument("--compare", action="store_true", help="also time a plain fp32 loop and the six-pass mutual step")
+    p.add_argument("--amp", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows = []
+    for uc in args.use_case:
+        variants = ["engine"]
+        if args.compare:
+            variants.append("plain-fp32")
+            if uc == "mutual":
+                variants.append("six-pass")
+        for v in variants:
+            rows.append(bench(uc, args, device, v))
+            r = rows[-1]
+            print(f"{r['use_case']:9s} {r['variant']:11s} batch {r['batch']:3d}  {r['s_per_step']:8.3f} s/step  "
+                  f"{r['img_s']:8.2f} img/s  peak {r['peak_mib']:9.1f} MiB  MFU {r['mfu']:.1%}", flush=True)
+    print(f"\n| use-case | variant | batch | s/step | images/s | peak MiB | MFU |  ({device}, {args.size}x{args.size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
+        print(f"| {r['use_case']} | {r['variant']} | {r['batch']} | {r['s_per_step']:.3f} | {r['img_s']:.2f} | "
+              f"{r['peak_mib']:.0f} | {mfu} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The training engine on tiny synthetic runs (CPU, seconds each)."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from mistudy import train as T
+from mistudy.train import EpochSampler, NonFiniteLossError, TrainConfig, evaluate_run, train
+
+TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36,
+            crop_size=32, unet_features=4, epochs=3, batch_size=4, device="cpu", progress="none", seed=3)
+
+
+def tiny(tmp_path, name="run", **kw):
+    return TrainConfig(**{**TINY, "run_dir": str(tmp_path / name), **kw})
+
+
+def _strip_times(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")} for row in history]
+
+
+def test_run_directory_and_determinism(tmp_path):
+    a = train(tiny(tmp_path, "a"))
+    b = train(tiny(tmp_path, "b"))
+    run = tmp_path / "a"
+    for name in ("config.json", "history.csv", "history.json", "last.pt", "metrics.json",
+                 "best_loss-unet.pt", "best_miou-unet.pt"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*tmp*")), "temporary files left behind"
+    ha, hb = T.load_history(tmp_path / "a"), T.load_history(tmp_path / "b")
+    assert len(ha) == 3 and _strip_times(ha) == _strip_times(hb)
+    assert a["networks"] == b["networks"]
+    m = a["networks"]["unet"]
+    assert set(m) == {"last", "best_loss", "best_miou"}
+    assert 0 <= m["last"]["miou"] <= 1 and len(m["last"]["iou_per_class"]) > 2
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    for col in ("epoch", "lr", "seconds", "images_per_second", "unet/train_loss", "unet/val_miou",
+                "unet/val_iou_micro", "unet/val_pixel_accuracy"):
+        assert col in header
+    # the best_miou checkpoint is the epoch with the highest validation mIoU
+    best = max(ha, key=lambda r: r["unet/val_miou"])
+    assert m["best_miou"]["epoch"] == best["epoch"]
+    assert m["best_miou"]["miou"] == pytest.approx(best["unet/val_miou"])
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(tiny(tmp_path, epochs=1))
+
+
+def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
+    full = train(tiny(tmp_path, "full", use_case="rmi", rmi_radius=2, batch_size=3))
+    real_step = T.train_step
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 steps per epoch: dies in the middle of epoch 2
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(T, "train_step", interrupted)
+    cfg = tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(T, "train_step", real_step)
+    resumed = train(tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3, resume=True))
+    assert resumed["networks"] == full["networks"]
+    assert _strip_times(T.load_history(tmp_path / "cut")) == _strip_times(T.load_history(tmp_path / "full"))
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny(tmp_path, epochs=2, lr=0.5, resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = T.Objective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, logits, target, other=None):
+        calls["n"] += 1
+        loss, parts = real(self, logits, target, other)
+        return (loss * float("nan"), parts) if calls["n"] == 4 else (loss, parts)
+
+    monkeypatch.setattr(T.Objective, "__call__", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
+        train(tiny(tmp_path))
+    run = tmp_path / "run"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(T.load_history(run)) == 1
+    assert not (run / "metrics.json").exists()
+    assert not list(run.glob(".*tmp*"))
+
+
+def test_same_data_order_and_crops_across_use_cases(tmp_path):
+    def targets(cfg):
+        train_set, _ = T.build_datasets(cfg)
+        loader = T.make_loader(train_set, cfg, train=True, device=torch.device("cpu"))
+        loader.sampler.set_epoch(2)
+        return torch.cat([t for _, t in loader])
+
+    base = targets(tiny(tmp_path, use_case="baseline", batch_size=2))
+    rmi = targets(tiny(tmp_path, use_case="rmi", batch_size=5))
+    assert torch.equal(base, rmi)
+
+
+@pytest.mark.parametrize("n,batch,expected", [(9, 8, 8), (10, 8, 10), (8, 8, 8), (1, 4, 1)])
+def test_sampler_drops_only_a_single_sample_last_batch(n, batch, expected):
+    assert len(EpochSampler(n, 0, shuffle=True, batch_size=batch)) == expected
+
+
+def test_sampler_shards_cover_the_data():
+    shards = [list(EpochSampler(7, 0, shuffle=False, batch_size=2, rank=r, world_size=2, drop_single=False))
+              for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(7))
+
+
+def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
+    counts = {"deeplabv3": 0, "unet": 0}
+    real_build = T.build_networks
+
+    def counting(cfg, num_classes):
+        nets = real_build(cfg, num_classes)
+        for name, net in nets.items():
+            net.register_forward_hook(lambda m, i, o, name=name: counts.__setitem__(name, counts[name] + 1) if m.training else None)
+        return nets
+
+    monkeypatch.setattr(T, "build_networks", counting)
+    cfg = tiny(tmp_path, use_case="mutual", epochs=1, batch_size=4, train_samples=8, val_samples=2)
+    summary = train(cfg)
+    assert counts == {"deeplabv3": 4, "unet": 2}  # 2 steps: teacher twice, student once per step
+    assert set(summary["networks"]) == {"deeplabv3", "unet"}
+    for f in ("best_loss-deeplabv3.pt", "best_loss-unet.pt", "best_miou-unet.pt"):
+        assert (tmp_path / "run" / f).is_file()
+    hist = T.load_history(tmp_path / "run")[0]
+    assert hist["unet/train_kl"] >= 0 and hist["deeplabv3/train_kl"] >= 0
+
+
+def test_frozen_bn_stats_keeps_running_estimates():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad(), T.frozen_bn_stats(net):
+        net(torch.randn(4, 1, 3, 3) * 5 + 2)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert net[1].momentum == 0.1
+
+
+def test_evaluate_run_matches_metrics_json(tmp_path):
+    summary = train(tiny(tmp_path, epochs=2))
+    again = evaluate_run(tmp_path / "run", "best_miou", device="cpu")
+    assert again["unet"]["miou"] == pytest.approx(summary["networks"]["unet"]["best_miou"]["miou"])
+    full = evaluate_run(tmp_path / "run", "last", protocol="full", device="cpu")
+    assert 0 <= full["unet"]["pixel_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(use_case="segformer"), "use_case"), (dict(dataset="coco"), "dataset"), (dict(epochs=0), "epochs"),
+    (dict(batch_size=0), "batch_size"), (dict(use_case="mutual", batch_size=1), "ASPP"),
+    (dict(dataset="voc"), "root"), (dict(crop_size=64, resize_size=32), "crop_size"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**TINY, **kw})
+
+
+def test_config_rejects_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        TrainConfig(dataset="voc", root=str(tmp_path / "nowhere"))
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mistudy", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--use-case", "foo"], "invalid choice: 'foo'"),
+    (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["train", "--batch-size", "0"], "positive integer"),
+    (["train", "--epochs", "-3"], "positive integer"),
+    (["train", "--dataset", "cityscapes"], "root"),
+    (["train", "--dataset", "voc", "--root", "/does/not/exist"], "/does/not/exist"),
+    (["train", "--use-case", "mutual", "--batch-size", "1"], "ASPP"),
+    (["evaluate", "--run", "/tmp"], "not a run directory"),
+])
+def test_cli_bad_options_fail_fast_with_one_line(args, needle):
+    r = _cli(*args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_cli_help_documents_every_option():
+    out = _cli("train", "--help").stdout
+    for f in ("--use-case", "--rmi-radius", "--kl-temperature", "--eval-protocol", "--resume", "--num-workers",
+              "--seed", "--device", "--train-samples"):
+        assert f in out
+    assert "default: 200" in out
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    run = tmp_path / "ddp"
+    args = ["--use-case", "baseline", "--dataset", "synthetic", "--train-samples", "12", "--val-samples", "7",
+            "--resize-size", "36", "--crop-size", "32", "--unet-features", "4",
+            "--epochs", "2", "--batch-size", "3", "--device", "cpu", "--progress", "none", "--run-dir", str(run)]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "mistudy", "train", *args], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    files = sorted(p.name for p in run.iterdir())
+    assert files == sorted(["config.json", "history.csv", "history.json", "last.pt", "metrics.json",
+                            "best_loss-unet.pt", "best_miou-unet.pt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # nothing written anywhere else
+    saved = json.loads((run / "metrics.json").read_text())["networks"]["unet"]
+    single = evaluate_run(run, "last", device="cpu")["unet"]
+    assert single["miou"] == pytest.approx(saved["last"]["miou"], abs=1e-12)
+    assert single["labelled_pixels"] == saved["last"]["labelled_pixels"]
+    assert len(T.load_history(run)) == 2
