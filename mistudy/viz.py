@@ -33,6 +33,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -58,6 +59,7 @@ def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, prov: di
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
@@ -66,3 +68,191 @@ def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, prov: di
         raise
     write_provenance(path, provenance(**(prov or {})))
     return path
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+def _pyplot():
+    import matplotlib.pyplot as plt  # imported late: the backend is chosen by the caller (notebook or Agg)
+
+    return plt
+
+
+def _split_key(key: str) -> tuple[str, str, str] | None:
+    """'unet/val_miou' -> ('unet', 'val', 'miou'); other history columns -> None."""
+    if "/" not in key:
+        return None
+    network, rest = key.split("/", 1)
+    kind, _, metric = rest.partition("_")
+    return (network, kind, metric) if kind in ("train", "val") and metric else None
+
+
+def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.figure.Figure:
+    """Training losses, validation mIoU / micro IoU and validation pixel accuracy per epoch.
+
+    history: rows of `mistudy.train.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>", ...});
+    one line per network (and loss part: the total loss solid, its parts dashed).
+    """
+    if not history:
+        raise ValueError("history is empty: the run has not finished an epoch")
+    plt = _pyplot()
+    fig, (ax_loss, ax_iou, ax_acc) = plt.subplots(1, 3, figsize=(14, 3.8))
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    networks = list(dict.fromkeys(s[0] for s in map(_split_key, keys) if s))
+    colors = dict(zip(networks, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+
+    def series(key):
+        pts = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for key in keys:
+        parts = _split_key(key)
+        if not parts:
+            continue
+        network, kind, metric = parts
+        x, y = series(key)
+        style = dict(color=colors[network], marker="o", markersize=3)
+        if kind == "train":
+            ax_loss.plot(x, y, linestyle="-" if metric == "loss" else "--", label=f"{network} {metric}", **style)
+        elif metric == "miou":
+            ax_iou.plot(x, y, label=f"{network} mIoU", **style)
+        elif metric == "iou_micro":
+            ax_iou.plot(x, y, linestyle=":", label=f"{network} micro IoU", **style)
+        elif metric == "pixel_accuracy":
+            ax_acc.plot(x, y, label=f"{network}", **style)
+    for ax, name in ((ax_loss, "training loss"), (ax_iou, "validation IoU"), (ax_acc, "validation pixel accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    for ax in (ax_iou, ax_acc):
+        ax.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def display_image(image, normalized: bool):
+    """A dataset image tensor [3, H, W] (ImageNet-normalised if `normalized`) -> float array [H, W, 3] in [0, 1]."""
+    import numpy as np
+
+    from mistudy.data import IMAGENET_MEAN, IMAGENET_STD
+
+    x = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got shape {x.shape}")
+    if normalized:
+        x = x * np.array(IMAGENET_STD, dtype=np.float32)[:, None, None] + np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def class_legend_handles(dataset: str, class_ids=None, include_ignore: bool = False) -> list:
+    """Colour patches with class names for a legend (all classes, or `class_ids`), plus 'ignore' if asked."""
+    from matplotlib.patches import Patch
+
+    from mistudy.data import IGNORE_COLOR, dataset_info
+
+    info = dataset_info(dataset)
+    ids = range(info.num_classes) if class_ids is None else sorted(int(i) for i in class_ids)
+    handles = [Patch(facecolor=info.palette[i] / 255.0, edgecolor="0.5", label=info.class_names[i]) for i in ids]
+    if include_ignore:
+        handles.append(Patch(facecolor=tuple(c / 255.0 for c in IGNORE_COLOR), edgecolor="0.5", label="ignored (255)"))
+    return handles
+
+
+def plot_predictions(images, targets, predictions: dict[str, list], dataset: str,
+                     title: str = "") -> matplotlib.figure.Figure:
+    """Images, ground truth and each method's predicted masks side by side (the paper's Figures 4-9).
+
+    images: N display images [H, W, 3] in [0, 1] (see `display_image`); targets: N masks [H, W] of class ids
+    (255 = ignored); predictions: {column title: N masks [H, W]}. The legend names the classes that appear.
+    """
+    import numpy as np
+
+    from mistudy.data import IGNORE_INDEX, colorize_mask
+
+    n = len(images)
+    if n == 0 or len(targets) != n or any(len(p) != n for p in predictions.values()):
+        raise ValueError(f"need the same number (>0) of images, targets and predictions per method, got {n}, "
+                         f"{len(targets)}, {[len(p) for p in predictions.values()]}")
+    plt = _pyplot()
+    columns = ["image", "ground truth", *predictions]
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.3 * len(columns), 2.3 * n + 0.8), squeeze=False)
+    present = set()
+    for i in range(n):
+        masks = [np.asarray(targets[i])] + [np.asarray(p[i]) for p in predictions.values()]
+        for m in masks:
+            present |= set(np.unique(m).tolist())
+        panels = [images[i]] + [colorize_mask(m, dataset) for m in masks]
+        for ax, panel in zip(axes[i], panels):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, name in zip(axes[0], columns):
+        ax.set_title(name, fontsize=9)
+    ignored = IGNORE_INDEX in present
+    handles = class_legend_handles(dataset, present - {IGNORE_INDEX}, include_ignore=ignored)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    # below the panels; saved and displayed with bbox_inches="tight", so it stays in the picture
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 7),
+               fontsize=8, frameon=False)
+    return fig
+
+
+def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "") -> matplotlib.figure.Figure:
+    """Grouped bars: per-class IoU of each method ({label: [IoU or None per class]}); None = class absent."""
+    import numpy as np
+
+    labels = list(per_class)
+    for label, values in per_class.items():
+        if len(values) != len(class_names):
+            raise ValueError(f"{label}: {len(values)} IoUs for {len(class_names)} classes")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(class_names) * max(1, len(labels)) ** 0.5 + 2), 3.8))
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(class_names))
+    for k, label in enumerate(labels):
+        values = np.array([np.nan if v is None else v for v in per_class[label]], dtype=float)
+        ax.bar(x + (k - (len(labels) - 1) / 2) * width, np.nan_to_num(values), width, label=label)
+    ax.set_xticks(x, class_names, rotation=45 if len(class_names) > 8 else 0, ha="right" if len(class_names) > 8 else "center")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def predict_samples(run_dir: str | os.PathLike, indices, checkpoint: str = "best_miou",
+                    networks: list[str] | None = None, device: str = "cpu") -> dict:
+    """Validation samples of a run and its networks' predictions, for prediction figures.
+
+    Returns {"images": [H, W, 3] display arrays, "targets": masks [H, W], "predictions": {network: masks}}
+    for the validation items `indices` of the run's own data configuration (protocol, sizes, seed).
+    """
+    import torch
+
+    from mistudy import train as T
+
+    cfg = T.load_config(run_dir)
+    _, val_set = T.build_datasets(cfg)
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < len(val_set)]
+    if bad:
+        raise ValueError(f"validation indices {bad} out of range: the run's validation split has {len(val_set)} items")
+    items = [val_set[i] for i in indices]
+    out = {"images": [display_image(img, cfg.normalize) for img, _ in items],
+           "targets": [mask.numpy() for _, mask in items], "predictions": {}}
+    dev = T.resolve_device(device)
+    for network in networks or list(cfg.networks):
+        net = T.load_network(run_dir, network, checkpoint, dev)
+        with torch.no_grad():
+            # one image at a time: "full" protocol images may differ in size
+            out["predictions"][network] = [net(img[None].to(dev)).argmax(1)[0].cpu().numpy() for img, _ in items]
+    return out
