@@ -227,3 +227,36 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert single["miou"] == pytest.approx(saved["last"]["miou"], abs=1e-12)
     assert single["labelled_pixels"] == saved["last"]["labelled_pixels"]
     assert len(T.load_history(run)) == 2
+
+
+def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
+    common = dict(TINY, dataset="voc", root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None)
+    plain = train(TrainConfig(**common, run_dir=str(tmp_path / "plain")))
+    cached = train(TrainConfig(**common, run_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache")))
+    assert any((tmp_path / "cache").iterdir())
+    assert plain["networks"] == cached["networks"]
+    assert _strip_times(T.load_history(tmp_path / "plain")) == _strip_times(T.load_history(tmp_path / "cached"))
+
+
+def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
+    from rmi_reference import rmi_loss_reference
+
+    cfg = dict(use_case="rmi", rmi_radius=3, epochs=2, batch_size=3)
+    fast = train(tiny(tmp_path, "fast", **cfg))
+
+    class Reference(torch.nn.Module):
+        def __init__(self, num_classes, radius, pool, pool_size, bce_weight, ignore_index):
+            super().__init__()
+            self.kw = dict(num_classes=num_classes, radius=radius, pool=pool, pool_size=pool_size,
+                           bce_weight=bce_weight, ignore_index=ignore_index)
+
+        def forward(self, logits, target):
+            return rmi_loss_reference(logits, target, **self.kw)
+
+    monkeypatch.setattr(T, "RMILoss", lambda n, **kw: Reference(n, **kw))
+    ref = train(tiny(tmp_path, "ref", **cfg))
+    hf, hr = T.load_history(tmp_path / "fast"), T.load_history(tmp_path / "ref")
+    for a, b in zip(hf, hr):
+        assert a["unet/train_loss"] == pytest.approx(b["unet/train_loss"], rel=1e-5)
+    for key in ("pixel_accuracy", "miou"):
+        assert fast["networks"]["unet"]["last"][key] == pytest.approx(ref["networks"]["unet"]["last"][key], abs=1e-3)
