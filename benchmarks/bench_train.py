@@ -3,22 +3,30 @@
     python benchmarks/bench_train.py                       # CPU, 224x224, paper batch sizes
     python benchmarks/bench_train.py --device cuda --compile
     python benchmarks/bench_train.py --size 128 --steps 3  # quicker
+    python benchmarks/bench_train.py --device cuda --compile --steps 20 --project   # issue 5, target 4
 
 For each use-case it times `mistudy.train.train_step` (the engine's step: AMP/channels_last on CUDA) and,
 with --compare, a plain fp32 loop with the same models and losses, and for `mutual` the authors' scheme of
 six forward passes per step against the engine's three. Prints images/s, seconds/step, peak memory and, on
 CUDA, model FLOP utilisation (forward+backward: U-Net ~55.6 GFLOP, DeepLabV3-ResNet50 ~188 GFLOP per
 224x224 image, scaled by area; the peak is --peak-tflops).
-Peak memory: CUDA: torch.cuda.max_memory_allocated; CPU: growth of the process's max RSS during the
-use-case (a lower bound when an earlier use-case already raised it; run one use-case per process with
---use-case for exact CPU figures).
+Peak memory: CUDA: torch.cuda.max_memory_allocated; CPU: growth of the max RSS of a fresh process per row
+(each row runs in its own subprocess) over its RSS once models and batch exist: activations, gradients and
+optimiser state.
+On CPU the engine's step and the plain fp32 loop are the same code (no autocast, no channels_last).
+--project prints the projected wall time of the paper-scale study (VOC 1,464 + Cityscapes 2,975 training
+images, 200 epochs, the three use-cases, validation of VOC 1,449 + Cityscapes 500 images every epoch) from
+the measured training and validation throughput on synthetic batches of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -27,6 +35,14 @@ from mistudy import train as T
 from mistudy.losses import mutual_kl
 
 GFLOP_224 = {"unet": 55.6, "deeplabv3": 188.0}
+
+
+def current_rss_kib() -> int:
+    """Resident set size now (not the high-water mark), from /proc/self/statm."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def synthetic_batch(batch, size, num_classes, device, gen):
@@ -81,7 +97,7 @@ def bench(use_case, args, device, variant):
             return six_pass_step(nets, optims, objective, images, target)
         return T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast)
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = current_rss_kib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
@@ -103,8 +119,23 @@ def bench(use_case, args, device, variant):
     if use_case == "mutual" and variant != "simultaneous":
         flop += GFLOP_224["deeplabv3"] / 3 * (args.size / 224) ** 2 * 1e9 * batch  # the recomputed forward
     mfu = flop / seconds / (args.peak_tflops * 1e12) if device.type == "cuda" else float("nan")
+    eval_ips = float("nan")
+    if args.project and variant == "engine":
+        for net in nets.values():
+            net.eval()
+        with torch.no_grad(), autocast():
+            for _ in range(args.warmup):
+                [net(images) for net in nets.values()]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t1 = time.perf_counter()
+            for _ in range(args.steps):
+                [net(images) for net in nets.values()]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        eval_ips = batch * args.steps / (time.perf_counter() - t1)
     return dict(use_case=use_case, variant=variant, batch=batch, s_per_step=seconds, img_s=ips, peak_mib=peak_mib,
-                mfu=mfu)
+                mfu=mfu, eval_img_s=eval_ips)
 
 
 def main():
@@ -119,11 +150,18 @@ def main():
     p.add_argument("--compare", action="store_true", help="also time a plain fp32 loop and the six-pass mutual step")
     p.add_argument("--amp", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--project", action="store_true", help="project the paper-scale study's wall time")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "use_case:variant", prints JSON
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.one:
+        uc, variant = args.one.split(":")
+        print(json.dumps(bench(uc, args, device, variant)))
+        return
     rows = []
+    passthrough = [a for a in sys.argv[1:] if a not in ("--compare",)]
     for uc in args.use_case:
         variants = ["engine"]
         if args.compare:
@@ -131,7 +169,9 @@ def main():
             if uc == "mutual":
                 variants.append("six-pass")
         for v in variants:
-            rows.append(bench(uc, args, device, v))
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--one", f"{uc}:{v}"], capture_output=True,
+                                 text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{r['use_case']:9s} {r['variant']:11s} batch {r['batch']:3d}  {r['s_per_step']:8.3f} s/step  "
                   f"{r['img_s']:8.2f} img/s  peak {r['peak_mib']:9.1f} MiB  MFU {r['mfu']:.1%}", flush=True)
@@ -142,6 +182,26 @@ def main():
         mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
         print(f"| {r['use_case']} | {r['variant']} | {r['batch']} | {r['s_per_step']:.3f} | {r['img_s']:.2f} | "
               f"{r['peak_mib']:.0f} | {mfu} |")
+    if args.project:
+        project(rows)
+
+
+PAPER_TRAIN_IMAGES = 1464 + 2975  # VOC 2012 train + Cityscapes train
+PAPER_VAL_IMAGES = 1449 + 500
+PAPER_EPOCHS = 200
+
+
+def project(rows) -> None:
+    total = 0.0
+    print(f"\nProjected paper-scale study ({PAPER_TRAIN_IMAGES} train + {PAPER_VAL_IMAGES} val images x "
+          f"{PAPER_EPOCHS} epochs, validation every epoch):")
+    for r in rows:
+        if r["variant"] != "engine":
+            continue
+        hours = PAPER_EPOCHS * (PAPER_TRAIN_IMAGES / r["img_s"] + PAPER_VAL_IMAGES / r["eval_img_s"]) / 3600
+        total += hours
+        print(f"  {r['use_case']:9s} {hours:8.2f} h  (train {r['img_s']:.1f} img/s, validation {r['eval_img_s']:.1f} img/s)")
+    print(f"  total     {total:8.2f} h")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command line: `python -m mistudy {train,evaluate,study} ...` (also the `mistudy` script)."""
+"""Command line: `python -m mistudy {train,evaluate,demo,study} ...` (also the `mistudy` script)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch size")
+    sub.add_parser("demo", help="every model, loss and metric on one synthetic batch; saves a sample figure",
+                   add_help=False)
     p = sub.add_parser("study", help="run the numbered notebooks headless with papermill", add_help=False)
     p.add_argument("study_args", nargs=argparse.REMAINDER)
     return parser
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from mistudy.demo import main as demo_main
+
+        return demo_main(argv[1:])
     if argv[:1] == ["study"]:
         from mistudy.study import main as study_main
 
