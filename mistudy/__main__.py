@@ -41,6 +41,7 @@ HELP = {
     "deeplab_weights": "local DeepLabV3-ResNet50 state dict to start from (never downloaded)",
     "deeplab_backbone_weights": "local ImageNet ResNet-50 state dict for DeepLabV3's backbone (never downloaded)",
     "seed": "seed of initialisation, data order and augmentation",
+    "data_seed": "seed of the generated synthetic images (kept fixed across --seed so that seeds vary training only)",
     "device": "auto (CUDA when present), cpu, cuda or cuda:N",
     "amp": "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
     "channels_last": "channels-last memory format (default: on for CUDA)",
@@ -96,7 +97,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             continue
         kind = str
         if "int" in f.type:
-            kind = int if f.name in ("seed", "num_workers") else _positive_int
+            kind = int if f.name in ("seed", "data_seed", "num_workers") else _positive_int
         elif "float" in f.type:
             kind = float if f.name in ("weight_decay", "rmi_bce_weight", "kl_weight") else _positive_float
         p.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name), help=help_text)

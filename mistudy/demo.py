@@ -7,12 +7,14 @@ saves a figure of a few samples with their masks. A smoke test a new user can re
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from mistudy import data, paths, viz
+from mistudy import data, viz
 from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
 from mistudy.metrics import SegmentationMetrics
+from mistudy.study import project_path
 from mistudy.models import build_model, count_parameters
 
 
@@ -52,7 +54,7 @@ def run(num_samples: int = 4, size: int = 96, seed: int = 0, figures_dir=None) -
     shown = [viz.display_image(im, normalized=False) for im in images]
     fig = viz.plot_predictions(shown, list(target), {"U-Net (untrained)": list(logits["unet"].argmax(1))},
                                "synthetic", title="Synthetic samples and their masks")
-    path = viz.save_figure(fig, paths.figures_dir(figures_dir) / "synthetic_samples.png",
+    path = viz.save_figure(fig, Path(figures_dir or project_path("figures")) / "synthetic_samples.png",
                            {"dataset": "synthetic", "split": "val", "seed": seed, "samples": num_samples,
                             "size": size, "source": "python -m mistudy demo"})
     print(f"figure written to {path}")

@@ -93,7 +93,8 @@ class TrainConfig:
     deeplab_weights: str | None = None  # local DeepLabV3-ResNet50 state dict
     deeplab_backbone_weights: str | None = None  # local ResNet-50 (ImageNet) state dict
     # machinery
-    seed: int = 0
+    seed: int = 0  # initialisation, data order, augmentation
+    data_seed: int = 0  # which synthetic images are generated: fixed across seeds, so seeds vary training only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool | None = None  # default: on for CUDA
@@ -127,6 +128,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        try:
+            device = torch.device(self.device) if self.device != "auto" else None
+        except RuntimeError:
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
+        if device is not None and device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.rmi_bce_weight <= 1.0:
@@ -243,7 +250,7 @@ class SeededItems(Dataset):
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
-                  normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.seed)
+                  normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed)
     if cfg.dataset == "synthetic":  # generated at resize_size x resize_size
         train_set = data.build_dataset("synthetic", "train", train=True, synthetic_size=cfg.train_samples, **common)
         val_set = data.build_dataset("synthetic", "val", train=False, protocol=cfg.eval_protocol,
@@ -316,6 +323,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """'cpu' or e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)', for metrics.json and figure provenance."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -621,6 +635,7 @@ def train(cfg: TrainConfig) -> dict:
             for name, m in val.items():
                 row.update(_flat_metrics(name, m))
 
+        state["epoch"] = epoch  # on every rank: the final evaluation's collectives depend on it
         if is_main:
             best_files = []
             for name in nets:
@@ -633,7 +648,6 @@ def train(cfg: TrainConfig) -> dict:
                 if miou is not None and not math.isnan(miou) and miou > b["miou"]:
                     b.update(miou=miou, miou_epoch=epoch)
                     best_files.append(("best_miou", name))
-            state["epoch"] = epoch
             state["history"].append(row)
             for rule, name in best_files:
                 atomic_torch_save({"model": _unwrap(nets[name]).state_dict(), "network": name, "epoch": epoch,
@@ -660,6 +674,7 @@ def train(cfg: TrainConfig) -> dict:
     # Final evaluation of every kept checkpoint, so metrics.json holds comparable numbers for each rule.
     eval_nets = {n: _unwrap(net) for n, net in train_nets.items()}
     summary = {"use_case": cfg.use_case, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
+               "device": device_name(device), "world_size": world_size,
                "eval_protocol": cfg.eval_protocol, "primary_network": PRIMARY_NETWORK,
                "train_samples": len(train_set), "val_samples": len(val_set), "networks": {}}
     if distributed:
@@ -673,6 +688,9 @@ def train(cfg: TrainConfig) -> dict:
             if not path.exists():
                 continue
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if ckpt["epoch"] == state["epoch"]:  # the last weights: already evaluated
+                summary["networks"][name][rule] = {"epoch": ckpt["epoch"], **_json_metrics(final[name])}
+                continue
             model = build_networks(cfg, num_classes)[name].to(device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)

@@ -1,4 +1,11 @@
-"""Figures and tables written by the study: every file gets a provenance sidecar."""
+"""Figures and tables written by the study: every file gets a provenance sidecar.
+
+- Files: `provenance`, `atomic_write_text`, `write_provenance`, `save_figure` (PNG + sidecar).
+- Figures (pyplot, returned for the notebook to show and save): `plot_training_curves`, `plot_predictions`
+  (images, ground truth and predicted masks with a class legend, like the paper's Figures 4-9),
+  `plot_per_class_iou`; helpers `display_image`, `class_legend_handles`, and `predict_samples` (a run's
+  validation images and predictions).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,12 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 import mistudy
+from mistudy.data import IGNORE_COLOR, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, colorize_mask, dataset_info
 
 
 def provenance(**fields) -> dict:
@@ -91,7 +102,7 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
     """Training losses, validation mIoU / micro IoU and validation pixel accuracy per epoch.
 
     history: rows of `mistudy.train.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>", ...});
-    one line per network (and loss part: the total loss solid, its parts dashed).
+    one line per network (and loss part: the total loss solid, its parts dashed / dotted).
     """
     if not history:
         raise ValueError("history is empty: the run has not finished an epoch")
@@ -99,6 +110,9 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
     fig, (ax_loss, ax_iou, ax_acc) = plt.subplots(1, 3, figsize=(14, 3.8))
     keys = list(dict.fromkeys(k for row in history for k in row))
     networks = list(dict.fromkeys(s[0] for s in map(_split_key, keys) if s))
+    # loss parts per network; a single part (baseline: ce, rmi: rmi_total) equals the total: draw the total only
+    train_keys = [s for s in map(_split_key, keys) if s and s[1] == "train" and s[2] != "loss"]
+    parts = {n: [metric for net, _, metric in train_keys if net == n] for n in networks}
     colors = dict(zip(networks, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
 
     def series(key):
@@ -106,14 +120,17 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
         return [p[0] for p in pts], [p[1] for p in pts]
 
     for key in keys:
-        parts = _split_key(key)
-        if not parts:
+        split = _split_key(key)
+        if not split:
             continue
-        network, kind, metric = parts
+        network, kind, metric = split
         x, y = series(key)
         style = dict(color=colors[network], marker="o", markersize=3)
         if kind == "train":
-            ax_loss.plot(x, y, linestyle="-" if metric == "loss" else "--", label=f"{network} {metric}", **style)
+            if metric != "loss" and len(parts[network]) < 2:
+                continue
+            linestyle = "-" if metric == "loss" else ("--", ":", "-.")[parts[network].index(metric) % 3]
+            ax_loss.plot(x, y, linestyle=linestyle, label=f"{network} {metric}", **style)
         elif metric == "miou":
             ax_iou.plot(x, y, label=f"{network} mIoU", **style)
         elif metric == "iou_micro":
@@ -122,6 +139,7 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
             ax_acc.plot(x, y, label=f"{network}", **style)
     for ax, name in ((ax_loss, "training loss"), (ax_iou, "validation IoU"), (ax_acc, "validation pixel accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -136,24 +154,17 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
 
 def display_image(image, normalized: bool):
     """A dataset image tensor [3, H, W] (ImageNet-normalised if `normalized`) -> float array [H, W, 3] in [0, 1]."""
-    import numpy as np
-
-    from mistudy.data import IMAGENET_MEAN, IMAGENET_STD
-
     x = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got shape {x.shape}")
     if normalized:
-        x = x * np.array(IMAGENET_STD, dtype=np.float32)[:, None, None] + np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+        mean, std = (np.array(v, dtype=np.float32)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+        x = x * std + mean
     return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
 
 
 def class_legend_handles(dataset: str, class_ids=None, include_ignore: bool = False) -> list:
     """Colour patches with class names for a legend (all classes, or `class_ids`), plus 'ignore' if asked."""
-    from matplotlib.patches import Patch
-
-    from mistudy.data import IGNORE_COLOR, dataset_info
-
     info = dataset_info(dataset)
     ids = range(info.num_classes) if class_ids is None else sorted(int(i) for i in class_ids)
     handles = [Patch(facecolor=info.palette[i] / 255.0, edgecolor="0.5", label=info.class_names[i]) for i in ids]
@@ -169,10 +180,6 @@ def plot_predictions(images, targets, predictions: dict[str, list], dataset: str
     images: N display images [H, W, 3] in [0, 1] (see `display_image`); targets: N masks [H, W] of class ids
     (255 = ignored); predictions: {column title: N masks [H, W]}. The legend names the classes that appear.
     """
-    import numpy as np
-
-    from mistudy.data import IGNORE_INDEX, colorize_mask
-
     n = len(images)
     if n == 0 or len(targets) != n or any(len(p) != n for p in predictions.values()):
         raise ValueError(f"need the same number (>0) of images, targets and predictions per method, got {n}, "
@@ -205,20 +212,19 @@ def plot_predictions(images, targets, predictions: dict[str, list], dataset: str
 
 def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "") -> matplotlib.figure.Figure:
     """Grouped bars: per-class IoU of each method ({label: [IoU or None per class]}); None = class absent."""
-    import numpy as np
-
     labels = list(per_class)
     for label, values in per_class.items():
         if len(values) != len(class_names):
             raise ValueError(f"{label}: {len(values)} IoUs for {len(class_names)} classes")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(class_names) * max(1, len(labels)) ** 0.5 + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.3 * len(class_names) * len(labels) + 2)), 3.8))
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(class_names))
     for k, label in enumerate(labels):
         values = np.array([np.nan if v is None else v for v in per_class[label]], dtype=float)
         ax.bar(x + (k - (len(labels) - 1) / 2) * width, np.nan_to_num(values), width, label=label)
-    ax.set_xticks(x, class_names, rotation=45 if len(class_names) > 8 else 0, ha="right" if len(class_names) > 8 else "center")
+    slanted = len(class_names) > 8  # long lists of names need slanted labels
+    ax.set_xticks(x, class_names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylim(0, 1)
     ax.set_ylabel("IoU")
     ax.grid(axis="y", alpha=0.3)

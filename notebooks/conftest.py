@@ -1,6 +1,11 @@
 """pytest --nbval: the notebooks' kernels inherit this environment."""
 
 import os
+import tempfile
 
 # One log line per epoch instead of tqdm widgets: stream outputs stay short and readable headless.
 os.environ.setdefault("MISTUDY_PROGRESS", "log")
+# Runs and figures of the test run go to a scratch folder, not the study's results/ and figures/.
+_scratch = tempfile.mkdtemp(prefix="mistudy-nbval-")
+os.environ.setdefault("MISTUDY_RESULTS", os.path.join(_scratch, "results"))
+os.environ.setdefault("MISTUDY_FIGURES", os.path.join(_scratch, "figures"))

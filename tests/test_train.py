@@ -215,7 +215,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             "--resize-size", "36", "--crop-size", "32", "--unet-features", "4",
             "--epochs", "2", "--batch-size", "3", "--device", "cpu", "--progress", "none", "--run-dir", str(run)]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "mistudy", "train", *args], capture_output=True, text=True, timeout=300,
+                        "-m", "mistudy", "train", *args], capture_output=True, text=True, timeout=180,
                        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     files = sorted(p.name for p in run.iterdir())

@@ -1,0 +1,317 @@
+"""`python -m mistudy study`: run the numbered notebooks headless with papermill, in order.
+
+    01 information theory                       once
+    02 baseline, 03 rmi, 04 mutual learning     for each dataset and seed
+    05 comparison                               once, over every finished run in the results directory
+
+Executed notebooks go to <results-dir>/notebooks/ (per dataset and seed for 02-04), runs to
+<results-dir>/<dataset>/<use-case>/seed<k>/, figures and tables to <figures-dir>/. The notebooks run in
+notebooks/ (so their relative paths work) with the project's kernel "mistudy" and MISTUDY_PROGRESS=log
+(one line per epoch instead of progress bars). A failing notebook stops the study with the notebook's name
+and the failing cell's error; what finished before stays as it is.
+
+Also home of `train_or_load`, which the use-case notebooks call so that re-running a notebook over a
+finished run loads it instead of training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NOTEBOOKS = {
+    "01": "01_information_theory.ipynb",
+    "02": "02_baseline.ipynb",
+    "03": "03_rmi.ipynb",
+    "04": "04_mutual_learning.ipynb",
+    "05": "05_comparison.ipynb",
+}
+PER_RUN = ("02", "03", "04")  # run once per dataset and seed
+DATASETS = ("synthetic", "voc", "cityscapes")
+REAL_DATASETS = ("voc", "cityscapes")
+# Parameters injected into 02-04. quick: the notebooks' own defaults (small synthetic run on CPU);
+# paper: section 3.2 of the paper (crop 224 after resize 234, 200 epochs, the use-cases' batch sizes and
+# learning rates, every sample).
+PROFILES = {
+    "quick": {},
+    "paper": dict(epochs=200, image_size=224, resize_size=234, batch_size=None, lr=None, train_samples=None,
+                  val_samples=None),
+}
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
+DEFAULT_NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+KERNEL = "mistudy"
+PROG = "mistudy study"
+
+# Config keys that may differ between a finished run and a notebook's config for the run to be reused.
+REUSE_IGNORED = {"resume", "run_dir", "results_dir", "run_name", "progress", "num_workers", "device", "compile",
+                 "cache_dir", "root"}
+
+
+# ------------------------------------------------------------------------------ notebook helpers
+
+def project_path(name: str) -> Path:
+    """<project root>/<name>: the notebooks' default results/ and figures/ folders.
+
+    The same folder wherever the kernel runs (papermill from the repository root, JupyterLab or nbval in
+    notebooks/); without a source checkout (no pyproject.toml beside the package), the current directory.
+    Env MISTUDY_<NAME> (MISTUDY_RESULTS, MISTUDY_FIGURES) overrides it; the nbval run uses that.
+    """
+    override = os.environ.get(f"MISTUDY_{name.upper()}")  # e.g. MISTUDY_RESULTS, MISTUDY_FIGURES
+    if override:
+        return Path(override)
+    root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
+    return root / name
+
+
+def train_or_load(cfg) -> dict:
+    """Train `cfg` (a mistudy.train.TrainConfig), or load its run if the run directory already holds a finished
+    run of the same configuration. Returns the run's metrics.json content plus "run_dir".
+
+    A finished run with a different configuration raises FileExistsError naming the differences (choose another
+    run_name / results_dir, delete the run, or pass resume=True to extend it to more epochs).
+    """
+    from mistudy import train as T
+
+    run_dir = cfg.resolved_run_dir()
+    metrics = T.load_metrics(run_dir)
+    if metrics is None or cfg.resume or not T.is_run_dir(run_dir):
+        return T.train(cfg)
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = asdict(cfg)
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in REUSE_IGNORED and saved.get(k) != v}
+    if not diff:
+        print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
+        return {**metrics, "run_dir": str(run_dir)}
+    detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+    hint = " or pass resume=True to continue it" if set(diff) <= T.RESUMABLE_CHANGES else ""
+    raise FileExistsError(f"{run_dir} holds a finished run with another configuration ({detail}); choose another "
+                          f"run_name or results_dir, delete it{hint}")
+
+
+# ------------------------------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook execution: input notebook, executed copy, injected parameters, label for messages."""
+
+    key: str  # "01".."05"
+    notebook: Path
+    output: Path
+    parameters: dict
+    label: str
+
+
+class UsageError(ValueError):
+    """A bad command-line option, found before anything runs (exit status 2)."""
+
+
+class StudyError(RuntimeError):
+    """A notebook failed; the message names it and the failing cell's error (exit status 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, exit status 2
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Run the study's notebooks headless with papermill: 01, then 02-04 for "
+                "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="synthetic", choices=[*DATASETS, "all"], help="dataset(s) of 02-04")
+    p.add_argument("--data-root", action="append", default=[], metavar="[NAME=]DIR",
+                   help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
+                        "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0], help="seeds of 02-04 (one run each)")
+    p.add_argument("--profile", default="quick", choices=list(PROFILES),
+                   help="quick: the notebooks' small CPU defaults; paper: crop 224, resize 234, 200 epochs, the "
+                        "paper's batch sizes, all samples")
+    p.add_argument("--results-dir", default="results", help="runs and executed notebooks")
+    p.add_argument("--figures-dir", default="figures", help="figures and tables")
+    p.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), metavar="NN",
+                   help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs (and extend finished ones to more epochs)")
+    p.add_argument("--notebooks-dir", default=str(DEFAULT_NOTEBOOKS_DIR), help="where the numbered notebooks are")
+    p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel to execute the notebooks with")
+    return p
+
+
+def _notebook_key(text: str) -> str:
+    head = text.split("_")[0].removesuffix(".ipynb")
+    key = head.zfill(2) if head.isdigit() else head
+    if key not in NOTEBOOKS:
+        raise UsageError(f"unknown notebook {text!r}; choose from {' '.join(NOTEBOOKS)}")
+    return key
+
+
+def _data_roots(datasets: list[str], values: list[str]) -> dict[str, Path]:
+    """--data-root values ("DIR" or "NAME=DIR") -> {real dataset: existing directory}."""
+    real = [d for d in datasets if d in REAL_DATASETS]
+    roots: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in DATASETS:
+            roots[name] = Path(path)
+        elif len(real) == 1:
+            roots[real[0]] = Path(value)
+        else:
+            raise UsageError(f"--data-root {value!r}: with {'no real dataset' if not real else 'several datasets'} "
+                             f"selected give NAME=DIR, NAME one of {', '.join(REAL_DATASETS)}")
+    for name in real:
+        if name not in roots:
+            raise UsageError(f"dataset {name!r} needs --data-root{'' if len(real) == 1 else f' {name}=DIR'} "
+                             f"(nothing is downloaded)")
+        if not roots[name].is_dir():
+            raise UsageError(f"data root {roots[name]} of {name} is not a directory")
+    return {name: roots[name].resolve() for name in real}
+
+
+def _check_dataset(name: str, root: Path) -> None:
+    """Open the real dataset's splits now, so a wrong layout fails before hours of notebooks."""
+    from mistudy import data
+
+    for split, train in (("train", True), ("val", False)):
+        try:
+            data.build_dataset(name, split, root, train=train)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"{name} at {root}: {e}") from None
+
+
+def plan(args: argparse.Namespace) -> list[Step]:
+    """The notebook executions of a study, in order; raises UsageError for bad options before anything runs."""
+    datasets = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    keys = sorted({_notebook_key(k) for k in args.notebooks})
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds has repeated values: {args.seeds}")
+    roots = _data_roots(datasets, args.data_root) if set(keys) & set(PER_RUN) else {}
+    nb_dir = Path(args.notebooks_dir).resolve()
+    missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
+    if missing:
+        raise UsageError(f"notebooks {missing} not found in {nb_dir}")
+    results = Path(args.results_dir).resolve()
+    figures = Path(args.figures_dir).resolve()
+    executed = results / "notebooks"
+
+    def step(key: str, parameters: dict, subdir: str = "", label: str = "") -> Step:
+        notebook = nb_dir / NOTEBOOKS[key]
+        return Step(key, notebook, executed / subdir / notebook.name, parameters, notebook.stem + label)
+
+    steps = []
+    if "01" in keys:
+        steps.append(step("01", {"figures_dir": str(figures)}))
+    for dataset in datasets:  # every use-case of one dataset and seed before the next seed
+        for seed in args.seeds:
+            for key in (k for k in PER_RUN if k in keys):
+                params = {"dataset": dataset, "data_root": str(roots[dataset]) if dataset in roots else None,
+                          **PROFILES[args.profile], "device": args.device, "seed": seed,
+                          "results_dir": str(results), "figures_dir": str(figures)}
+                if args.epochs is not None:
+                    params["epochs"] = args.epochs
+                if args.resume:
+                    params["resume"] = True
+                steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
+    if "05" in keys:
+        steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures)}))
+    return steps
+
+
+def _check_kernel(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise UsageError(f"Jupyter kernel {name!r} is not installed in this environment; run `make setup` (it "
+                         f"installs the kernel into .venv) or pass --kernel NAME") from None
+
+
+def run_step(step: Step, kernel: str, cwd: Path) -> None:
+    """Execute one notebook with papermill; a failing cell raises StudyError naming notebook, cell and error."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    step.output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(str(step.notebook), str(step.output), parameters=step.parameters,
+                                   kernel_name=kernel, cwd=str(cwd), log_output=True, progress_bar=False)
+    except PapermillExecutionError as e:
+        evalue = " ".join(str(e.evalue).split())
+        raise StudyError(f"notebook {step.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} "
+                         f"(executed notebook with the traceback: {step.output})") from None
+    except Exception as e:  # dead kernel, timeout, unreadable notebook: still one clear line
+        raise StudyError(f"notebook {step.label} could not run: {type(e).__name__}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m mistudy study`; returns the exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        from mistudy.train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except RuntimeError as e:  # torch.device's message for an unknown device type
+            raise UsageError(f"--device {args.device!r}: {e}") from None
+        steps = plan(args)
+        for name, root in sorted({(s.parameters["dataset"], s.parameters["data_root"]) for s in steps
+                                  if s.parameters.get("data_root")}):
+            _check_dataset(name, Path(root))
+        _check_kernel(args.kernel)
+    except (UsageError, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)  # log_output: cell outputs go to the log
+    cwd = Path(args.notebooks_dir).resolve()
+    saved_progress = os.environ.get("MISTUDY_PROGRESS")
+    os.environ["MISTUDY_PROGRESS"] = "log"  # inherited by the kernels: one line per epoch, no bars
+    start = time.perf_counter()
+    try:
+        for i, step in enumerate(steps, 1):
+            print(f"[study {i}/{len(steps)}] {step.label} -> {step.output}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                run_step(step, args.kernel, cwd)
+            except StudyError as e:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+                print(f"{PROG}: stopped after {i - 1} of {len(steps)} notebooks; their outputs are kept.",
+                      file=sys.stderr)
+                return 1
+            print(f"[study {i}/{len(steps)}] {step.label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        if saved_progress is None:
+            os.environ.pop("MISTUDY_PROGRESS", None)
+        else:
+            os.environ["MISTUDY_PROGRESS"] = saved_progress
+    print(f"study finished: {len(steps)} notebooks in {time.perf_counter() - start:.0f} s; figures and tables in "
+          f"{Path(args.figures_dir).resolve()}, executed notebooks in {Path(args.results_dir).resolve() / 'notebooks'}")
+    return 0

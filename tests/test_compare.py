@@ -1,0 +1,183 @@
+"""Tables of the study: the paper's numbers, seed aggregation, missing runs, table files."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from mistudy import compare
+from mistudy.train import TrainConfig, train
+
+CLASSES = 3
+
+
+def _scores(acc: float, miou: float, per_class=None) -> dict:
+    return {"epoch": 2, "pixel_accuracy": acc, "iou_micro": acc / (2 - acc), "miou": miou,
+            "iou_per_class": per_class or [miou] * CLASSES, "class_accuracy": [acc] * CLASSES,
+            "mean_class_accuracy": acc, "labelled_pixels": 100}
+
+
+def fake_run(results, dataset, use_case, seed, scores, epochs=2, name=None, networks=("unet",)):
+    """A run directory as mistudy.train writes it (config.json + metrics.json), with given best_miou scores."""
+    run = results / dataset / use_case / (name or f"seed{seed}")
+    run.mkdir(parents=True)
+    cfg = {"use_case": use_case, "dataset": dataset, "seed": seed, "epochs": epochs, "lr": None,
+           "device": "cpu", "run_dir": None, "results_dir": str(results), "run_name": name}
+    (run / "config.json").write_text(json.dumps(cfg))
+    nets = {n: {"last": scores, "best_loss": scores, "best_miou": scores} for n in networks}
+    (run / "metrics.json").write_text(json.dumps({"use_case": use_case, "dataset": dataset, "seed": seed,
+                                                  "epochs": epochs, "val_samples": 4, "networks": nets}))
+    return run
+
+
+def _row(rows, dataset, use_case, network="unet"):
+    found = [r for r in rows if (r["dataset"], r["use_case"], r["network"]) == (dataset, use_case, network)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_paper_numbers_are_the_papers_tables():
+    # Tables 1-3 of the paper: (IoU, accuracy) for Cityscapes and PASCAL VOC 2012.
+    expected = {("baseline", "cityscapes"): (0.5931, 0.9388), ("baseline", "voc"): (0.1965, 0.7367),
+                ("rmi", "cityscapes"): (0.5244, 0.9345), ("rmi", "voc"): (0.0607, 0.6893),
+                ("mutual", "cityscapes"): (0.5619, 0.9342), ("mutual", "voc"): (0.2203, 0.7539)}
+    got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in compare.PAPER_RESULTS.items()}
+    assert got == expected
+    assert compare.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
+
+
+@pytest.mark.parametrize("values", [[0.5], [0.1, 0.4], [0.31, 0.29, 0.35, 0.2]])
+def test_mean_std_is_sample_statistics(values):
+    mean, std, n = compare.mean_std(values)
+    assert n == len(values)
+    assert mean == pytest.approx(np.mean(values))
+    if n == 1:
+        assert std is None  # one run has no spread; 0 would claim one
+    else:
+        assert std == pytest.approx(np.std(values, ddof=1))
+    with pytest.raises(ValueError):
+        compare.mean_std([])
+
+
+def test_format_mean_std():
+    assert compare.format_mean_std(0.81234, None, 1) == "0.8123"
+    assert compare.format_mean_std(0.81234, 0.0123, 3) == "0.8123 ± 0.0123 (n=3)"
+    assert compare.format_mean_std(None, None, 0) == "–"
+
+
+def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
+    accs, mious = [0.80, 0.84, 0.86], [0.30, 0.36, 0.33]
+    for seed, (a, m) in enumerate(zip(accs, mious)):
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(a, m))
+    fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.7, 0.2))
+    fake_run(tmp_path, "synthetic", "mutual", 0, _scores(0.9, 0.4), networks=("deeplabv3", "unet"))
+    fake_run(tmp_path, "voc", "baseline", 0, _scores(0.75, 0.21))
+
+    rows, notes = compare.comparison_rows(tmp_path)
+    base = _row(rows, "synthetic", "baseline")
+    assert base["n_seeds"] == 3 and base["seeds"] == "0 1 2"
+    assert base["pixel_accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert base["pixel_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    assert base["miou_mean"] == pytest.approx(np.mean(mious))
+    assert base["iou_micro_mean"] == pytest.approx(np.mean([a / (2 - a) for a in accs]))
+    assert base["paper_iou"] is None  # the paper has no synthetic data
+    assert _row(rows, "synthetic", "rmi")["miou_std"] is None
+    # mutual learning: both networks, U-Net (the paper's student) first
+    mutual = [r for r in rows if r["use_case"] == "mutual" and r["dataset"] == "synthetic"]
+    assert [r["network"] for r in mutual] == ["unet", "deeplabv3"]
+    # VOC: our baseline beside Table 1; rmi and mutual keep the paper's numbers with no runs
+    voc = _row(rows, "voc", "baseline")
+    assert (voc["miou_mean"], voc["paper_iou"], voc["paper_accuracy"], voc["paper_table"]) == (0.21, 0.1965, 0.7367, 1)
+    assert _row(rows, "voc", "mutual")["n_seeds"] == 0
+    assert _row(rows, "voc", "mutual")["paper_iou"] == 0.2203
+    assert _row(rows, "cityscapes", "rmi")["paper_accuracy"] == 0.9345
+    assert any("cityscapes" in n and "no finished runs" in n for n in notes)
+    assert any(n.startswith("voc") and "rmi, mutual" in n for n in notes)
+    assert not any(n.startswith("synthetic") for n in notes)
+
+
+def test_empty_results_dir_gives_paper_rows_and_notes(tmp_path):
+    rows, notes = compare.comparison_rows(tmp_path / "nothing-here", ["synthetic", "voc"])
+    assert [(r["dataset"], r["use_case"]) for r in rows] == [("voc", "baseline"), ("voc", "rmi"), ("voc", "mutual")]
+    assert all(r["n_seeds"] == 0 and r["miou_mean"] is None for r in rows)
+    assert len(notes) == 2
+    md = compare.markdown_table(compare.format_comparison(rows))
+    assert "0.1965" in md and "| – |" in md
+
+
+def test_runs_differing_in_more_than_the_seed_are_not_averaged(tmp_path):
+    fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.8, 0.3), epochs=2)
+    fake_run(tmp_path, "synthetic", "baseline", 1, _scores(0.8, 0.5), epochs=2)
+    fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.9, 0.6), epochs=10, name="long")
+    rows, _ = compare.comparison_rows(tmp_path, ["synthetic"])
+    by_epochs = {r["epochs"]: r for r in rows}
+    assert by_epochs[2]["n_seeds"] == 2 and by_epochs[2]["miou_mean"] == pytest.approx(0.4)
+    assert by_epochs[10]["n_seeds"] == 1 and by_epochs[10]["miou_mean"] == 0.6
+    assert by_epochs[10]["setting"] == "epochs=10"
+    # figures use the setting with the most seeds, lowest seed first
+    assert [r["config"]["seed"] for r in compare.runs_for(tmp_path, "synthetic", "baseline")] == [0, 1]
+    assert compare.runs_for(tmp_path, "synthetic", "rmi") == []
+
+
+def test_bad_arguments_and_broken_runs(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        compare.comparison_rows(tmp_path, checkpoint="best")
+    with pytest.raises(ValueError, match="imagenet"):
+        compare.comparison_rows(tmp_path, ["imagenet"])
+    run = fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.8, 0.3))
+    (run / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        compare.comparison_rows(tmp_path, ["synthetic"])
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        compare.comparison_rows(tmp_path, ["synthetic"])
+
+
+def test_mean_per_class_iou_skips_absent_classes():
+    runs = [{"metrics": {"networks": {"unet": {"best_miou": {"iou_per_class": v}}}}}
+            for v in ([0.5, None, None], [0.7, 0.2, None])]
+    assert compare.mean_per_class_iou(runs, "unet") == [pytest.approx(0.6), 0.2, None]
+
+
+def test_markdown_and_csv_cells():
+    rows = [{"a": 0.123456, "b": None, "c": "x|y"}, {"a": float("nan"), "b": 3, "c": ""}]
+    md = compare.markdown_table(rows).splitlines()
+    assert md[0] == "| a | b | c |" and md[2] == "| 0.1235 | – | x\\|y |" and md[3] == "| – | 3 |  |"
+    back = list(csv.DictReader(io.StringIO(compare.csv_text(rows))))
+    assert back[0] == {"a": "0.123456", "b": "", "c": "x|y"}  # full precision, None empty
+
+
+def test_write_table_writes_csv_md_and_provenance(tmp_path):
+    rows = [{"checkpoint": "last", "miou": 0.25}]
+    csv_path, md_path = compare.write_table(rows, tmp_path / "out" / "t.csv", {"dataset": "synthetic", "seed": 3},
+                                            title="A title")
+    assert (csv_path.name, md_path.name) == ("t.csv", "t.md")
+    assert csv_path.read_text() == "checkpoint,miou\nlast,0.25\n"
+    assert md_path.read_text().startswith("A title\n\n| checkpoint | miou |")
+    for p in (csv_path, md_path):
+        prov = json.loads((p.parent / (p.name + ".provenance.json")).read_text())
+        assert prov["dataset"] == "synthetic" and prov["seed"] == 3 and prov["package"].startswith("mistudy")
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [
+        "t.csv", "t.csv.provenance.json", "t.md", "t.md.provenance.json"]  # no temporary files left
+
+
+def test_tables_of_a_real_run(tmp_path):
+    """The helpers read what mistudy.train really writes (not only hand-made fixtures)."""
+    cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
+                      unet_features=4, epochs=2, batch_size=3, device="cpu", progress="none",
+                      results_dir=str(tmp_path))
+    summary = train(cfg)
+    rows = compare.metrics_rows(summary)
+    assert [r["checkpoint"] for r in rows] == ["last", "best_loss", "best_miou"]
+    assert rows[2]["miou"] == summary["networks"]["unet"]["best_miou"]["miou"]
+    per_class = compare.per_class_rows(summary, [f"c{i}" for i in range(7)])
+    assert [r["unet IoU"] for r in per_class] == summary["networks"]["unet"]["best_miou"]["iou_per_class"]
+    with pytest.raises(ValueError, match="deeplabv3"):
+        compare.metrics_rows(summary, "deeplabv3")
+    with pytest.raises(ValueError, match="class names"):
+        compare.per_class_rows(summary, ["only", "two"])
+    table, _ = compare.comparison_rows(tmp_path, ["synthetic"], checkpoint="last")
+    row = _row(table, "synthetic", "baseline")
+    assert row["n_seeds"] == 1 and row["pixel_accuracy_mean"] == summary["networks"]["unet"]["last"]["pixel_accuracy"]

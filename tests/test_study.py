@@ -1,0 +1,213 @@
+"""The study runner: option handling, the plan, papermill execution and failure reporting (tiny notebooks),
+and the notebooks' train-or-reuse helper."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from mistudy import study
+from mistudy import train as T
+from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan, train_or_load
+from mistudy.train import TrainConfig
+
+# Each throwaway notebook records what the runner gave it: injected parameters, environment, working directory.
+RECORD = '''
+import json, os
+from pathlib import Path
+Path(results_dir).mkdir(parents=True, exist_ok=True)
+Path(results_dir, f"{NAME}-{dataset}-{seed}.json").write_text(json.dumps(dict(
+    dataset=dataset, seed=seed, epochs=epochs, data_root=data_root, figures_dir=figures_dir,
+    progress=os.environ.get("MISTUDY_PROGRESS"), cwd=os.getcwd())))
+'''
+
+
+def write_notebooks(folder: Path, fail: dict[str, str] | None = None) -> Path:
+    """Tiny notebooks under the real names; fail: {key: code of a cell that raises}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in NOTEBOOKS.items():
+        params = new_code_cell(f'dataset = "none"\nseed = -1\nepochs = 1\ndata_root = None\nresults_dir = "{folder}"\n'
+                               'figures_dir = "figs"')
+        params.metadata["tags"] = ["parameters"]
+        cells = [params, new_code_cell(f"NAME = {key!r}\nx = 1")]
+        if fail and key in fail:
+            cells.append(new_code_cell(fail[key]))
+        cells.append(new_code_cell(RECORD))
+        nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "mistudy", "display_name": "Python (mistudy)",
+                                                                "language": "python"}})
+        nbformat.write(nb, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nb_dir(tmp_path_factory):
+    return write_notebooks(tmp_path_factory.mktemp("notebooks"))
+
+
+def _plan(nb_dir, *argv):
+    return plan(build_parser().parse_args(["--notebooks-dir", str(nb_dir), *argv]))
+
+
+def _run(capsys, *argv):
+    """(exit status, stdout, stderr) of `python -m mistudy study ARGV`, argparse's own exits included."""
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+def test_default_plan_runs_01_then_use_cases_then_05(nb_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    steps = _plan(nb_dir)
+    assert [s.notebook.name for s in steps] == list(NOTEBOOKS.values())
+    results = tmp_path / "results"
+    assert steps[1].output == results / "notebooks" / "synthetic" / "seed0" / "02_baseline.ipynb"
+    assert steps[0].output == results / "notebooks" / "01_information_theory.ipynb"
+    assert steps[1].parameters == {"dataset": "synthetic", "data_root": None, "device": "auto", "seed": 0,
+                                   "results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
+    assert steps[4].parameters == {"results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
+    assert all(s.notebook.parent == nb_dir for s in steps)
+    assert study.DEFAULT_NOTEBOOKS_DIR == Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
+    steps = _plan(nb_dir, "--seeds", "0", "1", "--profile", "paper", "--notebooks", "4", "02_baseline", "05",
+                  "--epochs", "7", "--device", "cpu", "--resume", "--results-dir", str(tmp_path))
+    assert [(s.key, s.parameters.get("seed")) for s in steps] == [("02", 0), ("04", 0), ("02", 1), ("04", 1),
+                                                                   ("05", None)]
+    p = steps[3].parameters
+    assert (p["epochs"], p["image_size"], p["resize_size"]) == (7, 224, 234)
+    assert p["train_samples"] is None and p["val_samples"] is None and p["batch_size"] is None
+    assert p["resume"] is True and p["device"] == "cpu"
+    assert steps[3].output == tmp_path / "notebooks" / "synthetic" / "seed1" / "04_mutual_learning.ipynb"
+    assert "epochs" not in _plan(nb_dir, "--notebooks", "02")[0].parameters  # quick: the notebook's own default
+
+
+def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
+    steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--notebooks", "03")
+    assert steps[0].parameters["data_root"] == str(voc_root.resolve())
+    steps = _plan(nb_dir, "--dataset", "all", "--data-root", f"voc={voc_root}", "--data-root",
+                  f"cityscapes={cityscapes_root}", "--notebooks", "02")
+    assert [(s.parameters["dataset"], s.parameters["data_root"]) for s in steps] == [
+        ("synthetic", None), ("voc", str(voc_root.resolve())), ("cityscapes", str(cityscapes_root.resolve()))]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--dataset", "voc"], "needs --data-root"),
+    (["--dataset", "all", "--data-root", "/tmp"], "NAME=DIR"),
+    (["--dataset", "cityscapes", "--data-root", "/no/such/dir"], "/no/such/dir"),
+    (["--notebooks", "06"], "unknown notebook"),
+    (["--seeds", "1", "1"], "repeated"),
+    (["--notebooks-dir", "/no/such/dir"], "not found"),
+])
+def test_plan_rejects_bad_options(nb_dir, argv, match):
+    with pytest.raises(UsageError, match=match):
+        _plan(nb_dir, *argv)
+
+
+def test_plan_needs_no_root_without_use_case_notebooks(nb_dir):
+    assert [s.key for s in _plan(nb_dir, "--dataset", "voc", "--notebooks", "01", "05")] == ["01", "05"]
+
+
+# ------------------------------------------------------------------------------ command line
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--profile", "huge"], "invalid choice: 'huge'"),
+    (["--epochs", "0"], "positive integer"),
+    (["--seeds", "-1"], "seeds must be >= 0"),
+    (["--dataset", "voc"], "needs --data-root"),
+    (["--dataset", "voc", "--data-root", "/no/such/dir"], "/no/such/dir"),
+    (["--kernel", "no-such-kernel"], "make setup"),
+    (["--device", "tpu"], "tpu"),
+])
+def test_bad_options_exit_2_with_one_line(nb_dir, capsys, argv, needle):
+    code, _, err = _run(capsys, *argv, "--notebooks-dir", str(nb_dir))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_wrong_dataset_layout_fails_before_anything_runs(tmp_path, capsys):
+    empty = tmp_path / "voc"
+    empty.mkdir()
+    nb = write_notebooks(tmp_path / "nb")
+    code, _, err = _run(capsys, "--dataset", "voc", "--data-root", str(empty), "--notebooks-dir", str(nb),
+                        "--results-dir", str(tmp_path / "res"))
+    assert code == 2 and "voc at" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "res").exists()
+
+
+# ------------------------------------------------------------------- execution with papermill
+
+def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys, monkeypatch):
+    nb = write_notebooks(tmp_path / "nb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MISTUDY_PROGRESS", raising=False)
+    code, out, err = _run(capsys, "--notebooks", "01", "03", "05", "--notebooks-dir", str(nb), "--seeds", "2",
+                          "--epochs", "5", "--results-dir", "res", "--figures-dir", "figs")
+    assert code == 0, err
+    res = tmp_path / "res"
+    rec = json.loads((res / "03-synthetic-2.json").read_text())
+    assert rec == {"dataset": "synthetic", "seed": 2, "epochs": 5, "data_root": None,
+                   "figures_dir": str(tmp_path / "figs"), "progress": "log", "cwd": str(nb)}
+    assert json.loads((res / "05-none--1.json").read_text())["figures_dir"] == str(tmp_path / "figs")
+    for path in ("notebooks/01_information_theory.ipynb", "notebooks/synthetic/seed2/03_rmi.ipynb",
+                 "notebooks/05_comparison.ipynb"):
+        executed = nbformat.read(res / path, as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells), path
+    assert "study finished: 3 notebooks" in out
+    assert "MISTUDY_PROGRESS" not in os.environ  # restored after the study
+
+
+def test_failing_notebook_stops_the_study_and_names_the_cell(tmp_path, capsys):
+    nb = write_notebooks(tmp_path / "nb", fail={"02": "raise ValueError('boom: 42 is not a shape')"})
+    res = tmp_path / "res"
+    code, out, err = _run(capsys, "--notebooks", "01", "02", "03", "--notebooks-dir", str(nb),
+                          "--results-dir", str(res), "--figures-dir", str(tmp_path / "figs"))
+    assert code == 1
+    first = err.strip().splitlines()[0]
+    assert "02_baseline (synthetic, seed 0)" in first and "ValueError: boom: 42 is not a shape" in first
+    assert "cell [" in first and str(res / "notebooks" / "synthetic" / "seed0" / "02_baseline.ipynb") in first
+    assert (nb / "01-none--1.json").is_file()  # 01 (results_dir not injected) finished before the failure
+    assert (res / "notebooks" / "01_information_theory.ipynb").is_file()
+    assert not (res / "notebooks" / "synthetic" / "seed0" / "03_rmi.ipynb").exists()  # never started
+    assert not list(res.glob("03-*.json"))
+
+
+# ------------------------------------------------------------------------------ train_or_load
+
+def test_train_or_load_reuses_a_finished_run_of_the_same_config(tmp_path, monkeypatch):
+    def cfg(**kw):
+        return TrainConfig(**{**dict(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36,
+                                     crop_size=32, unet_features=4, epochs=1, batch_size=3, device="cpu",
+                                     progress="none", results_dir=str(tmp_path)), **kw})
+
+    first = train_or_load(cfg())
+    assert Path(first["run_dir"]) == tmp_path / "synthetic" / "baseline" / "seed0"
+
+    def no_training(_cfg):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(T, "train", no_training)
+    again = train_or_load(cfg(progress="log", device="auto"))  # presentation and device do not matter
+    assert again == first
+    with pytest.raises(FileExistsError, match="lr: saved None, now 0.5") as info:
+        train_or_load(cfg(lr=0.5))
+    assert "resume=True" not in str(info.value)  # lr cannot change on resume
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train_or_load(cfg(epochs=3))  # more epochs: resuming extends the run
+
+
+def test_notebook_defaults_resolve_to_the_project_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # papermill from anywhere: results/ and figures/ stay the project's
+    repo = Path(__file__).resolve().parent.parent
+    assert study.project_path("results") == repo / "results"
+    monkeypatch.setattr(study, "PROJECT_ROOT", tmp_path / "site-packages")  # no source checkout
+    assert study.project_path("figures") == tmp_path / "figures"

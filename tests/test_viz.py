@@ -1,0 +1,141 @@
+"""Figures: training curves, prediction panels with class legends, per-class bars, predictions of a run."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
+from mistudy import viz  # noqa: E402
+from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info  # noqa: E402
+from mistudy.train import TrainConfig, build_datasets, load_network, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _history(networks=("unet",), parts=("ce",)):
+    rows = []
+    for epoch in (1, 2, 3):
+        row = {"epoch": epoch, "lr": 1e-3, "seconds": 1.0}
+        for k, net in enumerate(networks):
+            row[f"{net}/train_loss"] = 2.0 / epoch + k
+            for p in parts:
+                row[f"{net}/train_{p}"] = 1.0 / epoch + k
+            if epoch != 2:  # validation every other epoch: gaps must not break the curves
+                row[f"{net}/val_miou"] = 0.1 * epoch
+                row[f"{net}/val_iou_micro"] = 0.2 * epoch
+                row[f"{net}/val_pixel_accuracy"] = 0.3 * epoch
+        rows.append(row)
+    return rows
+
+
+def _lines(ax):
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+
+
+def test_training_curves_plot_every_network_and_metric():
+    fig = viz.plot_training_curves(_history(("deeplabv3", "unet"), ("ce", "kl")), title="t")
+    loss, iou, acc = fig.axes
+    assert set(_lines(loss)) == {f"{n} {p}" for n in ("deeplabv3", "unet") for p in ("loss", "ce", "kl")}
+    assert _lines(iou)["unet mIoU"] == ([1, 3], [pytest.approx(0.1), pytest.approx(0.3)])
+    assert _lines(iou)["deeplabv3 micro IoU"][1] == [pytest.approx(0.2), pytest.approx(0.6)]
+    assert _lines(acc)["unet"] == ([1, 3], [pytest.approx(0.3), pytest.approx(0.9)])
+    assert _lines(loss)["deeplabv3 loss"][1] == [2.0, 1.0, pytest.approx(2 / 3)]
+    styles = {line.get_label(): line.get_linestyle() for line in loss.lines}
+    assert len({styles["unet loss"], styles["unet ce"], styles["unet kl"]}) == 3  # parts tell apart
+
+
+def test_training_curves_single_part_loss_drawn_once():
+    fig = viz.plot_training_curves(_history(("unet",), ("ce",)))
+    assert list(_lines(fig.axes[0])) == ["unet loss"]  # ce == loss for the baseline
+    with pytest.raises(ValueError, match="empty"):
+        viz.plot_training_curves([])
+
+
+def test_display_image_inverts_imagenet_normalisation():
+    x = torch.rand(3, 5, 4)
+    shown = viz.display_image(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), normalized=True)
+    assert shown.shape == (5, 4, 3)
+    np.testing.assert_allclose(shown, x.permute(1, 2, 0).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(viz.display_image(x * 3 - 1, normalized=False).max(), 1.0)  # clipped
+    with pytest.raises(ValueError, match="3, H, W"):
+        viz.display_image(torch.rand(4, 4), normalized=False)
+
+
+def test_class_legend_handles_use_palette_and_names():
+    info = dataset_info("voc")
+    handles = viz.class_legend_handles("voc", [15, 0], include_ignore=True)
+    assert [h.get_label() for h in handles] == ["background", "person", "ignored (255)"]
+    np.testing.assert_allclose(handles[1].get_facecolor()[:3], info.palette[15] / 255.0)
+    np.testing.assert_allclose(handles[2].get_facecolor()[:3], (1.0, 1.0, 1.0))
+    assert len(viz.class_legend_handles("cityscapes")) == 19
+
+
+def test_prediction_panels_show_colourised_masks_and_a_legend():
+    info = dataset_info("synthetic")
+    target = np.zeros((6, 6), dtype=np.int64)
+    target[:3] = 2
+    target[0, 0] = IGNORE_INDEX
+    pred = np.full((6, 6), 4, dtype=np.int64)
+    images = [np.full((6, 6, 3), 0.5)] * 2
+    fig = viz.plot_predictions(images, [target, target], {"A": [pred, pred], "B": [target, pred]}, "synthetic")
+    axes = np.array(fig.axes).reshape(2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["image", "ground truth", "A", "B"]
+    gt_panel = axes[0, 1].images[0].get_array()
+    np.testing.assert_array_equal(gt_panel[5, 5], info.palette[0])
+    np.testing.assert_array_equal(gt_panel[1, 1], info.palette[2])
+    np.testing.assert_array_equal(gt_panel[0, 0], (255, 255, 255))
+    np.testing.assert_array_equal(axes[1, 2].images[0].get_array()[3, 3], info.palette[4])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["background", "square", "ring", "ignored (255)"]  # only the classes shown
+    with pytest.raises(ValueError, match="same number"):
+        viz.plot_predictions(images, [target], {"A": [pred, pred]}, "synthetic")
+
+
+def test_per_class_iou_bars():
+    fig = viz.plot_per_class_iou({"a": [0.5, None, 0.25], "b": [0.1, 0.2, 0.3]}, ["x", "y", "z"])
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [0.5, 0.0, 0.25, 0.1, 0.2, 0.3]  # an absent class draws no bar
+    with pytest.raises(ValueError, match="3 classes"):
+        viz.plot_per_class_iou({"a": [0.5]}, ["x", "y", "z"])
+
+
+def test_predict_samples_are_the_runs_predictions(tmp_path):
+    cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
+                      unet_features=4, epochs=1, batch_size=3, device="cpu", progress="none",
+                      run_dir=str(tmp_path / "run"))
+    train(cfg)
+    out = viz.predict_samples(tmp_path / "run", [3, 1], "best_miou")
+    _, val_set = build_datasets(cfg)
+    net = load_network(tmp_path / "run", "unet", "best_miou")
+    for k, i in enumerate((3, 1)):
+        image, mask = val_set[i]
+        np.testing.assert_array_equal(out["targets"][k], mask.numpy())
+        with torch.no_grad():
+            expected = net(image[None]).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(out["predictions"]["unet"][k], expected)
+        assert out["images"][k].shape == (32, 32, 3) and 0 <= out["images"][k].min() <= out["images"][k].max() <= 1
+    with pytest.raises(ValueError, match="out of range"):
+        viz.predict_samples(tmp_path / "run", [4])
+
+
+def test_save_figure_writes_png_and_provenance(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = viz.save_figure(fig, tmp_path / "f" / "curve.png", {"dataset": "synthetic", "epochs": 3})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prov = json.loads((tmp_path / "f" / "curve.png.provenance.json").read_text())
+    assert prov["epochs"] == 3 and {"package", "torch", "date"} <= set(prov)
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["curve.png", "curve.png.provenance.json"]
+    with pytest.raises(ValueError, match="PNG"):
+        viz.save_figure(fig, tmp_path / "curve.pdf")
