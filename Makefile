@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/python -m mistudy demo
 	$(BIN)/python -m mistudy study $(ARGS)
 
 # Passive OpenMP waiting: the notebooks' kernels, torchrun workers and pytest share 2 cores in CI, and
