@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="quick: the notebooks' small CPU defaults; paper: crop 224, resize 234, 200 epochs, the "
                         "paper's batch sizes, all samples")
-    p.add_argument("--results-dir", default="results", help="runs and executed notebooks")
-    p.add_argument("--figures-dir", default="figures", help="figures and tables")
+    p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's results/)")
+    p.add_argument("--figures-dir", default=None, help="figures and tables (default: the project's figures/)")
     p.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), metavar="NN",
                    help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
     p.add_argument("--resume", action="store_true",
@@ -216,8 +216,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
     missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
     if missing:
         raise UsageError(f"notebooks {missing} not found in {nb_dir}")
-    results = Path(args.results_dir).resolve()
-    figures = Path(args.figures_dir).resolve()
+    results = Path(args.results_dir or project_path("results")).resolve()
+    figures = Path(args.figures_dir or project_path("figures")).resolve()
     executed = results / "notebooks"
 
     def step(key: str, parameters: dict, subdir: str = "", label: str = "") -> Step:
@@ -313,5 +313,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ["MISTUDY_PROGRESS"] = saved_progress
     print(f"study finished: {len(steps)} notebooks in {time.perf_counter() - start:.0f} s; figures and tables in "
-          f"{Path(args.figures_dir).resolve()}, executed notebooks in {Path(args.results_dir).resolve() / 'notebooks'}")
+          f"{Path(args.figures_dir or project_path('figures')).resolve()}, executed notebooks in "
+          f"{Path(args.results_dir or project_path('results')).resolve() / 'notebooks'}")
     return 0

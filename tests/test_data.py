@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from conftest import CITYSCAPES_KNOWN, VOC_SPLITS, write_voc_mask
+from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_voc_mask
 from mistudy import data
 from mistudy.data import (IGNORE_INDEX, ResizedCache, SyntheticSegmentation, build_dataset, colorize_mask,
                           dataset_info, eval_transform, synthetic_sample, train_transform)

@@ -64,7 +64,9 @@ def _run(capsys, *argv):
 # ------------------------------------------------------------------------------------------ plan
 
 def test_default_plan_runs_01_then_use_cases_then_05(nb_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    # default folders: the project's results/ and figures/ (here redirected as the nbval run does)
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MISTUDY_FIGURES", str(tmp_path / "figures"))
     steps = _plan(nb_dir)
     assert [s.notebook.name for s in steps] == list(NOTEBOOKS.values())
     results = tmp_path / "results"
