@@ -208,8 +208,13 @@ def test_train_or_load_reuses_a_finished_run_of_the_same_config(tmp_path, monkey
 
 
 def test_notebook_defaults_resolve_to_the_project_folders(tmp_path, monkeypatch):
+    for var in ("MISTUDY_RESULTS", "MISTUDY_FIGURES"):  # set for the nbval run by notebooks/conftest.py
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)  # papermill from anywhere: results/ and figures/ stay the project's
     repo = Path(__file__).resolve().parent.parent
     assert study.project_path("results") == repo / "results"
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "elsewhere"))
+    assert study.project_path("results") == tmp_path / "elsewhere"
+    monkeypatch.delenv("MISTUDY_RESULTS")
     monkeypatch.setattr(study, "PROJECT_ROOT", tmp_path / "site-packages")  # no source checkout
     assert study.project_path("figures") == tmp_path / "figures"
