@@ -260,3 +260,17 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
         assert a["unet/train_loss"] == pytest.approx(b["unet/train_loss"], rel=1e-5)
     for key in ("pixel_accuracy", "miou"):
         assert fast["networks"]["unet"]["last"][key] == pytest.approx(ref["networks"]["unet"]["last"][key], abs=1e-3)
+
+
+@pytest.mark.parametrize("use_case", ["baseline", "rmi"])
+def test_bf16_autocast_and_channels_last_paths_train(tmp_path, use_case):
+    # The CUDA settings (bf16 autocast, channels-last) exercised on CPU: finite losses, metrics written.
+    summary = train(tiny(tmp_path, use_case=use_case, amp="bf16", channels_last=True, epochs=1))
+    hist = T.load_history(tmp_path / "run")
+    assert torch.isfinite(torch.tensor(hist[0]["unet/train_loss"]))
+    assert 0 <= summary["networks"]["unet"]["last"]["pixel_accuracy"] <= 1
+
+
+def test_bad_device_is_rejected_before_training():
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(**{**TINY, "device": "tpu"})
