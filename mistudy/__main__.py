@@ -8,6 +8,8 @@ import os
 import sys
 from dataclasses import MISSING, fields
 
+from mistudy.cli import OneLineParser, non_negative_int, positive_float, positive_int
+
 HELP = {
     "use_case": "baseline (U-Net + CE), rmi (U-Net + BCE/RMI) or mutual (DeepLabV3 + U-Net, deep mutual learning)",
     "dataset": "synthetic (generated, no download), voc (PASCAL VOC 2012) or cityscapes",
@@ -58,33 +60,6 @@ CHOICES = {
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad options end with one clear line on stderr and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
 def add_train_options(p: argparse.ArgumentParser) -> None:
     from mistudy.train import TrainConfig
 
@@ -97,9 +72,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             continue
         kind = str
         if "int" in f.type:
-            kind = int if f.name in ("seed", "data_seed", "num_workers") else _positive_int
+            kind = non_negative_int if f.name in ("seed", "data_seed", "num_workers") else positive_int
         elif "float" in f.type:
-            kind = float if f.name in ("weight_decay", "rmi_bce_weight", "kl_weight") else _positive_float
+            kind = float if f.name in ("weight_decay", "rmi_bce_weight", "kl_weight") else positive_float
         p.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name), help=help_text)
 
 
@@ -116,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation protocol (default: the run's)")
     p.add_argument("--root", default=None, help="dataset root (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
     sub.add_parser("demo", help="every model, loss and metric on one synthetic batch; saves a sample figure",
                    add_help=False)
     p = sub.add_parser("study", help="run the numbered notebooks headless with papermill", add_help=False)

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from mistudy.cli import OneLineParser, non_negative_int, positive_int
 
 NOTEBOOKS = {
     "01": "01_information_theory.ipynb",
@@ -115,41 +116,16 @@ class StudyError(RuntimeError):
     """A notebook failed; the message names it and the failing cell's error (exit status 1)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit status 2
-        self.exit(2, f"{PROG}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run the study's notebooks headless with papermill: 01, then 02-04 for "
+    p = OneLineParser(prog=PROG, description="Run the study's notebooks headless with papermill: 01, then 02-04 for "
                 "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="synthetic", choices=[*DATASETS, "all"], help="dataset(s) of 02-04")
     p.add_argument("--data-root", action="append", default=[], metavar="[NAME=]DIR",
                    help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
                         "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
-    p.add_argument("--seeds", type=_seed, nargs="+", default=[0], help="seeds of 02-04 (one run each)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the profile's)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], help="seeds of 02-04 (one run each)")
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="quick: the notebooks' small CPU defaults; paper: crop 224, resize 234, 200 epochs, the "
                         "paper's batch sizes, all samples")

@@ -124,7 +124,7 @@ def test_plan_needs_no_root_without_use_case_notebooks(nb_dir):
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--profile", "huge"], "invalid choice: 'huge'"),
     (["--epochs", "0"], "positive integer"),
-    (["--seeds", "-1"], "seeds must be >= 0"),
+    (["--seeds", "-1"], "--seeds: must be >= 0"),
     (["--dataset", "voc"], "needs --data-root"),
     (["--dataset", "voc", "--data-root", "/no/such/dir"], "/no/such/dir"),
     (["--kernel", "no-such-kernel"], "make setup"),
