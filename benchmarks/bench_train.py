@@ -4,8 +4,11 @@
     python benchmarks/bench_train.py --device cuda --compile
     python benchmarks/bench_train.py --size 128 --steps 3  # quicker
     python benchmarks/bench_train.py --device cuda --compile --steps 20 --project   # issue 5, target 4
+    python benchmarks/bench_train.py --device cuda --compile --compile-mode reduce-overhead --use-case rmi
 
-For each use-case it times `mistudy.train.train_step` (the engine's step: AMP/channels_last on CUDA) and,
+For each use-case it times the engine's step as `mistudy.train.train` runs it (`train_step` with AMP,
+channels_last and fused Adam on CUDA, losses summed on the device by `LossMeter` and checked for NaN every
+`finite_check_interval` steps; with --compile-mode reduce-overhead, CUDA graphs) and,
 with --compare, a plain fp32 loop with the same models and losses, and for `mutual` the authors' scheme of
 six forward passes per step against the engine's three. Prints images/s, seconds/step, peak memory and, on
 CUDA, model FLOP utilisation (forward+backward: U-Net ~55.6 GFLOP, DeepLabV3-ResNet50 ~188 GFLOP per
@@ -68,17 +71,25 @@ def six_pass_step(nets, optims, objective, images, target):
 def bench(use_case, args, device, variant):
     cfg = T.TrainConfig(use_case=use_case, dataset="synthetic", device=str(device), progress="none",
                         amp=("off" if variant != "engine" else args.amp), compile=args.compile and variant == "engine",
+                        compile_mode=args.compile_mode if args.compile and variant == "engine" else "default",
                         batch_size=args.batch_size or None, crop_size=args.size, resize_size=args.size)
     num_classes = args.num_classes
     nets = {n: net.to(device) for n, net in T.build_networks(cfg, num_classes).items()}
     channels_last = variant == "engine" and device.type == "cuda"
     if channels_last:
         nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
-    optims = {n: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr) for n, net in nets.items()}
+    if variant == "engine":
+        optims = T.build_optimizers(cfg, nets, device)
+    else:
+        optims = {n: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr) for n, net in nets.items()}
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     dtype = T.amp_dtype(cfg, device) if variant == "engine" else None
     if cfg.compile:
-        nets = {n: torch.compile(net) for n, net in nets.items()}
+        nets = {n: torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+                for n, net in nets.items()}
+    cuda_graphs = cfg.compile and cfg.compile_mode != "default" and device.type == "cuda"
+    check_every = T.finite_check_interval(cfg, device)
+    meter = T.LossMeter()
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -92,10 +103,19 @@ def bench(use_case, args, device, variant):
     for net in nets.values():
         net.train()
 
+    steps = iter(range(1, 10**9))
+
     def step():
         if variant == "six-pass":
             return six_pass_step(nets, optims, objective, images, target)
-        return T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast)
+        if variant == "plain-fp32":
+            return T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast)
+        i = next(steps)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        meter.add(i, T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast), batch)
+        if i % check_every == 0 and meter.first_nonfinite() is not None:
+            raise T.NonFiniteLossError(f"{use_case}: non-finite loss at step {i}")
 
     rss0 = current_rss_kib()
     if device.type == "cuda":
@@ -150,6 +170,8 @@ def main():
     p.add_argument("--compare", action="store_true", help="also time a plain fp32 loop and the six-pass mutual step")
     p.add_argument("--amp", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", choices=T.COMPILE_MODES,
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--project", action="store_true", help="project the paper-scale study's wall time")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "use_case:variant", prints JSON
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
@@ -174,16 +196,19 @@ def main():
             rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{r['use_case']:9s} {r['variant']:11s} batch {r['batch']:3d}  {r['s_per_step']:8.3f} s/step  "
-                  f"{r['img_s']:8.2f} img/s  peak {r['peak_mib']:9.1f} MiB  MFU {r['mfu']:.1%}", flush=True)
+                  f"{r['img_s']:8.2f} img/s  peak {r['peak_mib']:9.1f} MiB  MFU {format_mfu(r['mfu'])}", flush=True)
     print(f"\n| use-case | variant | batch | s/step | images/s | peak MiB | MFU |  ({device}, {args.size}x{args.size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
         print(f"| {r['use_case']} | {r['variant']} | {r['batch']} | {r['s_per_step']:.3f} | {r['img_s']:.2f} | "
-              f"{r['peak_mib']:.0f} | {mfu} |")
+              f"{r['peak_mib']:.0f} | {format_mfu(r['mfu'])} |")
     if args.project:
-        project(rows)
+        project(rows, args.size)
+
+
+def format_mfu(mfu: float) -> str:
+    return "-" if mfu != mfu else f"{mfu:.1%}"  # NaN on CPU
 
 
 PAPER_TRAIN_IMAGES = 1464 + 2975  # VOC 2012 train + Cityscapes train
@@ -191,10 +216,12 @@ PAPER_VAL_IMAGES = 1449 + 500
 PAPER_EPOCHS = 200
 
 
-def project(rows) -> None:
+def project(rows, size: int) -> None:
     total = 0.0
     print(f"\nProjected paper-scale study ({PAPER_TRAIN_IMAGES} train + {PAPER_VAL_IMAGES} val images x "
-          f"{PAPER_EPOCHS} epochs, validation every epoch):")
+          f"{PAPER_EPOCHS} epochs, validation every epoch; data loading not included):")
+    if size != 224:
+        print(f"  measured at {size}x{size}, not the paper's 224x224 crops: run with --size 224 for the real figure")
     for r in rows:
         if r["variant"] != "engine":
             continue

@@ -47,7 +47,11 @@ HELP = {
     "device": "auto (CUDA when present), cpu, cuda or cuda:N",
     "amp": "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
     "channels_last": "channels-last memory format (default: on for CUDA)",
-    "compile": "torch.compile the networks",
+    "compile": "torch.compile the networks (worth it on a GPU for runs longer than a few minutes)",
+    "compile_mode": "torch.compile mode: default, reduce-overhead (CUDA graphs: fewer launches, for small "
+                    "batches such as rmi's 2) or max-autotune; needs --compile",
+    "finite_check_every": "steps between NaN/inf checks of the training loss, each a GPU-to-host read-back "
+                          "(default: 1 on CPU, 50 on CUDA; the epoch's last step is always checked)",
     "sync_bn": "SyncBatchNorm under torchrun",
     "resume": "continue the run in run_dir from its last checkpoint",
     "progress": "auto (bars; env MISTUDY_PROGRESS overrides), bar, log (one line per epoch) or none",
@@ -56,7 +60,7 @@ CHOICES = {
     "use_case": ["baseline", "rmi", "mutual"], "dataset": ["synthetic", "voc", "cityscapes"],
     "eval_protocol": ["paper", "full"], "rmi_pool": ["none", "max", "avg"],
     "mutual_schedule": ["sequential", "simultaneous"], "amp": ["auto", "bf16", "fp16", "off"],
-    "progress": ["auto", "bar", "log", "none"],
+    "progress": ["auto", "bar", "log", "none"], "compile_mode": ["default", "reduce-overhead", "max-autotune"],
 }
 
 

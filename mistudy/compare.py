@@ -15,6 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
+from mistudy.train import RUNTIME_OPTIONS
 from mistudy.viz import atomic_write_text, provenance, write_provenance
 
 DATASETS = ("synthetic", "voc", "cityscapes")
@@ -45,8 +46,7 @@ PAPER_RESULTS = {
 }
 
 # Config keys that do not change what a run measures: runs differing only here are seeds of one setting.
-NOT_SETTING = {"seed", "run_name", "run_dir", "results_dir", "device", "progress", "resume", "num_workers",
-               "cache_dir", "root", "compile", "eval_every"}
+NOT_SETTING = RUNTIME_OPTIONS | {"seed", "run_name", "run_dir", "results_dir", "resume", "eval_every"}
 
 
 # ------------------------------------------------------------------------------------------ one run

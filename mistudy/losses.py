@@ -254,7 +254,9 @@ class RMILoss(nn.Module):
     (float64 for float64 logits). Autocast is switched off inside: logits are cast to float32
     and the covariance algebra runs in float64, so bf16 autocast is safe. Bad arguments, shapes
     or target values (other than ignore_index, outside [0, num_classes)) raise ValueError; the
-    target check reads one boolean back from the device.
+    target check reads one boolean back from the device, which makes the host wait for a GPU:
+    check_target=False skips it where the targets are known to be valid (the training engine's
+    masks are checked when read).
     """
 
     def __init__(
@@ -265,6 +267,7 @@ class RMILoss(nn.Module):
         pool_size: int = 2,
         bce_weight: float = 0.5,
         ignore_index: int = 255,
+        check_target: bool = True,
     ):
         super().__init__()
         for name, value, low in (("num_classes", num_classes, 1), ("radius", radius, 1),
@@ -283,6 +286,7 @@ class RMILoss(nn.Module):
         self.pool_size = pool_size
         self.bce_weight = float(bce_weight)
         self.ignore_index = ignore_index
+        self.check_target = bool(check_target)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, radius={self.radius}, pool={self.pool!r}, "
@@ -311,6 +315,8 @@ class RMILoss(nn.Module):
                 f"a {h}x{w} map is {ph}x{pw} after pool={self.pool!r} (pool_size={self.pool_size}), "
                 f"smaller than radius={self.radius}"
             )
+        if not self.check_target:
+            return
         bad = (target != self.ignore_index) & ((target < 0) | (target >= self.num_classes))
         if bad.any():
             values = torch.unique(target[bad])[:10].tolist()

@@ -49,9 +49,9 @@ DEFAULT_NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 KERNEL = "mistudy"
 PROG = "mistudy study"
 
-# Config keys that may differ between a finished run and a notebook's config for the run to be reused.
-REUSE_IGNORED = {"resume", "run_dir", "results_dir", "run_name", "progress", "num_workers", "device", "compile",
-                 "cache_dir", "root"}
+# Config keys, besides mistudy.train.RUNTIME_OPTIONS, that may differ between a finished run and a notebook's
+# config for the run to be reused.
+REUSE_IGNORED = {"resume", "run_dir", "results_dir", "run_name"}
 
 
 # ------------------------------------------------------------------------------ notebook helpers
@@ -85,7 +85,7 @@ def train_or_load(cfg) -> dict:
         return T.train(cfg)
     saved = json.loads((run_dir / "config.json").read_text())
     now = asdict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in REUSE_IGNORED and saved.get(k) != v}
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in REUSE_IGNORED | T.RUNTIME_OPTIONS and saved.get(k) != v}
     if not diff:
         print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
         return {**metrics, "run_dir": str(run_dir)}

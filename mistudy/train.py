@@ -52,6 +52,7 @@ PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, 
 DATASETS = ("synthetic", "voc", "cityscapes")
 EVAL_PROTOCOLS = ("paper", "full")
 CHECKPOINTS = ("best_miou", "best_loss", "last")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -99,6 +100,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool | None = None  # default: on for CUDA
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    finite_check_every: int | None = None  # steps between NaN/inf loss checks; default: 1 on CPU, 50 on CUDA
     sync_bn: bool = False
     resume: bool = False
     progress: str = "auto"  # auto | bar | log | none  (env MISTUDY_PROGRESS overrides auto)
@@ -119,10 +122,13 @@ class TrainConfig:
         choice("mutual_schedule", ("sequential", "simultaneous"))
         choice("amp", ("auto", "bf16", "fp16", "off"))
         choice("progress", ("auto", "bar", "log", "none"))
+        choice("compile_mode", COMPILE_MODES)
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
         for name in ("epochs", "resize_size", "crop_size", "eval_every", "rmi_radius", "rmi_pool_size", "unet_features"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_batch_size", "train_samples", "val_samples"):
+        for name in ("batch_size", "eval_batch_size", "train_samples", "val_samples", "finite_check_every"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
@@ -177,9 +183,12 @@ class TrainConfig:
         return cls(**d)
 
 
+# Options that change how fast a run goes or where its files are, not what it computes (up to
+# floating-point reordering on another device or with compiled kernels).
+RUNTIME_OPTIONS = {"device", "progress", "num_workers", "compile", "compile_mode", "finite_check_every", "cache_dir",
+                   "root"}
 # Options that may change when a run is resumed; everything else must match the saved run.
-RESUMABLE_CHANGES = {"resume", "run_dir", "results_dir", "run_name", "epochs", "progress", "num_workers", "device", "eval_every", "compile", "cache_dir",
-                     "root"}
+RESUMABLE_CHANGES = RUNTIME_OPTIONS | {"resume", "run_dir", "results_dir", "run_name", "epochs", "eval_every"}
 
 
 def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
@@ -192,6 +201,42 @@ def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class LossMeter:
+    """An epoch's training losses, summed on the device, with a deferred NaN/inf check.
+
+    Reading a value back from a GPU (`.item()`, `if loss:`) makes the host wait until the GPU has
+    caught up, which empties the queue of launched kernels; done every step it costs most where
+    steps are short (the RMI use-case's batch of 2). So the losses stay on the device and
+    `first_nonfinite()` inspects every step since its previous call with one read-back.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}  # {net: {part: sum of value * batch size}}
+        self.seen = 0  # samples
+        self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # [(step, {net: loss})] not yet checked
+
+    def add(self, step: int, losses: dict[str, dict[str, torch.Tensor]], batch_size: int) -> None:
+        """losses: train_step's {net: {"loss": scalar, part: scalar}} (detached)."""
+        for name, parts in losses.items():
+            acc = self.sums.setdefault(name, {})
+            for k, v in parts.items():
+                acc[k] = acc.get(k, 0.0) + v.float() * batch_size
+        self.seen += batch_size
+        self._pending.append((step, {name: parts["loss"] for name, parts in losses.items()}))
+
+    def first_nonfinite(self) -> tuple[int, str, float] | None:
+        """(step, network, value) of the first NaN/inf loss added since the last call, else None."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return None
+        flat = [(step, name, loss) for step, losses in pending for name, loss in losses.items()]
+        finite = torch.isfinite(torch.stack([loss.float() for _, _, loss in flat]))
+        if bool(finite.all()):  # the one read-back
+            return None
+        step, name, loss = flat[int((~finite).nonzero()[0, 0])]
+        return step, name, loss.item()
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -293,6 +338,17 @@ def build_networks(cfg: TrainConfig, num_classes: int) -> dict[str, nn.Module]:
     return nets
 
 
+def build_optimizers(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device) -> dict[str, torch.optim.Adam]:
+    # fused Adam on CUDA: a few kernels for all parameters instead of several per tensor
+    return {name: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
+                                   fused=device.type == "cuda")
+            for name, net in nets.items()}
+
+
+def finite_check_interval(cfg: TrainConfig, device: torch.device) -> int:
+    return cfg.finite_check_every or (50 if device.type == "cuda" else 1)
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module):
     """BatchNorm uses batch statistics (train mode) but does not update its running estimates.
@@ -372,11 +428,11 @@ class Objective:
         self.rmi = None
         if cfg.use_case == "rmi":
             self.rmi = RMILoss(num_classes, radius=cfg.rmi_radius, pool=cfg.rmi_pool, pool_size=cfg.rmi_pool_size,
-                               bce_weight=cfg.rmi_bce_weight, ignore_index=data.IGNORE_INDEX)
+                               bce_weight=cfg.rmi_bce_weight, ignore_index=data.IGNORE_INDEX, check_target=False)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, other_logits: torch.Tensor | None = None):
         if self.rmi is not None:
-            loss = self.rmi(logits, target)
+            loss = self.rmi(logits, target)  # (target values were checked when the masks were read)
             return loss, {"rmi_total": loss}
         ce = self.ce(logits.float(), target)
         if other_logits is None:
@@ -555,8 +611,7 @@ def train(cfg: TrainConfig) -> dict:
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         nets[name] = net
-    optims = {name: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay)
-              for name, net in nets.items()}
+    optims = build_optimizers(cfg, nets, device)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -579,7 +634,10 @@ def train(cfg: TrainConfig) -> dict:
         ids = [device.index] if device.type == "cuda" else None
         train_nets = {n: nn.parallel.DistributedDataParallel(net, device_ids=ids) for n, net in nets.items()}
     if cfg.compile:
-        train_nets = {n: torch.compile(net) for n, net in train_nets.items()}
+        compile_mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        train_nets = {n: torch.compile(net, mode=compile_mode) for n, net in train_nets.items()}
+    cuda_graphs = cfg.compile and cfg.compile_mode != "default" and device.type == "cuda"
+    check_every = finite_check_interval(cfg, device)
     objective = Objective(cfg, num_classes)
 
     mode = _progress_mode(cfg) if is_main else "none"
@@ -589,27 +647,29 @@ def train(cfg: TrainConfig) -> dict:
         for net in train_nets.values():
             net.train()
         train_loader.sampler.set_epoch(epoch)
-        sums: dict[str, dict[str, torch.Tensor]] = {}
-        seen, t0 = 0, time.perf_counter()
+        meter, t0 = LossMeter(), time.perf_counter()
         step_bar = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=mode != "bar", dynamic_ncols=True)
         for step, (images, target) in enumerate(step_bar, start=1):
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             target = target.to(device, non_blocking=True)
+            if cuda_graphs:  # a new training iteration: the graphs' previous outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             losses = train_step(train_nets, optims, scaler, objective, images, target, cfg, autocast)
-            for name, parts in losses.items():
-                if not torch.isfinite(parts["loss"]):
+            meter.add(step, losses, images.shape[0])
+            # Checked before anything is saved (the epoch's last step), at most check_every steps late.
+            if step % check_every == 0 or step == len(train_loader):
+                bad = meter.first_nonfinite()
+                if bad is not None:
                     raise NonFiniteLossError(
-                        f"non-finite {name} loss ({parts['loss'].item()}) at epoch {epoch}, step {step}; "
-                        f"stopped. The last good checkpoint ({last_path}, epoch {state['epoch']}) is kept.")
-                acc = sums.setdefault(name, {})
-                for k, v in parts.items():
-                    acc[k] = acc.get(k, 0.0) + v.float() * images.shape[0]
-            seen += images.shape[0]
-            if mode == "bar":
-                step_bar.set_postfix({f"{n}_loss": f"{(s['loss'] / seen).item():.4f}" for n, s in sums.items()}
-                                     | {"img/s": f"{seen * world_size / (time.perf_counter() - t0):.1f}"})
+                        f"non-finite {bad[1]} loss ({bad[2]}) at epoch {epoch}, step {bad[0]}; stopped. "
+                        f"The last good checkpoint ({last_path}, epoch {state['epoch']}) is kept.")
+                if mode == "bar":
+                    step_bar.set_postfix({f"{n}_loss": f"{(s['loss'] / meter.seen).item():.4f}"
+                                          for n, s in meter.sums.items()}
+                                         | {"img/s": f"{meter.seen * world_size / (time.perf_counter() - t0):.1f}"})
+        seen, sums = meter.seen, meter.sums
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": optims[cfg.networks[0]].param_groups[0]["lr"], "seconds": round(seconds, 3),
                "images_per_second": round(seen * world_size / seconds, 3)}

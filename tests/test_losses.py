@@ -281,6 +281,17 @@ def test_rmi_bad_inputs():
         RMILoss(3, radius=4, pool="max", pool_size=4)(logits, target)
 
 
+def test_rmi_check_target_false_skips_only_the_value_check(monkeypatch):
+    logits, target = make_batch(2, 3, 8, 8)
+    expected = RMILoss(3, radius=2)(logits, target)
+    unchecked = RMILoss(3, radius=2, check_target=False)
+    with pytest.raises(ValueError, match="target must have shape"):
+        unchecked(logits, target[:, :7])  # shapes are still checked: they cost no read-back
+    # the value check is the loss's one device read-back (Tensor.any); it must not run
+    monkeypatch.setattr(torch.Tensor, "any", lambda *a, **k: pytest.fail("target values were read back"))
+    assert unchecked(logits, target).item() == expected.item()
+
+
 # --------------------------------------------------------------------------- mutual learning
 
 

@@ -83,23 +83,70 @@ def test_resume_refuses_changed_config(tmp_path):
         train(tiny(tmp_path, epochs=2, lr=0.5, resume=True))
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+# TINY has 3 steps per epoch (10 samples, batch 4: 4 + 4 + 2).
+@pytest.mark.parametrize("check_every,poisoned_call,where,saved_epochs", [
+    (None, 4, "epoch 2, step 1", 1),  # CPU default: every step
+    (2, 4, "epoch 2, step 1", 1),  # found at step 2, reported as step 1
+    (50, 3, "epoch 1, step 3", 0),  # an epoch's last step is always checked, before anything is saved
+])
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, check_every, poisoned_call, where,
+                                                        saved_epochs):
     real = T.Objective.__call__
     calls = {"n": 0}
 
     def poisoned(self, logits, target, other=None):
         calls["n"] += 1
         loss, parts = real(self, logits, target, other)
-        return (loss * float("nan"), parts) if calls["n"] == 4 else (loss, parts)
+        return (loss * float("nan"), parts) if calls["n"] == poisoned_call else (loss, parts)
 
     monkeypatch.setattr(T.Objective, "__call__", poisoned)
-    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
-        train(tiny(tmp_path))
+    with pytest.raises(NonFiniteLossError, match=where):
+        train(tiny(tmp_path, finite_check_every=check_every))
     run = tmp_path / "run"
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    assert len(T.load_history(run)) == 1
+    if saved_epochs:
+        assert torch.load(run / "last.pt", weights_only=True)["epoch"] == saved_epochs
+    else:
+        assert not (run / "last.pt").exists()
+    assert len(T.load_history(run) if (run / "history.json").exists() else []) == saved_epochs
     assert not (run / "metrics.json").exists()
     assert not list(run.glob(".*tmp*"))
+
+
+def test_loss_meter_finds_the_first_non_finite_loss_and_sums():
+    meter = T.LossMeter()
+    t = torch.tensor
+    meter.add(1, {"deeplabv3": {"loss": t(1.0)}, "unet": {"loss": t(2.0)}}, batch_size=4)
+    assert meter.first_nonfinite() is None
+    meter.add(2, {"deeplabv3": {"loss": t(3.0)}, "unet": {"loss": t(float("inf"))}}, batch_size=2)
+    meter.add(3, {"deeplabv3": {"loss": t(float("nan"))}, "unet": {"loss": t(float("nan"))}}, batch_size=2)
+    assert meter.first_nonfinite() == (2, "unet", float("inf"))
+    assert meter.first_nonfinite() is None  # each step is inspected once
+    assert meter.seen == 8
+    assert meter.sums["deeplabv3"]["loss"].isnan()  # the sums keep everything
+    meter = T.LossMeter()
+    meter.add(1, {"unet": {"loss": t(1.0), "ce": t(0.5)}}, batch_size=4)
+    meter.add(2, {"unet": {"loss": t(4.0), "ce": t(1.0)}}, batch_size=2)
+    assert meter.sums["unet"]["loss"].item() == 12.0 and meter.sums["unet"]["ce"].item() == 4.0
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    # Real inductor compilation on CPU (~30 s); on CPU "reduce-overhead" compiles without CUDA graphs.
+    # The saved weights must carry the plain module's keys, so that they load into an eager network.
+    kw = dict(epochs=2, train_samples=8, val_samples=4)
+    eager = train(tiny(tmp_path, "eager", **kw))
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = train(tiny(tmp_path, "compiled", compile=True, compile_mode="reduce-overhead", **kw))
+    assert counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    for a, b in zip(T.load_history(tmp_path / "eager"), T.load_history(tmp_path / "compiled")):
+        assert b["unet/train_loss"] == pytest.approx(a["unet/train_loss"], rel=1e-4)
+    assert compiled["networks"]["unet"]["last"]["pixel_accuracy"] == pytest.approx(
+        eager["networks"]["unet"]["last"]["pixel_accuracy"], abs=0.02)
+    keys = lambda run: list(torch.load(tmp_path / run / "last.pt", weights_only=True)["models"]["unet"])
+    assert keys("compiled") == keys("eager")
+    assert evaluate_run(tmp_path / "compiled", "last", device="cpu")["unet"]["pixel_accuracy"] == pytest.approx(
+        compiled["networks"]["unet"]["last"]["pixel_accuracy"])
 
 
 def test_same_data_order_and_crops_across_use_cases(tmp_path):
@@ -168,6 +215,8 @@ def test_evaluate_run_matches_metrics_json(tmp_path):
     (dict(use_case="segformer"), "use_case"), (dict(dataset="coco"), "dataset"), (dict(epochs=0), "epochs"),
     (dict(batch_size=0), "batch_size"), (dict(use_case="mutual", batch_size=1), "ASPP"),
     (dict(dataset="voc"), "root"), (dict(crop_size=64, resize_size=32), "crop_size"),
+    (dict(compile_mode="reduce-overhead"), "needs compile=True"), (dict(compile=True, compile_mode="fast"), "compile_mode"),
+    (dict(finite_check_every=0), "finite_check_every"),
 ])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -192,6 +241,8 @@ def _cli(*args, env=None):
     (["train", "--dataset", "cityscapes"], "root"),
     (["train", "--dataset", "voc", "--root", "/does/not/exist"], "/does/not/exist"),
     (["train", "--use-case", "mutual", "--batch-size", "1"], "ASPP"),
+    (["train", "--compile-mode", "reduce-overhead"], "needs compile=True"),
+    (["train", "--finite-check-every", "0"], "positive integer"),
     (["evaluate", "--run", "/tmp"], "not a run directory"),
 ])
 def test_cli_bad_options_fail_fast_with_one_line(args, needle):
@@ -204,7 +255,7 @@ def test_cli_bad_options_fail_fast_with_one_line(args, needle):
 def test_cli_help_documents_every_option():
     out = _cli("train", "--help").stdout
     for f in ("--use-case", "--rmi-radius", "--kl-temperature", "--eval-protocol", "--resume", "--num-workers",
-              "--seed", "--device", "--train-samples"):
+              "--seed", "--device", "--train-samples", "--compile-mode", "--finite-check-every"):
         assert f in out
     assert "default: 200" in out
 
@@ -245,7 +296,7 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
     fast = train(tiny(tmp_path, "fast", **cfg))
 
     class Reference(torch.nn.Module):
-        def __init__(self, num_classes, radius, pool, pool_size, bce_weight, ignore_index):
+        def __init__(self, num_classes, radius, pool, pool_size, bce_weight, ignore_index, check_target):
             super().__init__()
             self.kw = dict(num_classes=num_classes, radius=radius, pool=pool, pool_size=pool_size,
                            bce_weight=bce_weight, ignore_index=ignore_index)
