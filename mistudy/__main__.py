@@ -29,7 +29,8 @@ HELP = {
     "val_samples": "use the first N validation samples (synthetic: generate N)",
     "cache_dir": "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding after the first epoch",
     "num_workers": "DataLoader worker processes",
-    "eval_protocol": "paper: resize + deterministic centre crop; full: whole images at their own resolution",
+    "eval_protocol": "paper: resize + deterministic centre crop; full: whole images at their own resolution; "
+                     "random-crop: resize + random crop as the authors evaluated (seeded: the same crops every time)",
     "eval_every": "validate every N epochs (and always after the last)",
     "eval_batch_size": "validation batch size (default: the training batch size; 1 for full-resolution real data)",
     "rmi_radius": "RMI neighbourhood side (paper: 3)",
@@ -58,7 +59,7 @@ HELP = {
 }
 CHOICES = {
     "use_case": ["baseline", "rmi", "mutual"], "dataset": ["synthetic", "voc", "cityscapes"],
-    "eval_protocol": ["paper", "full"], "rmi_pool": ["none", "max", "avg"],
+    "eval_protocol": ["paper", "full", "random-crop"], "rmi_pool": ["none", "max", "avg"],
     "mutual_schedule": ["sequential", "simultaneous"], "amp": ["auto", "bf16", "fp16", "off"],
     "progress": ["auto", "bar", "log", "none"], "compile_mode": ["default", "reduce-overhead", "max-autotune"],
 }
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory written by `mistudy train`")
     p.add_argument("--checkpoint", default="best_miou", choices=["best_miou", "best_loss", "last"],
                    help="which weights (default: best_miou)")
-    p.add_argument("--protocol", default=None, choices=["paper", "full"],
+    p.add_argument("--protocol", default=None, choices=["paper", "full", "random-crop"],
                    help="evaluation protocol (default: the run's)")
     p.add_argument("--root", default=None, help="dataset root (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

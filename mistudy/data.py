@@ -41,7 +41,7 @@ SPLITS = {
     "voc": ("train", "val", "trainval"),
     "cityscapes": ("train", "val"),
 }
-PROTOCOLS = ("paper", "full")
+PROTOCOLS = ("paper", "full", "random-crop")  # evaluation transforms, see eval_transform
 
 
 def _check_choice(kind: str, value: str, valid) -> None:
@@ -186,6 +186,8 @@ def _eval_steps(protocol: str, resize_size: int | None, crop_size: int, normaliz
     _check_choice("protocol", protocol, PROTOCOLS)
     if protocol == "full":
         return _tensor_steps(normalize)
+    if protocol == "random-crop":
+        return _train_steps(crop_size, normalize)
     _check_size("crop_size", crop_size)
     # CenterCrop would pad masks with 0 (= a class), so the resized image must cover the crop.
     if resize_size is None or resize_size < crop_size:
@@ -206,14 +208,17 @@ def train_transform(resize_size: int | None = 234, crop_size: int = 224, square_
 
 def eval_transform(protocol: str = "paper", resize_size: int | None = 234, crop_size: int = 224,
                    square_resize: bool = False, normalize: bool = False) -> v2.Compose:
-    """Deterministic evaluation transform.
+    """Evaluation transform.
 
-    ``"paper"``: the training resize, then a centre ``crop_size`` crop (what the paper's numbers measure).
+    ``"paper"``: the training resize, then a centre ``crop_size`` crop (what the paper's numbers measure, without
+    the noise of a random crop).
     ``"full"``: the whole image at its own resolution, no resize or crop (the standard benchmark protocol; images
     differ in size, so batch them one at a time).
+    ``"random-crop"``: the training resize and random crop, as the paper's text and the authors' scripts
+    evaluate; random, so seed it per sample (the training engine does: the same crops at every validation).
     """
     _check_choice("protocol", protocol, PROTOCOLS)
-    resize = _resize_steps(resize_size, square_resize) if protocol == "paper" else []
+    resize = _resize_steps(resize_size, square_resize) if protocol != "full" else []
     return v2.Compose(resize + _eval_steps(protocol, resize_size, crop_size, normalize))
 
 
@@ -683,7 +688,8 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
 
     Items: (image float32 [3, H, W] in [0, 1], or ImageNet-normalised if ``normalize``; mask int64 [H, W],
     255 = ignore).  ``train=True``: resize + random crop (``train_transform``); ``train=False``: ``protocol``
-    ``"paper"`` (resize + centre crop) or ``"full"`` (whole image, evaluation only).
+    ``"paper"`` (resize + centre crop), ``"full"`` (whole image) or ``"random-crop"`` (resize + random crop, the
+    authors' evaluation); see ``eval_transform``.
 
     root: directory holding the dataset (see ``VOCSegmentation``, ``CityscapesSegmentation``); ignored for
         synthetic, whose images are generated at ``resize_size`` x ``resize_size`` (so the resize is a no-op;
@@ -699,7 +705,7 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
     if train and protocol != "paper":
         raise ValueError(f"protocol={protocol!r} is for evaluation; training always uses the paper's "
                          "resize + random crop")
-    resize = _resize_steps(resize_size if protocol == "paper" else None, square_resize)
+    resize = _resize_steps(resize_size if protocol != "full" else None, square_resize)
     rest = _train_steps(crop_size, normalize) if train else _eval_steps(protocol, resize_size, crop_size, normalize)
 
     if name == "synthetic":

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="quick: the notebooks' small CPU defaults; paper: crop 224, resize 234, 200 epochs, the "
                         "paper's batch sizes, all samples")
+    p.add_argument("--eval-protocol", default=None, choices=["paper", "full", "random-crop"],
+                   help="validation protocol of 02-04 (default: the notebooks', paper: resize + centre crop; "
+                        "random-crop: the authors' random crops, seeded)")
     p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's results/)")
     p.add_argument("--figures-dir", default=None, help="figures and tables (default: the project's figures/)")
     p.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), metavar="NN",
@@ -211,6 +214,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
                           "results_dir": str(results), "figures_dir": str(figures)}
                 if args.epochs is not None:
                     params["epochs"] = args.epochs
+                if args.eval_protocol is not None:
+                    params["eval_protocol"] = args.eval_protocol
                 if args.resume:
                     params["resume"] = True
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))

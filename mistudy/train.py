@@ -50,7 +50,7 @@ USE_CASES = {
 }
 PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, for mutual)
 DATASETS = ("synthetic", "voc", "cityscapes")
-EVAL_PROTOCOLS = ("paper", "full")
+EVAL_PROTOCOLS = data.PROTOCOLS
 CHECKPOINTS = ("best_miou", "best_loss", "last")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -78,7 +78,7 @@ class TrainConfig:
     cache_dir: str | None = None  # cache of resized images (VOC/Cityscapes), see mistudy.data
     num_workers: int = 0
     # evaluation
-    eval_protocol: str = "paper"  # "paper": resize + centre crop; "full": whole image
+    eval_protocol: str = "paper"  # "paper": resize + centre crop; "full": whole image; "random-crop": the authors'
     eval_every: int = 1  # epochs between validations (always at the end)
     eval_batch_size: int | None = None  # default: the training batch size ("full" on real data: 1)
     # losses

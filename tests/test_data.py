@@ -279,6 +279,24 @@ def test_build_synthetic_dataset_items():
         build_dataset("synthetic", "val", train=False, num_samples=200)
 
 
+def test_random_crop_protocol_crops_windows_of_the_resized_image():
+    # The authors' evaluation: resize + a random crop. Synthetic images are generated at resize_size, so each
+    # item must be some 32x32 window of the whole 40x40 sample, and the windows must vary.
+    kw = dict(resize_size=40, crop_size=32, synthetic_size=8)
+    full = _items(build_dataset("synthetic", "val", train=False, protocol="full", **kw))
+    torch.manual_seed(0)
+    crops = _items(build_dataset("synthetic", "val", train=False, protocol="random-crop", **kw))
+    offsets = set()
+    for (image, mask), (whole_image, whole_mask) in zip(crops, full):
+        assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+        found = [(y, x) for y in range(9) for x in range(9)
+                 if torch.equal(whole_mask[y:y + 32, x:x + 32], mask)
+                 and torch.equal(whole_image[:, y:y + 32, x:x + 32], image)]
+        assert found, "a random-crop item is not a window of the resized image"
+        offsets.add(found[0])
+    assert len(offsets) > 1, "every crop at the same place: not random"
+
+
 # ---------------------------------------------------------------------------------------------- VOC
 
 def test_voc_full_protocol_returns_the_files_exactly(voc_root):
@@ -416,7 +434,8 @@ def test_cityscapes_bad_label_ids_and_missing_labels(cityscapes_root):
 
 @pytest.mark.parametrize("name", ["voc", "cityscapes"])
 @pytest.mark.parametrize("kwargs", [dict(train=True), dict(train=True, square_resize=True, normalize=True),
-                                    dict(train=False), dict(train=False, protocol="full")])
+                                    dict(train=False), dict(train=False, protocol="full"),
+                                    dict(train=False, protocol="random-crop")])
 def test_cache_gives_identical_items(request, tmp_path, name, kwargs):
     root = request.getfixturevalue(f"{name}_root")
     kwargs = dict(resize_size=40, crop_size=32, **kwargs)

@@ -90,6 +90,9 @@ def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
     assert p["resume"] is True and p["device"] == "cpu"
     assert steps[3].output == tmp_path / "notebooks" / "synthetic" / "seed1" / "04_mutual_learning.ipynb"
     assert "epochs" not in _plan(nb_dir, "--notebooks", "02")[0].parameters  # quick: the notebook's own default
+    assert "eval_protocol" not in p
+    assert _plan(nb_dir, "--notebooks", "03", "--eval-protocol", "random-crop")[0].parameters["eval_protocol"] == \
+        "random-crop"
 
 
 def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
