@@ -28,7 +28,8 @@ HELP = {
     "train_samples": "use the first N training samples (synthetic: generate N)",
     "val_samples": "use the first N validation samples (synthetic: generate N)",
     "cache_dir": "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding after the first epoch",
-    "num_workers": "DataLoader worker processes",
+    "num_workers": "DataLoader worker processes (default None: 0 on CPU, where they compete with training for "
+                   "the cores; min(8, cores / GPUs) on CUDA, so that decoding keeps up with the GPU)",
     "eval_protocol": "paper: resize + deterministic centre crop; full: whole images at their own resolution; "
                      "random-crop: resize + random crop as the authors evaluated (seeded: the same crops every time)",
     "eval_every": "validate every N epochs (and always after the last)",

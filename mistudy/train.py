@@ -76,7 +76,7 @@ class TrainConfig:
     train_samples: int | None = None  # first n training samples (synthetic: how many to generate)
     val_samples: int | None = None
     cache_dir: str | None = None  # cache of resized images (VOC/Cityscapes), see mistudy.data
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; default: 0 on CPU, up to 8 per GPU on CUDA
     # evaluation
     eval_protocol: str = "paper"  # "paper": resize + centre crop; "full": whole image; "random-crop": the authors'
     eval_every: int = 1  # epochs between validations (always at the end)
@@ -140,7 +140,7 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         if device is not None and device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.rmi_bce_weight <= 1.0:
             raise ValueError(f"rmi_bce_weight must be in [0, 1], got {self.rmi_bce_weight}")
@@ -320,9 +320,11 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torc
     batch_size = cfg.resolved_batch_size if train else eval_batch_size(cfg)
     sampler = EpochSampler(len(dataset), cfg.seed, shuffle=train, batch_size=batch_size, rank=rank,
                            world_size=world_size, drop_single=train)
+    workers = cfg.num_workers
+    if workers is None:  # on CPU workers compete with training for the same cores (measured: slower)
+        workers = min(8, (os.cpu_count() or 1) // world_size) if device.type == "cuda" else 0
     return DataLoader(SeededItems(dataset, cfg.seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=cfg.num_workers > 0)
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
 # ------------------------------------------------------------------------------------------- models

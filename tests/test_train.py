@@ -166,6 +166,16 @@ def test_sampler_drops_only_a_single_sample_last_batch(n, batch, expected):
     assert len(EpochSampler(n, 0, shuffle=True, batch_size=batch)) == expected
 
 
+def test_default_loader_workers(tmp_path):
+    cfg = tiny(tmp_path)
+    train_set, _ = T.build_datasets(cfg)
+    assert T.make_loader(train_set, cfg, train=True, device=torch.device("cpu")).num_workers == 0
+    cuda = T.make_loader(train_set, cfg, train=True, device=torch.device("cuda"), rank=1, world_size=2)
+    assert cuda.num_workers == min(8, os.cpu_count() // 2) and cuda.pin_memory  # built, not iterated
+    assert T.make_loader(train_set, tiny(tmp_path, num_workers=1), train=False,
+                         device=torch.device("cpu")).num_workers == 1
+
+
 def test_sampler_shards_cover_the_data():
     shards = [list(EpochSampler(7, 0, shuffle=False, batch_size=2, rank=r, world_size=2, drop_single=False))
               for r in range(2)]
