@@ -84,10 +84,7 @@ def bench(use_case, args, device, variant):
         optims = {n: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr) for n, net in nets.items()}
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     dtype = T.amp_dtype(cfg, device) if variant == "engine" else None
-    if cfg.compile:
-        nets = {n: torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-                for n, net in nets.items()}
-    cuda_graphs = cfg.compile and cfg.compile_mode != "default" and device.type == "cuda"
+    nets, cuda_graphs = T.compile_networks(cfg, nets, device)
     check_every = T.finite_check_interval(cfg, device)
     meter = T.LossMeter()
 

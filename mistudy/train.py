@@ -347,6 +347,15 @@ def build_optimizers(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch
             for name, net in nets.items()}
 
 
+def compile_networks(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device):
+    """(nets, whether CUDA graphs replay them): torch.compile'd when cfg.compile, else unchanged."""
+    if not cfg.compile:
+        return nets, False
+    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+    # reduce-overhead and max-autotune record CUDA graphs on CUDA (nothing to record on CPU)
+    return {n: torch.compile(net, mode=mode) for n, net in nets.items()}, mode is not None and device.type == "cuda"
+
+
 def finite_check_interval(cfg: TrainConfig, device: torch.device) -> int:
     return cfg.finite_check_every or (50 if device.type == "cuda" else 1)
 
@@ -635,10 +644,7 @@ def train(cfg: TrainConfig) -> dict:
     if distributed:
         ids = [device.index] if device.type == "cuda" else None
         train_nets = {n: nn.parallel.DistributedDataParallel(net, device_ids=ids) for n, net in nets.items()}
-    if cfg.compile:
-        compile_mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        train_nets = {n: torch.compile(net, mode=compile_mode) for n, net in train_nets.items()}
-    cuda_graphs = cfg.compile and cfg.compile_mode != "default" and device.type == "cuda"
+    train_nets, cuda_graphs = compile_networks(cfg, train_nets, device)
     check_every = finite_check_interval(cfg, device)
     objective = Objective(cfg, num_classes)
 
