@@ -6,7 +6,8 @@
     python benchmarks/bench_train.py --device cuda --compile --steps 20 --project   # issue 5, target 4
     python benchmarks/bench_train.py --device cuda --compile --compile-mode reduce-overhead --use-case rmi
 
-For each use-case it times the engine's step as `mistudy.train.train` runs it (`train_step` with AMP,
+For each use-case it times the engine's step as `mistudy.train.train` runs it (`engine.setup` and
+`engine.train_step` with AMP,
 channels_last and fused Adam on CUDA, losses summed on the device by `LossMeter` and checked for NaN every
 `finite_check_interval` steps; with --compile-mode reduce-overhead, CUDA graphs) and,
 with --compare, a plain fp32 loop with the same models and losses, and for `mutual` the authors' scheme of
@@ -25,7 +26,6 @@ the measured training and validation throughput on synthetic batches of the same
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
@@ -34,8 +34,9 @@ import time
 
 import torch
 
-from mistudy import train as T
-from mistudy.losses import mutual_kl
+from mistudy import engine
+from mistudy.config import TrainConfig
+from mistudy.distributed import Context
 
 GFLOP_224 = {"unet": 55.6, "deeplabv3": 188.0}
 
@@ -68,35 +69,36 @@ def six_pass_step(nets, optims, objective, images, target):
     return {}
 
 
+class FixedBatch(torch.utils.data.Dataset):
+    """One synthetic batch as a dataset (the engine's loaders need one; the benchmark feeds the batch directly)."""
+
+    def __init__(self, images, target):
+        self.images, self.target = images.cpu(), target.cpu()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.target[i]
+
+
 def bench(use_case, args, device, variant):
-    cfg = T.TrainConfig(use_case=use_case, dataset="synthetic", device=str(device), progress="none",
-                        amp=("off" if variant != "engine" else args.amp), compile=args.compile and variant == "engine",
-                        compile_mode=args.compile_mode if args.compile and variant == "engine" else "default",
-                        batch_size=args.batch_size or None, crop_size=args.size, resize_size=args.size)
-    num_classes = args.num_classes
-    nets = {n: net.to(device) for n, net in T.build_networks(cfg, num_classes).items()}
-    channels_last = variant == "engine" and device.type == "cuda"
-    if channels_last:
-        nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
-    if variant == "engine":
-        optims = T.build_optimizers(cfg, nets, device)
-    else:
+    engine_row = variant == "engine"
+    cfg = TrainConfig(use_case=use_case, dataset="synthetic", device=str(device), progress="none",
+                      amp=args.amp if engine_row else "off", channels_last=None if engine_row else False,
+                      compile=args.compile and engine_row,
+                      compile_mode=args.compile_mode if args.compile and engine_row else "default",
+                      batch_size=args.batch_size or None, crop_size=args.size, resize_size=args.size)
+    num_classes, batch = args.num_classes, cfg.resolved_batch_size
+    images, target = synthetic_batch(batch, args.size, num_classes, device, torch.Generator().manual_seed(0))
+    # The engine's own set-up (networks, fused Adam, AMP, channels-last, compile) for the engine row; the plain rows
+    # use the same networks with plain Adam in float32.
+    batch_set = {"train": FixedBatch(images, target), "val": FixedBatch(images, target)}
+    s = engine.setup(cfg, Context(0, 1, device), datasets=batch_set, num_classes=num_classes)
+    nets, optims, meter = s.train_nets, s.optims, engine.LossMeter()
+    if not engine_row:
         optims = {n: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr) for n, net in nets.items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    dtype = T.amp_dtype(cfg, device) if variant == "engine" else None
-    nets, cuda_graphs = T.compile_networks(cfg, nets, device)
-    check_every = T.finite_check_interval(cfg, device)
-    meter = T.LossMeter()
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    objective = T.Objective(cfg, num_classes)
-    batch = cfg.resolved_batch_size
-    gen = torch.Generator().manual_seed(0)
-    images, target = synthetic_batch(batch, args.size, num_classes, device, gen)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images, target = s.to_device(images, target)
     for net in nets.values():
         net.train()
 
@@ -104,15 +106,15 @@ def bench(use_case, args, device, variant):
 
     def step():
         if variant == "six-pass":
-            return six_pass_step(nets, optims, objective, images, target)
+            return six_pass_step(nets, optims, s.objective, images, target)
         if variant == "plain-fp32":
-            return T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast)
+            return engine.train_step(nets, optims, s.scaler, s.objective, images, target, cfg, s.autocast)
         i = next(steps)
-        if cuda_graphs:
+        if s.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        meter.add(i, T.train_step(nets, optims, scaler, objective, images, target, cfg, autocast), batch)
-        if i % check_every == 0 and meter.first_nonfinite() is not None:
-            raise T.NonFiniteLossError(f"{use_case}: non-finite loss at step {i}")
+        meter.add(i, engine.train_step(nets, optims, s.scaler, s.objective, images, target, cfg, s.autocast), batch)
+        if i % s.check_every == 0 and meter.first_nonfinite() is not None:
+            raise engine.NonFiniteLossError(f"{use_case}: non-finite loss at step {i}")
 
     rss0 = current_rss_kib()
     if device.type == "cuda":
@@ -140,7 +142,7 @@ def bench(use_case, args, device, variant):
     if args.project and variant == "engine":
         for net in nets.values():
             net.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), s.autocast():
             for _ in range(args.warmup):
                 [net(images) for net in nets.values()]
             if device.type == "cuda":
@@ -167,7 +169,7 @@ def main():
     p.add_argument("--compare", action="store_true", help="also time a plain fp32 loop and the six-pass mutual step")
     p.add_argument("--amp", default="auto")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--compile-mode", default="default", choices=T.COMPILE_MODES,
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--project", action="store_true", help="project the paper-scale study's wall time")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "use_case:variant", prints JSON

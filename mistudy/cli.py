@@ -33,8 +33,8 @@ def non_negative_int(text: str) -> int:
     return v
 
 
-def positive_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     v = _parse(float, text, "a number")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v

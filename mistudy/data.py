@@ -37,9 +37,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SPLITS = {
-    "synthetic": ("train", "val", "test"),
-    "voc": ("train", "val", "trainval"),
-    "cityscapes": ("train", "val"),
+    "synthetic": ("train", "val", "test", "select"),
+    "voc": ("train", "val", "trainval", "select"),
+    "cityscapes": ("train", "val", "select"),
 }
 PROTOCOLS = ("paper", "full", "random-crop")  # evaluation transforms, see eval_transform
 
@@ -134,6 +134,17 @@ def colorize_mask(mask: np.ndarray | torch.Tensor, name_or_info: str | DatasetIn
     return lut[np.where(mask == IGNORE_INDEX, info.num_classes, mask)]
 
 
+def display_image(image, normalized: bool) -> np.ndarray:
+    """A dataset image tensor [3, H, W] (ImageNet-normalised if ``normalized``) -> float array [H, W, 3] in [0, 1]."""
+    x = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got shape {x.shape}")
+    if normalized:
+        mean, std = (np.array(v, dtype=np.float32)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+        x = x * std + mean
+    return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Joint transforms.  Inputs: (tv_tensors.Image uint8 [3, H, W], tv_tensors.Mask uint8 [H, W]); outputs plain tensors
 # (float32 [3, h, w], int64 [h, w]).  tv_tensors let v2 apply the same geometry to both and keep masks nearest.
@@ -150,6 +161,15 @@ class _Resize(v2.Resize):
     def transform(self, inpt, params):
         if isinstance(inpt, tv_tensors.Mask):
             return F.resize(inpt, self.size, interpolation=InterpolationMode.NEAREST_EXACT, max_size=self.max_size)
+        return super().transform(inpt, params)
+
+
+class _ResizeImageOnly(v2.Resize):
+    """``v2.Resize`` of the image alone: the mask keeps its own resolution (the "full" protocol scores there)."""
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Mask):
+            return inpt
         return super().transform(inpt, params)
 
 
@@ -182,10 +202,13 @@ def _train_steps(crop_size: int, normalize: bool) -> list:
     return [crop] + _tensor_steps(normalize)
 
 
-def _eval_steps(protocol: str, resize_size: int | None, crop_size: int, normalize: bool) -> list:
+def _eval_steps(protocol: str, resize_size: int | None, crop_size: int, normalize: bool,
+                square_resize: bool = False) -> list:
     _check_choice("protocol", protocol, PROTOCOLS)
-    if protocol == "full":
-        return _tensor_steps(normalize)
+    if protocol == "full":  # the image at the training scale, the mask as it is
+        _check_size("resize_size", resize_size, allow_none=True)
+        size = None if resize_size is None else (resize_size, resize_size) if square_resize else resize_size
+        return ([_ResizeImageOnly(size)] if size is not None else []) + _tensor_steps(normalize)
     if protocol == "random-crop":
         return _train_steps(crop_size, normalize)
     _check_size("crop_size", crop_size)
@@ -212,14 +235,15 @@ def eval_transform(protocol: str = "paper", resize_size: int | None = 234, crop_
 
     ``"paper"``: the training resize, then a centre ``crop_size`` crop (what the paper's numbers measure, without
     the noise of a random crop).
-    ``"full"``: the whole image at its own resolution, no resize or crop (the standard benchmark protocol; images
-    differ in size, so batch them one at a time).
+    ``"full"``: the whole image, resized as in training (the scale the network learnt), with its mask at the mask's
+    own resolution: predictions are resized back to the mask and scored there, never the mask to the prediction
+    (the standard benchmark protocol; images differ in size, so batch them one at a time).
     ``"random-crop"``: the training resize and random crop, as the paper's text and the authors' scripts
     evaluate; random, so seed it per sample (the training engine does: the same crops at every validation).
     """
     _check_choice("protocol", protocol, PROTOCOLS)
     resize = _resize_steps(resize_size, square_resize) if protocol != "full" else []
-    return v2.Compose(resize + _eval_steps(protocol, resize_size, crop_size, normalize))
+    return v2.Compose(resize + _eval_steps(protocol, resize_size, crop_size, normalize, square_resize))
 
 
 def _to_tensors() -> v2.Compose:
@@ -230,39 +254,113 @@ def _to_tensors() -> v2.Compose:
 # Synthetic dataset
 # --------------------------------------------------------------------------------------------------------------------
 
-_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-SYNTHETIC_DEFAULT_SIZES = {"train": 512, "val": 128, "test": 128}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "select": 3}
+SYNTHETIC_DEFAULT_SIZES = {"train": 512, "val": 128, "test": 128, "select": 128}
+TEXTURES = ("flat", "stripes", "checks", "speckle", "gradient")
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, scale: float,
-             centre: tuple[float, float]) -> np.ndarray:
-    """One random texture at image coordinates (yy, xx) [h, w] -> float32 [h, w, 3] in [0, 1].
+@dataclass(frozen=True)
+class SyntheticLevel:
+    """The knobs of one difficulty level of the synthetic dataset.
+
+    Every level keeps colour free of class information: background and objects draw their colours from one
+    distribution (see ``_region_colours``), so only shape and context tell the classes apart.
+
+    objects: (min, max) objects per image, both inclusive; more objects = more occlusion.
+    radius: (min, max) object size as a fraction of the shorter image side.
+    background: texture kinds drawn uniformly for the background (``TEXTURES``).
+    textures: texture kinds drawn uniformly for each object.  Where they differ from ``background``, texture (not
+        colour) tells objects from background locally; where they are the same, only shapes and edges do.
+    contrast: 0, or the least per-channel cyclic distance between an object's base colour and the
+        background's, which keeps object edges visible against the background.
+    amplitude: None (a texture's second colour is independent of its first) or the largest per-channel
+        difference between them (a faint texture that does not hide the region's edges).
+    noise: (min, max) standard deviation of the Gaussian pixel noise (images in [0, 1]).
+    """
+
+    name: str
+    objects: tuple[int, int]
+    radius: tuple[float, float]
+    background: tuple[str, ...]
+    textures: tuple[str, ...]
+    contrast: float
+    amplitude: float | None
+    noise: tuple[float, float]
+    classes: tuple[int, ...] = (1, 2, 3, 4, 5, 6)  # the shape classes drawn (ids into SYNTHETIC_CLASSES)
+    inside: bool = False  # objects lie wholly inside the frame (where they fit)
+    rotate: bool = True  # random rotation; False: axis-aligned shapes
+
+
+# Chosen by measured learning curves of the baseline U-Net (README "The synthetic benchmark").
+SYNTHETIC_LEVELS = {
+    "easy": SyntheticLevel("easy", objects=(10, 14), radius=(0.07, 0.11), background=("flat", "gradient"),
+                           textures=("flat", "gradient"), contrast=0.3, amplitude=0.2, noise=(0.0, 0.02),
+                           classes=(1, 4, 6), inside=True),
+    "medium": SyntheticLevel("medium", objects=(8, 12), radius=(0.07, 0.11), background=("flat", "gradient", "stripes"),
+                             textures=("flat", "gradient", "stripes"), contrast=0.2, amplitude=0.3,
+                             noise=(0.02, 0.05), inside=True),
+    # The original generator, unchanged: one texture distribution for every region, no contrast, up to 7 objects.
+    "hard": SyntheticLevel("hard", objects=(3, 7), radius=(0.1, 0.22), background=TEXTURES, textures=TEXTURES,
+                           contrast=0.0, amplitude=None, noise=(0.02, 0.08)),
+}
+SYNTHETIC_DEFAULT_LEVEL = "easy"
+
+
+def _reflect(x: np.ndarray) -> np.ndarray:
+    """Fold values into [0, 1] by reflection at 0 and 1."""
+    x = np.mod(x, 2.0)
+    return np.where(x > 1.0, 2.0 - x, x).astype(np.float32)
+
+
+def _region_colours(rng: np.random.Generator, level: SyntheticLevel,
+                    background: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(c0, c1) float32 [3]: a region's base colour and its texture's second colour.
+
+    c0 is uniform on the RGB cube for every region: the background's directly, an object's as the background's
+    plus a per-channel offset in [contrast, 1 - contrast] taken modulo 1 (a uniform colour shifted on the circle
+    stays uniform, so objects and background share one colour distribution while differing by at least
+    ``contrast`` per channel).  c1 follows from c0 by the same rule for every region.
+    """
+    if background is None or level.contrast == 0:
+        c0 = rng.random(3, dtype=np.float32)
+    else:
+        c0 = np.mod(background + rng.uniform(level.contrast, 1 - level.contrast, 3), 1.0).astype(np.float32)
+    if level.amplitude is None:
+        c1 = rng.random(3, dtype=np.float32)
+    else:
+        c1 = _reflect(c0 + rng.uniform(-level.amplitude, level.amplitude, 3))
+    return c0, c1
+
+
+def _texture(rng: np.random.Generator, level: SyntheticLevel, yy: np.ndarray, xx: np.ndarray, scale: float,
+             centre: tuple[float, float], background: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """One random texture at image coordinates (yy, xx) [h, w] -> (float32 [h, w, 3] in [0, 1], base colour [3]).
 
     Every class (background included) draws from this one distribution, so a pixel's colour says nothing about
     its class.  Gradients run across ``centre`` (the region's centre).  Per-pixel work is only + - * / floor and
     compares (no sin/exp), so results are bit-identical on any machine.
     """
-    kind = rng.integers(5)  # flat, stripes, checks, speckle, gradient
-    c0 = rng.random(3, dtype=np.float32)
-    c1 = rng.random(3, dtype=np.float32)
+    kinds = level.background if background is None else level.textures
+    kind = kinds[rng.integers(len(kinds))]
+    c0, c1 = _region_colours(rng, level, background)
     angle = rng.uniform(0.0, math.pi)
     period = max(2.0, scale * rng.uniform(0.04, 0.15))
     gradient_span = scale * rng.uniform(0.3, 1.0)
-    if kind == 0:
-        return np.broadcast_to(c0, yy.shape + (3,))
-    if kind == 3:
+    if kind == "flat":
+        return np.broadcast_to(c0, yy.shape + (3,)), c0
+    if kind == "speckle":
         t = rng.random(yy.shape, dtype=np.float32)
-        return c0 + t[..., None] * (c1 - c0)
+        return c0 + t[..., None] * (c1 - c0), c0
     u = xx * math.cos(angle) + yy * math.sin(angle)  # coordinate along the pattern's direction
-    if kind == 1:
+    if kind == "stripes":
         t = (np.floor(u / period) % 2).astype(np.float32)
-    elif kind == 2:
+    elif kind == "checks":
         v = yy * math.cos(angle) - xx * math.sin(angle)
         t = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     else:
         u_centre = centre[1] * math.cos(angle) + centre[0] * math.sin(angle)
         t = np.clip(0.5 + (u - u_centre) / gradient_span, 0.0, 1.0)
-    return c0 + t[..., None] * (c1 - c0)
+    return c0 + t[..., None] * (c1 - c0), c0
 
 
 def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
@@ -300,8 +398,9 @@ def _blur3(img: np.ndarray) -> np.ndarray:
     return 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
 
 
-def _check_synthetic_args(split: str, seed: int, image_size) -> None:
+def _check_synthetic_args(split: str, seed: int, image_size, level: str = SYNTHETIC_DEFAULT_LEVEL) -> None:
     _check_choice("split", split, tuple(_SPLIT_IDS))
+    _check_choice("synthetic level", level, tuple(SYNTHETIC_LEVELS))
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -311,31 +410,38 @@ def _check_synthetic_args(split: str, seed: int, image_size) -> None:
         _check_size("image_size", side)
 
 
-def synthetic_sample(seed: int, split: str, index: int, image_size: int | tuple[int, int] = 128
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_sample(seed: int, split: str, index: int, image_size: int | tuple[int, int] = 128,
+                     level: str = SYNTHETIC_DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``index`` of a synthetic split: (image uint8 [H, W, 3], mask uint8 [H, W]).
 
-    A pure function of (seed, split, index, image_size): the generator is seeded with
+    A pure function of (seed, split, index, image_size, level): the generator is seeded with
     ``SeedSequence([seed, split_id, index])``, so samples do not depend on generation order and splits never
-    share one.  See ``SyntheticSegmentation`` for the generative process.
+    share one.  ``level`` is a key of ``SYNTHETIC_LEVELS``.  See ``SyntheticSegmentation`` for the process.
     """
-    _check_synthetic_args(split, seed, image_size)
+    _check_synthetic_args(split, seed, image_size, level)
     if not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
+    lv = SYNTHETIC_LEVELS[level]
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], index]))
     scale = float(min(height, width))
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5, np.arange(width, dtype=np.float32) + 0.5,
                          indexing="ij")
 
-    image = np.array(_texture(rng, yy, xx, scale, (height / 2, width / 2)), dtype=np.float32)
+    background, bg_colour = _texture(rng, lv, yy, xx, scale, (height / 2, width / 2), None)
+    image = np.array(background, dtype=np.float32)
     mask = np.zeros((height, width), dtype=np.uint8)
-    for _ in range(rng.integers(3, 8)):  # 3..7 objects, painted in order: later ones occlude earlier ones
-        cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
+    for _ in range(rng.integers(lv.objects[0], lv.objects[1] + 1)):  # painted in order: later ones occlude
+        cls = lv.classes[rng.integers(len(lv.classes))]
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        theta, r = rng.uniform(0, 2 * math.pi), scale * rng.uniform(0.1, 0.22)
+        theta, r = rng.uniform(0, 2 * math.pi), scale * rng.uniform(*lv.radius)
         # Work only in the object's bounding box; its farthest point is 2.52 r (bar corner) or 1.2 r away.
         reach = r * (2.55 if cls == 6 else 1.25)
+        if not lv.rotate:
+            theta = 0.0
+        if lv.inside:  # move the centre so that the reach stays in the frame (centred if it cannot)
+            cy = min(max(cy, reach), height - reach) if 2 * reach < height else height / 2
+            cx = min(max(cx, reach), width - reach) if 2 * reach < width else width / 2
         box = (slice(max(int(cy - reach), 0), min(int(cy + reach) + 2, height)),
                slice(max(int(cx - reach), 0), min(int(cx + reach) + 2, width)))
         ys, xs = yy[box], xx[box]
@@ -343,12 +449,12 @@ def synthetic_sample(seed: int, split: str, index: int, image_size: int | tuple[
         u = dx * math.cos(theta) + dy * math.sin(theta)
         v = dy * math.cos(theta) - dx * math.sin(theta)
         footprint = _shape_mask(cls, u, v, r, rng)
-        texture = _texture(rng, ys, xs, scale, (cy, cx))
+        texture, _ = _texture(rng, lv, ys, xs, scale, (cy, cx), bg_colour)
         image[box][footprint] = texture[footprint]
         mask[box][footprint] = cls
 
     image = _blur3(image)
-    image += rng.uniform(0.02, 0.08) * rng.standard_normal(image.shape, dtype=np.float32)
+    image += rng.uniform(*lv.noise) * rng.standard_normal(image.shape, dtype=np.float32)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8), mask
 
 
@@ -385,13 +491,14 @@ class SyntheticSegmentation(Dataset):
     num_classes = len(SYNTHETIC_CLASSES)
 
     def __init__(self, split: str, num_samples: int, image_size: int | tuple[int, int] = 128, seed: int = 0,
-                 transform: Callable | None = None, pregenerate: bool = False):
+                 transform: Callable | None = None, pregenerate: bool = False, level: str = SYNTHETIC_DEFAULT_LEVEL):
         _check_choice("split", split, SPLITS["synthetic"])
         _check_size("num_samples", num_samples)
-        _check_synthetic_args(split, seed, image_size)
+        _check_synthetic_args(split, seed, image_size, level)
         self.split, self.num_samples, self.image_size, self.seed = split, num_samples, image_size, seed
+        self.level = level
         self.transform = transform if transform is not None else _to_tensors()
-        self._samples = [synthetic_sample(seed, split, i, image_size) for i in range(num_samples)] \
+        self._samples = [synthetic_sample(seed, split, i, image_size, level) for i in range(num_samples)] \
             if pregenerate else None
 
     def __len__(self) -> int:
@@ -402,7 +509,7 @@ class SyntheticSegmentation(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         image, mask = self._samples[index] if self._samples is not None else \
-            synthetic_sample(self.seed, self.split, index, self.image_size)
+            synthetic_sample(self.seed, self.split, index, self.image_size, self.level)
         return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))
 
     def __getitem__(self, index: int):
@@ -439,6 +546,31 @@ def _read_index_png(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read mask {path}: {err}") from err
 
 
+def in_selection_split(name: str, fraction: float) -> bool:
+    """Whether the training file ``name`` (its stem) is held out for model selection.
+
+    The first 8 hex digits of sha1(stem), read as a number in [0, 1), fall below ``fraction``: a fixed subset of
+    about ``fraction`` of the official training list, the same on every machine and in every file order.
+    """
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
+def _split_for_selection(split: str, samples: list[tuple[Path, Path]], fraction: float, dataset: str):
+    """The official train list without (split "train") or with only (split "select") its selection files."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"select_fraction must be in [0, 1), got {fraction}")
+    if split == "select" and fraction == 0:
+        raise ValueError(f"{dataset} split 'select' needs select_fraction > 0 (it is held out of the train list)")
+    if split not in ("train", "select") or fraction == 0:
+        return samples
+    held_out = split == "select"
+    kept = [pair for pair in samples if in_selection_split(pair[0].stem, fraction) == held_out]
+    if not kept:
+        raise ValueError(f"select_fraction={fraction:g} leaves {dataset} split {split!r} empty ({len(samples)} files in "
+                         "the official train list); choose another fraction, or 0 for no selection split")
+    return kept
+
+
 class _PairedFiles(Dataset):
     """Image/mask file pairs of one split; subclasses set the layout and decode masks to class ids."""
 
@@ -446,7 +578,7 @@ class _PairedFiles(Dataset):
     num_classes: int
 
     def __init__(self, root, split: str, samples: list[tuple[Path, Path]], transform: Callable | None,
-                 num_samples: int | None):
+                 num_samples: int | None, select_fraction: float = 0.0):
         if not samples:
             raise FileNotFoundError(f"{self.name} split {split!r} under {root} lists no images")
         if num_samples is not None:
@@ -459,6 +591,7 @@ class _PairedFiles(Dataset):
             raise FileNotFoundError(f"{self.name} under {root} is incomplete: {len(missing)} listed files are "
                                     f"missing, e.g. {missing[:3]}")
         self.root, self.split, self.samples, self.num_samples = Path(root), split, samples, num_samples
+        self.select_fraction = select_fraction
         self.transform = transform if transform is not None else _to_tensors()
 
     def __len__(self) -> int:
@@ -508,20 +641,22 @@ class VOCSegmentation(_PairedFiles):
     num_classes = len(VOC_CLASSES)
 
     def __init__(self, root, split: str = "train", transform: Callable | None = None,
-                 num_samples: int | None = None, download: bool = False):
+                 num_samples: int | None = None, download: bool = False, select_fraction: float = 0.0):
         _check_choice("split", split, SPLITS["voc"])
         base = Path(root) / "VOCdevkit" / "VOC2012"
+        image_set = "train" if split == "select" else split
         if not download:
             _require([base / "JPEGImages", base / "SegmentationClass",
-                      base / "ImageSets" / "Segmentation" / f"{split}.txt"],
+                      base / "ImageSets" / "Segmentation" / f"{image_set}.txt"],
                      f"Expected PASCAL VOC 2012 under {root}: <root>/VOCdevkit/VOC2012/JPEGImages/*.jpg, "
                      "<root>/VOCdevkit/VOC2012/SegmentationClass/*.png and "
                      "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; download "
                      "VOCtrainval_11-May-2012.tar from the PASCAL VOC site "
                      "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and extract it under <root>.")
-        tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=split, download=download)
+        tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
         samples = [(Path(i), Path(m)) for i, m in zip(tv.images, tv.masks)]
-        super().__init__(root, split, samples, transform, num_samples)
+        samples = _split_for_selection(split, samples, select_fraction, self.name)
+        super().__init__(root, split, samples, transform, num_samples, select_fraction)
 
     def _decode_mask(self, path: Path) -> np.ndarray:
         mask = _read_index_png(path)
@@ -542,20 +677,22 @@ class CityscapesSegmentation(_PairedFiles):
     num_classes = len(CITYSCAPES_CLASSES)
 
     def __init__(self, root, split: str = "train", transform: Callable | None = None,
-                 num_samples: int | None = None):
+                 num_samples: int | None = None, select_fraction: float = 0.0):
         _check_choice("split", split, SPLITS["cityscapes"])
         root_path = Path(root)
+        official = "train" if split == "select" else split
         zips = [root_path / "leftImg8bit_trainvaltest.zip", root_path / "gtFine_trainvaltest.zip"]
         if not all(z.is_file() for z in zips):
-            _require([root_path / "leftImg8bit" / split, root_path / "gtFine" / split],
-                     f"Expected Cityscapes under {root}: <root>/leftImg8bit/{split}/<city>/*_leftImg8bit.png and "
-                     f"<root>/gtFine/{split}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
+            _require([root_path / "leftImg8bit" / official, root_path / "gtFine" / official],
+                     f"Expected Cityscapes under {root}: <root>/leftImg8bit/{official}/<city>/*_leftImg8bit.png and "
+                     f"<root>/gtFine/{official}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
                      "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required) and "
                      "extract both under <root>.")
-        tv = torchvision.datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+        tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
         samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
                          if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
-        super().__init__(root, split, samples, transform, num_samples)
+        samples = _split_for_selection(split, samples, select_fraction, self.name)
+        super().__init__(root, split, samples, transform, num_samples, select_fraction)
 
     def _decode_mask(self, path: Path) -> np.ndarray:
         label_ids = _read_index_png(path)
@@ -611,6 +748,8 @@ class ResizedCache(Dataset):
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         subset = "all" if source.num_samples is None else f"first{source.num_samples}"
+        if source.split in ("train", "select") and source.select_fraction:
+            subset += f"-select{source.select_fraction:g}"
         self.stem = f"{source.name}-{source.split}-{resize_tag}-{subset}"
         self.prefix = self.cache_dir / f"{self.stem}-{digest}"
         self.built = not self._is_complete(key)
@@ -683,7 +822,8 @@ class ResizedCache(Dataset):
 def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: str = "paper",
                   resize_size: int | None = 234, crop_size: int = 224, square_resize: bool = False,
                   normalize: bool = False, num_samples: int | None = None, cache_dir=None, seed: int = 0,
-                  synthetic_size: int | None = None) -> Dataset:
+                  synthetic_size: int | None = None, synthetic_level: str = SYNTHETIC_DEFAULT_LEVEL,
+                  select_fraction: float = 0.0) -> Dataset:
     """A split of ``"synthetic"``, ``"voc"`` or ``"cityscapes"`` with the paper's transforms.
 
     Items: (image float32 [3, H, W] in [0, 1], or ImageNet-normalised if ``normalize``; mask int64 [H, W],
@@ -695,6 +835,9 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
         synthetic, whose images are generated at ``resize_size`` x ``resize_size`` (so the resize is a no-op;
         ``seed`` selects the data, ``synthetic_size`` the split's size, default train 512 / val 128 / test 128).
     num_samples: keep the first n samples (deterministic, for quick runs); None = all.
+    select_fraction: VOC/Cityscapes: the share of the official train list held out as split ``"select"`` (model
+        selection), chosen by a hash of each file name (``in_selection_split``); split ``"train"`` is the rest.
+        Synthetic: ignored ("select" is a generated split of its own, sized by ``synthetic_size``).
     cache_dir: store the resized uint8 images/masks once and crop from them (``ResizedCache``); True means
         ``<root>/.mistudy_cache``.  Same items as without it.  For synthetic any truthy value pre-generates the
         split in memory instead (nothing is written).
@@ -706,7 +849,8 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
         raise ValueError(f"protocol={protocol!r} is for evaluation; training always uses the paper's "
                          "resize + random crop")
     resize = _resize_steps(resize_size if protocol != "full" else None, square_resize)
-    rest = _train_steps(crop_size, normalize) if train else _eval_steps(protocol, resize_size, crop_size, normalize)
+    rest = _train_steps(crop_size, normalize) if train else \
+        _eval_steps(protocol, resize_size, crop_size, normalize, square_resize)
 
     if name == "synthetic":
         if synthetic_size is None:
@@ -718,16 +862,18 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
                 raise ValueError(f"num_samples={num_samples} > synthetic_size={synthetic_size}")
         side = resize_size if resize_size is not None else crop_size
         return SyntheticSegmentation(split, num_samples or synthetic_size, image_size=side, seed=seed,
-                                     transform=v2.Compose(resize + rest), pregenerate=bool(cache_dir))
+                                     transform=v2.Compose(resize + rest), pregenerate=bool(cache_dir),
+                                     level=synthetic_level)
 
     if root is None:
         raise ValueError(f"dataset {name!r} needs root= (the directory holding its files)")
     if cache_dir is True:
         cache_dir = Path(root) / ".mistudy_cache"
     source_cls = VOCSegmentation if name == "voc" else CityscapesSegmentation
+    kw = dict(num_samples=num_samples, select_fraction=select_fraction)
     if not cache_dir:
-        return source_cls(root, split, transform=v2.Compose(resize + rest), num_samples=num_samples)
-    source = source_cls(root, split, num_samples=num_samples)
+        return source_cls(root, split, transform=v2.Compose(resize + rest), **kw)
+    source = source_cls(root, split, **kw)
     resize_tag = "orig" if not resize else f"{'square' if square_resize else 'short'}{resize_size}"
     return ResizedCache(source, v2.Compose(resize or [v2.Identity()]), resize_tag, cache_dir,
                         transform=v2.Compose(rest))

@@ -14,7 +14,7 @@ import torch
 from mistudy import data, viz
 from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
 from mistudy.metrics import SegmentationMetrics
-from mistudy.study import project_path
+from mistudy.runs import project_path
 from mistudy.models import build_model, count_parameters
 
 
@@ -51,7 +51,7 @@ def run(num_samples: int = 4, size: int = 96, seed: int = 0, figures_dir=None) -
               f"iou_micro {scores['iou_micro']:.4f}  miou {scores['miou']:.4f}")
         results[f"{name}_miou"] = scores["miou"]
 
-    shown = [viz.display_image(im, normalized=False) for im in images]
+    shown = [data.display_image(im, normalized=False) for im in images]
     fig = viz.plot_predictions(shown, list(target), {"U-Net (untrained)": list(logits["unet"].argmax(1))},
                                "synthetic", title="Synthetic samples and their masks")
     path = viz.save_figure(fig, Path(figures_dir or project_path("figures")) / "synthetic_samples.png",

@@ -6,7 +6,7 @@ and `joint_distribution` (an empirical joint from paired label samples).
 
 Continuous bridge to Region Mutual Information (Zhao et al. 2019, arXiv 1910.12037):
 `gaussian_mutual_information` (MI of jointly Gaussian vectors from their covariance),
-`neighbourhood_vectors` and `rmi_lower_bound` (the prediction-dependent part of RMI's lower bound).
+`neighbourhood_vectors` and `rmi_bound_bits` (the prediction-dependent part of RMI's lower bound).
 These are for teaching and cross-checking, in float64; the training loss lives in `mistudy.losses`.
 
 Conventions:
@@ -298,7 +298,7 @@ def neighbourhood_vectors(image: ArrayLike, radius: int) -> np.ndarray:
     return windows.reshape(-1, radius * radius).T.copy()
 
 
-def rmi_lower_bound(labels: ArrayLike, probs: ArrayLike, radius: int = 3, eps: float = 5e-4,
+def rmi_bound_bits(labels: ArrayLike, probs: ArrayLike, radius: int = 3, eps: float = 5e-4,
                     base: float = 2) -> float:
     """The part of RMI's lower bound on I(Y; P) that depends on the prediction: -½ log_b det(Σ_{Y|P} + εI).
 

@@ -26,7 +26,7 @@ __all__ = [
     "cross_entropy_loss",
     "mutual_kl",
     "region_covariance",
-    "rmi_lower_bound",
+    "rmi_loss_term",
 ]
 
 RMI_POOLS = ("none", "max", "avg")
@@ -207,14 +207,17 @@ def _pooled_size(size: int, pool: str, pool_size: int) -> int:
     return (size + 2 * (pool_size // 2) - pool_size) // pool_size + 1
 
 
-def rmi_lower_bound(
+def rmi_loss_term(
     labels: torch.Tensor,
     probs: torch.Tensor,
     radius: int = 3,
     pool: str = "none",
     pool_size: int = 2,
 ) -> torch.Tensor:
-    """The RMI term: sum over classes of the batch mean of 0.5 log det(Sigma_{Y|P}) / radius**2.
+    """The RMI loss term (nats, minimised): sum over classes of the batch mean of 0.5 log det(Sigma_{Y|P}) / radius**2.
+
+    It is the negative of the prediction-dependent part of Zhao et al.'s lower bound on I(Y; P), per dimension
+    (the RMI authors call it ``rmi_lower_bound``; `mistudy.infotheory.rmi_bound_bits` is the bound itself, in bits).
 
     labels: [N, C, H, W] one-hot labels (zeroed at ignored pixels); probs: [N, C, H, W]
     probabilities (zeroed at ignored pixels, plus 1e-6). Both are optionally max/avg pooled
@@ -246,7 +249,7 @@ class RMILoss(nn.Module):
     """Region Mutual Information loss, sigmoid form: bce_weight * BCE + (1 - bce_weight) * RMI.
 
     BCE is the per-class sigmoid binary cross-entropy summed over classes and labelled pixels,
-    divided by (labelled pixels + 1); RMI is `rmi_lower_bound` of the one-hot labels and
+    divided by (labelled pixels + 1); RMI is `rmi_loss_term` of the one-hot labels and
     sigmoid(logits), both zeroed at ignored pixels (the probabilities then + 1e-6).
     The paper ran radius=3, pool="none"; the RMI authors' default is pool="avg", pool_size=2.
 
@@ -337,7 +340,7 @@ class RMILoss(nn.Module):
                 logits, onehot, weight=valid.expand_as(logits), reduction="sum"
             ) / (valid.sum() + 1.0)
             probs = torch.sigmoid(logits) * valid + _CLIP_MIN
-            rmi = rmi_lower_bound(onehot, probs, self.radius, self.pool, self.pool_size)
+            rmi = rmi_loss_term(onehot, probs, self.radius, self.pool, self.pool_size)
             return self.bce_weight * bce + (1.0 - self.bce_weight) * rmi
 
 

@@ -112,3 +112,33 @@ class SegmentationMetrics:
 def nan_to_none(values: list[float]) -> list[float | None]:
     """JSON has no NaN: per-class lists are stored with None for absent classes."""
     return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in values]
+
+
+@torch.no_grad()
+def per_image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True positives, false positives and false negatives of every image and class.
+
+    Args:
+        pred: class ids [N, H, W]; target: class ids [N, H, W] with ``ignore_index`` for unlabelled pixels
+            (values are assumed checked, as `SegmentationMetrics.update` does).
+    Returns:
+        (tp, fp, fn), each int64 [N, C] on pred's device: summed over images they are the diagonal, column sums
+        minus diagonal and row sums minus diagonal of the confusion matrix.  Per-image mIoU, and the mIoU of any
+        resampled set of images (bootstrap), follow from them.
+    """
+    n, c = pred.shape[0], num_classes
+    valid = target != ignore_index
+    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
+    index = (image * c + target.long().clamp(0, c - 1)) * c + pred.long()
+    cm = torch.bincount(index[valid], minlength=n * c * c).reshape(n, c, c)
+    tp = cm.diagonal(dim1=1, dim2=2)
+    return tp, cm.sum(dim=1) - tp, cm.sum(dim=2) - tp
+
+
+def per_image_miou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """mIoU of each image [N] from per-image counts [N, C]: classes absent from an image's ground truth and
+    prediction are left out (NaN where an image has no labelled pixel)."""
+    union = (tp + fp + fn).double()
+    iou = torch.where(union > 0, tp.double() / union.clamp(min=1), torch.full_like(union, float("nan")))
+    return iou.nanmean(dim=1)

@@ -78,17 +78,23 @@ class UNet(nn.Module):
 class DeepLabV3(nn.Module):
     """torchvision's DeepLabV3-ResNet50 returning the logits tensor instead of a dict.
 
-    Input [N, 3, H, W] -> logits [N, num_classes, H, W]. Random init unless
-    `weights_path` (a full DeepLabV3-ResNet50 state dict, e.g. torchvision's COCO checkpoint saved
-    locally; a classifier head of another class count is skipped) or `backbone_weights_path`
-    (an ImageNet ResNet-50 state dict) names a local file.
+    Input [N, 3, H, W] -> logits [N, num_classes, H, W]. Random init unless a local file is given:
+
+    * ``weights_path``: a full DeepLabV3-ResNet50 state dict, e.g. torchvision's COCO checkpoint saved locally.
+      ``head="replace"`` (default) loads the backbone only and keeps a new, randomly initialised DeepLabHead
+      (ASPP, 3x3 conv, BatchNorm and the 1x1 classifier), as the authors did (``classifier = DeepLabHead(2048,
+      num_classes)`` after loading the COCO weights); ``head="keep"`` also loads the head's ASPP and convs and
+      replaces only the last 1x1 layer when its class count differs.  The auxiliary classifier is never used.
+    * ``backbone_weights_path``: an ImageNet ResNet-50 state dict for the backbone.
     """
 
     def __init__(self, num_classes: int, weights_path: str | os.PathLike | None = None,
-                 backbone_weights_path: str | os.PathLike | None = None):
+                 backbone_weights_path: str | os.PathLike | None = None, head: str = "replace"):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"DeepLabV3 num_classes must be >= 1, got {num_classes}")
+        if head not in ("replace", "keep"):
+            raise ValueError(f"head must be 'replace' or 'keep', got {head!r}")
         # weights=None and weights_backbone=None: never download anything.
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
         if backbone_weights_path is not None:
@@ -102,11 +108,13 @@ class DeepLabV3(nn.Module):
             state = _load_state_dict(weights_path)
             state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("aux_classifier.")}
             own = self.net.state_dict()
-            head = [k for k in state if k.startswith("classifier.4.") and state[k].shape != own.get(k, state[k]).shape]
-            for k in head:  # a head trained for another number of classes: keep our random head
-                del state[k]
+            if head == "replace":
+                fresh = [k for k in own if k.startswith("classifier.")]
+            else:  # a last layer trained for another number of classes stays random
+                fresh = [k for k in state if k.startswith("classifier.4.") and state[k].shape != own.get(k, state[k]).shape]
+            state = {k: v for k, v in state.items() if k not in fresh and not (head == "replace" and k.startswith("classifier."))}
             missing, unexpected = self.net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if k not in head]
+            missing = [k for k in missing if k not in fresh]
             if missing or unexpected:
                 raise ValueError(f"{weights_path} is not a DeepLabV3-ResNet50 state dict: missing keys "
                                  f"{missing[:5]}, unexpected keys {unexpected[:5]}")

@@ -3,28 +3,29 @@
     01 information theory                       once
     02 baseline, 03 rmi, 04 mutual learning     for each dataset and seed
     05 comparison                               once, over every finished run in the results directory
+    06 ablations                                opt-in (--notebooks 06)
 
 Executed notebooks go to <results-dir>/notebooks/ (per dataset and seed for 02-04), runs to
-<results-dir>/<dataset>/<use-case>/seed<k>/, figures and tables to <figures-dir>/. The notebooks run in
-notebooks/ (so their relative paths work) with the project's kernel "mistudy" and MISTUDY_PROGRESS=log
-(one line per epoch instead of progress bars). A failing notebook stops the study with the notebook's name
-and the failing cell's error; what finished before stays as it is.
-
-Also home of `train_or_load`, which the use-case notebooks call so that re-running a notebook over a
-finished run loads it instead of training again.
+<results-dir>/<dataset>/<use-case>/seed<k>/, figures and tables to <figures-dir>/.  The notebooks run in
+notebooks/ (so their relative paths work) with the project's kernel "mistudy" and MISTUDY_PROGRESS=log (one line
+per epoch instead of progress bars).  02-04 get the profile's name and a ``config`` dict of TrainConfig fields
+(--set NAME=VALUE, any field; --epochs and --eval-protocol are shortcuts).  A failing notebook stops the study
+with the notebook's name and the failing cell's error; what finished before stays as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
 from mistudy.cli import OneLineParser, non_negative_int, positive_int
+from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, parse_assignments, study_config
+from mistudy.runs import PROJECT_ROOT, project_path
 
 NOTEBOOKS = {
     "01": "01_information_theory.ipynb",
@@ -33,66 +34,12 @@ NOTEBOOKS = {
     "04": "04_mutual_learning.ipynb",
     "05": "05_comparison.ipynb",
 }
-PER_RUN = ("02", "03", "04")  # run once per dataset and seed
-DATASETS = ("synthetic", "voc", "cityscapes")
+DEFAULT_NOTEBOOKS = ("01", "02", "03", "04", "05")
+PER_RUN = {"02": "baseline", "03": "rmi", "04": "mutual"}  # run once per dataset and seed
 REAL_DATASETS = ("voc", "cityscapes")
-# Parameters injected into 02-04. quick: the notebooks' own defaults (small synthetic run on CPU);
-# paper: section 3.2 of the paper (crop 224 after resize 234, 200 epochs, the use-cases' batch sizes and
-# learning rates, every sample).
-PROFILES = {
-    "quick": {},
-    "paper": dict(epochs=200, image_size=224, resize_size=234, batch_size=None, lr=None, train_samples=None,
-                  val_samples=None),
-}
-PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
 DEFAULT_NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 KERNEL = "mistudy"
 PROG = "mistudy study"
-
-# Config keys, besides mistudy.train.RUNTIME_OPTIONS, that may differ between a finished run and a notebook's
-# config for the run to be reused.
-REUSE_IGNORED = {"resume", "run_dir", "results_dir", "run_name"}
-
-
-# ------------------------------------------------------------------------------ notebook helpers
-
-def project_path(name: str) -> Path:
-    """<project root>/<name>: the notebooks' default results/ and figures/ folders.
-
-    The same folder wherever the kernel runs (papermill from the repository root, JupyterLab or nbval in
-    notebooks/); without a source checkout (no pyproject.toml beside the package), the current directory.
-    Env MISTUDY_<NAME> (MISTUDY_RESULTS, MISTUDY_FIGURES) overrides it; the nbval run uses that.
-    """
-    override = os.environ.get(f"MISTUDY_{name.upper()}")  # e.g. MISTUDY_RESULTS, MISTUDY_FIGURES
-    if override:
-        return Path(override)
-    root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
-    return root / name
-
-
-def train_or_load(cfg) -> dict:
-    """Train `cfg` (a mistudy.train.TrainConfig), or load its run if the run directory already holds a finished
-    run of the same configuration. Returns the run's metrics.json content plus "run_dir".
-
-    A finished run with a different configuration raises FileExistsError naming the differences (choose another
-    run_name / results_dir, delete the run, or pass resume=True to extend it to more epochs).
-    """
-    from mistudy import train as T
-
-    run_dir = cfg.resolved_run_dir()
-    metrics = T.load_metrics(run_dir)
-    if metrics is None or cfg.resume or not T.is_run_dir(run_dir):
-        return T.train(cfg)
-    saved = json.loads((run_dir / "config.json").read_text())
-    now = asdict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in REUSE_IGNORED | T.RUNTIME_OPTIONS and saved.get(k) != v}
-    if not diff:
-        print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
-        return {**metrics, "run_dir": str(run_dir)}
-    detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-    hint = " or pass resume=True to continue it" if set(diff) <= T.RESUMABLE_CHANGES else ""
-    raise FileExistsError(f"{run_dir} holds a finished run with another configuration ({detail}); choose another "
-                          f"run_name or results_dir, delete it{hint}")
 
 
 # ------------------------------------------------------------------------------------- the plan
@@ -118,23 +65,25 @@ class StudyError(RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Run the study's notebooks headless with papermill: 01, then 02-04 for "
-                "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="synthetic", choices=[*DATASETS, "all"], help="dataset(s) of 02-04")
     p.add_argument("--data-root", action="append", default=[], metavar="[NAME=]DIR",
                    help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
                         "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the profile's)")
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], help="seeds of 02-04 (one run each)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds of 02-04 (one run "
+                   "each; the comparison's intervals need at least 2)")
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help="quick: the notebooks' small CPU defaults; paper: crop 224, resize 234, 200 epochs, the "
-                        "paper's batch sizes, all samples")
+                   help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="any TrainConfig field for 02-04, e.g. --set rmi_pool=avg --set cache_dir=/data/cache "
+                        "(`python -m mistudy train --help` lists them); applied after the profile")
+    p.add_argument("--epochs", type=positive_int, default=None, help="shortcut for --set epochs=N")
     p.add_argument("--eval-protocol", default=None, choices=["paper", "full", "random-crop"],
-                   help="validation protocol of 02-04 (default: the notebooks', paper: resize + centre crop; "
-                        "random-crop: the authors' random crops, seeded)")
+                   help="shortcut for --set eval_protocol=P (random-crop: the authors' random crops, 5 passes)")
     p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's results/)")
     p.add_argument("--figures-dir", default=None, help="figures and tables (default: the project's figures/)")
-    p.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), metavar="NN",
+    p.add_argument("--notebooks", nargs="+", default=list(DEFAULT_NOTEBOOKS), metavar="NN",
                    help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs (and extend finished ones to more epochs)")
@@ -203,25 +152,46 @@ def plan(args: argparse.Namespace) -> list[Step]:
         notebook = nb_dir / NOTEBOOKS[key]
         return Step(key, notebook, executed / subdir / notebook.name, parameters, notebook.stem + label)
 
+    overrides = _overrides(args)
     steps = []
     if "01" in keys:
         steps.append(step("01", {"figures_dir": str(figures)}))
     for dataset in datasets:  # every use-case of one dataset and seed before the next seed
+        root = str(roots[dataset]) if dataset in roots else None
+        for key in (k for k in PER_RUN if k in keys):  # every option checked now, not hours later in a notebook
+            try:
+                study_config(PER_RUN[key], args.profile, overrides, dataset=dataset, root=root, device=args.device)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(f"{PER_RUN[key]} on {dataset}: {e}") from None
         for seed in args.seeds:
             for key in (k for k in PER_RUN if k in keys):
-                params = {"dataset": dataset, "data_root": str(roots[dataset]) if dataset in roots else None,
-                          **PROFILES[args.profile], "device": args.device, "seed": seed,
-                          "results_dir": str(results), "figures_dir": str(figures)}
-                if args.epochs is not None:
-                    params["epochs"] = args.epochs
-                if args.eval_protocol is not None:
-                    params["eval_protocol"] = args.eval_protocol
+                params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
+                          "seed": seed, "results_dir": str(results), "figures_dir": str(figures)}
+                if overrides:
+                    params["config"] = overrides
                 if args.resume:
                     params["resume"] = True
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
     if "05" in keys:
         steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures)}))
     return steps
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """--set NAME=VALUE values (and the --epochs / --eval-protocol shortcuts) as TrainConfig fields."""
+    try:
+        overrides = parse_assignments(args.overrides)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    reserved = {"use_case", "dataset", "root", "seed", "device", "results_dir", "run_dir", "resume"} & set(overrides)
+    if reserved:
+        raise UsageError(f"--set {', '.join(sorted(reserved))}: set by the study itself (use --dataset, --data-root, "
+                         "--seeds, --device, --results-dir, --resume)")
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.eval_protocol is not None:
+        overrides["eval_protocol"] = args.eval_protocol
+    return overrides
 
 
 def _check_kernel(name: str) -> None:
@@ -255,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m mistudy study`; returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        from mistudy.train import resolve_device
+        from mistudy.distributed import resolve_device
 
         try:
             resolve_device(args.device)

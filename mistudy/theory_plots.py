@@ -102,17 +102,17 @@ def noisy_prediction(labels: np.ndarray, alpha: float, seed: int = 0) -> np.ndar
 
 
 def rmi_versus_blur(labels: np.ndarray, sigmas, radius: int = 3) -> np.ndarray:
-    """`rmi_lower_bound` (bits) of `blurred_prediction(labels, s)` for each s in sigmas: [len(sigmas)]."""
-    return np.array([it.rmi_lower_bound(labels, blurred_prediction(labels, float(s)), radius)
+    """`rmi_bound_bits` (bits) of `blurred_prediction(labels, s)` for each s in sigmas: [len(sigmas)]."""
+    return np.array([it.rmi_bound_bits(labels, blurred_prediction(labels, float(s)), radius)
                      for s in sigmas])
 
 
 def rmi_versus_mixing(labels: np.ndarray, alphas, radius: int = 3, seed: int = 0) -> np.ndarray:
-    """`rmi_lower_bound` (bits) of `noisy_prediction(labels, a, seed)` for each a in alphas: [len(alphas)].
+    """`rmi_bound_bits` (bits) of `noisy_prediction(labels, a, seed)` for each a in alphas: [len(alphas)].
 
     The same noise for every alpha, so the curve shows only the effect of alpha.
     """
-    return np.array([it.rmi_lower_bound(labels, noisy_prediction(labels, float(a), seed), radius)
+    return np.array([it.rmi_bound_bits(labels, noisy_prediction(labels, float(a), seed), radius)
                      for a in alphas])
 
 
@@ -230,7 +230,7 @@ def plot_rmi_maps(labels: np.ndarray, predictions: dict[str, np.ndarray], radius
     axes[0].set_title("labels Y")
     for ax, (name, probs) in zip(axes[1:], predictions.items()):
         ax.imshow(probs, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{name}\nRMI bound {it.rmi_lower_bound(labels, probs, radius):.2f} bits")
+        ax.set_title(f"{name}\nRMI bound {it.rmi_bound_bits(labels, probs, radius):.2f} bits")
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()

@@ -9,11 +9,7 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import platform
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -21,62 +17,19 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-import mistudy
-from mistudy.data import IGNORE_COLOR, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, colorize_mask, dataset_info
-
-
-def provenance(**fields) -> dict:
-    """Where a figure or table came from: the caller's fields plus version, host and date."""
-    import torch
-
-    info = {
-        "package": f"mistudy {mistudy.__version__}",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    info.update(fields)
-    return info
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to `path` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; results are meant to be shared
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_provenance(path: str | os.PathLike, prov: dict) -> Path:
-    """Write `<path>.provenance.json` beside a figure or table."""
-    side = Path(str(path) + ".provenance.json")
-    atomic_write_text(side, json.dumps(prov, indent=2, default=str) + "\n")
-    return side
+from mistudy.atomic import atomic_path
+from mistudy.data import IGNORE_COLOR, IGNORE_INDEX, colorize_mask, dataset_info
+from mistudy.runs import provenance, write_provenance
 
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, prov: dict | None = None,
                 dpi: int = 150) -> Path:
-    """Save `fig` as PNG at `path` (atomically) with a provenance sidecar; returns the path."""
+    """Save ``fig`` as PNG at ``path`` (atomically) with a provenance sidecar; returns the path."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG; got file name {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     write_provenance(path, provenance(**(prov or {})))
     return path
 
@@ -95,14 +48,15 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
         return None
     network, rest = key.split("/", 1)
     kind, _, metric = rest.partition("_")
-    return (network, kind, metric) if kind in ("train", "val") and metric else None
+    return (network, kind, metric) if kind in ("train", "val", "select") and metric else None
 
 
 def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.figure.Figure:
-    """Training losses, validation mIoU / micro IoU and validation pixel accuracy per epoch.
+    """Training losses, validation mIoU / micro IoU (and selection-split mIoU) and validation pixel accuracy per epoch.
 
-    history: rows of `mistudy.train.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>", ...});
-    one line per network (and loss part: the total loss solid, its parts dashed / dotted).
+    history: rows of `mistudy.runs.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>",
+    "<net>/select_<metric>", ...}); one line per network (and loss part: the total loss solid, its parts dashed /
+    dotted).
     """
     if not history:
         raise ValueError("history is empty: the run has not finished an epoch")
@@ -132,12 +86,16 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
             linestyle = "-" if metric == "loss" else ("--", ":", "-.")[parts[network].index(metric) % 3]
             ax_loss.plot(x, y, linestyle=linestyle, label=f"{network} {metric}", **style)
         elif metric == "miou":
-            ax_iou.plot(x, y, label=f"{network} mIoU", **style)
+            dashed = kind == "select"
+            ax_iou.plot(x, y, linestyle="--" if dashed else "-",
+                        label=f"{network} mIoU ({'selection split' if dashed else 'validation'})", **style)
+        elif kind == "select":
+            continue
         elif metric == "iou_micro":
             ax_iou.plot(x, y, linestyle=":", label=f"{network} micro IoU", **style)
         elif metric == "pixel_accuracy":
             ax_acc.plot(x, y, label=f"{network}", **style)
-    for ax, name in ((ax_loss, "training loss"), (ax_iou, "validation IoU"), (ax_acc, "validation pixel accuracy")):
+    for ax, name in ((ax_loss, "training loss"), (ax_iou, "IoU"), (ax_acc, "validation pixel accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
@@ -150,17 +108,6 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def display_image(image, normalized: bool):
-    """A dataset image tensor [3, H, W] (ImageNet-normalised if `normalized`) -> float array [H, W, 3] in [0, 1]."""
-    x = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"image must be [3, H, W], got shape {x.shape}")
-    if normalized:
-        mean, std = (np.array(v, dtype=np.float32)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
-        x = x * std + mean
-    return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
 
 
 def class_legend_handles(dataset: str, class_ids=None, include_ignore: bool = False) -> list:
@@ -235,30 +182,25 @@ def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "")
     return fig
 
 
-def predict_samples(run_dir: str | os.PathLike, indices, checkpoint: str = "best_miou",
-                    networks: list[str] | None = None, device: str = "cpu") -> dict:
-    """Validation samples of a run and its networks' predictions, for prediction figures.
-
-    Returns {"images": [H, W, 3] display arrays, "targets": masks [H, W], "predictions": {network: masks}}
-    for the validation items `indices` of the run's own data configuration (protocol, sizes, seed).
-    """
-    import torch
-
-    from mistudy import train as T
-
-    cfg = T.load_config(run_dir)
-    _, val_set = T.build_datasets(cfg)
-    indices = [int(i) for i in indices]
-    bad = [i for i in indices if not 0 <= i < len(val_set)]
-    if bad:
-        raise ValueError(f"validation indices {bad} out of range: the run's validation split has {len(val_set)} items")
-    items = [val_set[i] for i in indices]
-    out = {"images": [display_image(img, cfg.normalize) for img, _ in items],
-           "targets": [mask.numpy() for _, mask in items], "predictions": {}}
-    dev = T.resolve_device(device)
-    for network in networks or list(cfg.networks):
-        net = T.load_network(run_dir, network, checkpoint, dev)
-        with torch.no_grad():
-            # one image at a time: "full" protocol images may differ in size
-            out["predictions"][network] = [net(img[None].to(dev)).argmax(1)[0].cpu().numpy() for img, _ in items]
-    return out
+def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str = "unet/val_miou", title: str = "",
+                         band: str = "range") -> matplotlib.figure.Figure:
+    """One line per setting (e.g. synthetic level): the mean over seeds of ``metric`` per epoch, with the range of
+    the seeds shaded.  curves: {label: [history of seed 0, history of seed 1, ...]}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, histories in curves.items():
+        epochs = sorted({row["epoch"] for h in histories for row in h if row.get(metric) is not None})
+        values = np.array([[next(r[metric] for r in h if r["epoch"] == e) for e in epochs] for h in histories])
+        mean = values.mean(axis=0)
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(histories)})")
+        ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.split("/")[-1].replace("val_", "validation "))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

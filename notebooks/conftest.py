@@ -5,6 +5,8 @@ import tempfile
 
 # One log line per epoch instead of tqdm widgets: stream outputs stay short and readable headless.
 os.environ.setdefault("MISTUDY_PROGRESS", "log")
+# The notebooks' default profile becomes "tiny": every code path in seconds (the quick profile trains for minutes).
+os.environ.setdefault("MISTUDY_PROFILE", "tiny")
 # Runs and figures of the test run go to a scratch folder, not the study's results/ and figures/.
 _scratch = tempfile.mkdtemp(prefix="mistudy-nbval-")
 os.environ.setdefault("MISTUDY_RESULTS", os.path.join(_scratch, "results"))

@@ -137,21 +137,26 @@ def test_random_crop_pads_small_images_with_ignore():
     assert torch.all(image[:, padded] == 0) and torch.all(out[~padded] == 1)
 
 
-def test_eval_paper_is_a_deterministic_centre_crop_and_full_keeps_everything():
+def test_eval_paper_is_a_deterministic_centre_crop_and_full_resizes_only_the_image():
     mask = np.random.default_rng(2).integers(0, 21, (45, 60)).astype(np.uint8)
     t = eval_transform("paper", resize_size=45, crop_size=40)  # 45 is already the shorter side: no resize
     a, b = t(*_pair(mask)), t(*_pair(mask))
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
     top, left = round((45 - 40) / 2), round((60 - 40) / 2)
     assert np.array_equal(a[1].numpy(), mask[top:top + 40, left:left + 40])
-    image, out = eval_transform("full")(*_pair(mask))
+    image, out = eval_transform("full", resize_size=45)(*_pair(mask))
     assert image.shape == (3, 45, 60) and np.array_equal(out.numpy(), mask)
+    # the network sees the image at the training scale; the mask is never resized (scores at its resolution)
+    image, out = eval_transform("full", resize_size=30)(*_pair(mask))
+    assert image.shape == (3, 30, 40) and np.array_equal(out.numpy(), mask)
+    image, out = eval_transform("full", resize_size=30, square_resize=True)(*_pair(mask))
+    assert image.shape == (3, 30, 30) and np.array_equal(out.numpy(), mask)
 
 
 def test_normalize_applies_imagenet_statistics():
     mask = np.random.default_rng(3).integers(0, 21, (16, 16)).astype(np.uint8)
-    raw, _ = eval_transform("full")(*_pair(mask))
-    norm, _ = eval_transform("full", normalize=True)(*_pair(mask))
+    raw, _ = eval_transform("full", resize_size=None)(*_pair(mask))
+    norm, _ = eval_transform("full", resize_size=None, normalize=True)(*_pair(mask))
     mean, std = torch.tensor(data.IMAGENET_MEAN)[:, None, None], torch.tensor(data.IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(norm, (raw - mean) / std)
 
@@ -193,7 +198,7 @@ def test_synthetic_sample_types_sizes_and_classes():
     assert image.shape == (40, 72, 3) and image.dtype == np.uint8 and mask.shape == (40, 72)
     seen = set()
     for i in range(20):
-        seen |= set(np.unique(synthetic_sample(0, "train", i, 64)[1]).tolist())
+        seen |= set(np.unique(synthetic_sample(0, "train", i, 64, "hard")[1]).tolist())
     assert seen == set(range(7))
     with pytest.raises(ValueError, match="'train', 'val', 'test'"):
         synthetic_sample(0, "holdout", 0)
@@ -229,34 +234,97 @@ def test_synthetic_shape_areas_match_geometry(cls):
     assert abs(area - expected) / expected < 0.02
 
 
-def test_synthetic_colour_alone_cannot_segment():
-    """Logistic regression on a pixel's RGB learns nothing beyond the class frequencies."""
+@pytest.mark.parametrize("level", list(data.SYNTHETIC_LEVELS))
+def test_synthetic_colour_alone_cannot_segment(level):
+    """At every level, no per-pixel function of RGB beats the class frequencies: neither logistic regression nor a
+    random forest (nonlinear) predicts better than the majority class on held-out images."""
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
     def pixels(split, count):
-        pairs = [synthetic_sample(0, split, i, 64) for i in range(count)]
+        pairs = [synthetic_sample(0, split, i, 64, level) for i in range(count)]
         return (np.concatenate([p[0].reshape(-1, 3) for p in pairs]) / 255.0,
                 np.concatenate([p[1].ravel() for p in pairs]))
 
     x_train, y_train = pixels("train", 24)
     x_val, y_val = pixels("val", 12)
     pick = np.random.default_rng(0).choice(len(y_train), 20000, replace=False)
-    model = LogisticRegression(max_iter=300).fit(x_train[pick], y_train[pick])
-    pred = model.predict(x_val)
     majority = np.bincount(y_val).max() / len(y_val)
-    assert (pred == y_val).mean() <= majority + 0.02
-    ious = [((pred == c) & (y_val == c)).sum() / max(((pred == c) | (y_val == c)).sum(), 1) for c in range(1, 7)]
+    linear = LogisticRegression(max_iter=300).fit(x_train[pick], y_train[pick]).predict(x_val)
+    assert (linear == y_val).mean() <= majority + 0.01
+    ious = [((linear == c) & (y_val == c)).sum() / max(((linear == c) | (y_val == c)).sum(), 1) for c in range(1, 7)]
     assert max(ious) < 0.05, f"a shape class is separable by colour alone: IoUs {ious}"
+    forest = RandomForestClassifier(50, min_samples_leaf=20, random_state=0).fit(x_train[pick], y_train[pick])
+    assert (forest.predict(x_val) == y_val).mean() <= majority + 0.01
 
 
-def test_synthetic_classes_share_one_colour_distribution():
-    pairs = [synthetic_sample(0, "train", i, 32) for i in range(200)]
+@pytest.mark.parametrize("level", list(data.SYNTHETIC_LEVELS))
+def test_synthetic_classes_share_one_colour_distribution(level):
+    """Every region's painted colours come from one distribution: the base colour is uniform on the RGB cube for the
+    background and for objects (Kolmogorov-Smirnov against the uniform law), whatever the background is; rendered
+    pixels of every class have the same mean colour.  (The camera blur mixes colours along edges, so pixels of thin
+    classes are slightly less extreme; test_synthetic_colour_alone_cannot_segment shows no classifier gains from it.)"""
+    from scipy import stats as sps
+
+    lv = data.SYNTHETIC_LEVELS[level]
+    rng = np.random.default_rng(1)
+    backgrounds = np.array([data._region_colours(rng, lv, None) for _ in range(3000)])
+    objects = np.array([data._region_colours(rng, lv, bg[0]) for bg in backgrounds])
+    for colours in (backgrounds, objects):
+        for channel in range(3):
+            assert sps.kstest(colours[:, 0, channel], "uniform").pvalue > 0.001  # base colour
+            assert sps.kstest(colours[:, 1, channel], "uniform").pvalue > 0.001  # the texture's second colour
+    pairs = [synthetic_sample(0, "train", i, 32, level) for i in range(200)]
     rgb = np.concatenate([p[0].reshape(-1, 3) for p in pairs]) / 255.0
     labels = np.concatenate([p[1].ravel() for p in pairs])
-    means = np.array([rgb[labels == c].mean(0) for c in range(7)])
-    stds = np.array([rgb[labels == c].std(0) for c in range(7)])
-    # ~170 objects per class: the means of uniform colours scatter by about 0.02-0.03.
-    assert np.abs(means - 0.5).max() < 0.1 and np.abs(stds - stds.mean(0)).max() < 0.05
+    present = [c for c in range(7) if (labels == c).sum() > 1000]
+    assert present == [0, *lv.classes]
+    means = np.array([rgb[labels == c].mean(0) for c in present])
+    assert np.abs(means - 0.5).max() < 0.05  # ~100-300 objects per class: means of uniform colours scatter ~0.02
+
+
+def test_hard_level_is_the_original_generator():
+    # sha1 of samples 0-19 (64x64) as the generator made them before levels existed (commit b463377)
+    digest = hashlib.sha1()
+    for i in range(20):
+        image, mask = synthetic_sample(0, "train", i, 64, "hard")
+        digest.update(image.tobytes())
+        digest.update(mask.tobytes())
+    assert digest.hexdigest() == "8a58e4d794c4a355bfb3a1cd54086728342090a5"
+
+
+@pytest.mark.parametrize("level", list(data.SYNTHETIC_LEVELS))
+def test_every_level_is_deterministic_and_its_splits_disjoint(level):
+    first = synthetic_sample(5, "select", 3, 40, level)
+    assert all(np.array_equal(a, b) for a, b in zip(first, synthetic_sample(5, "select", 3, 40, level)))
+    digests = {split: {hashlib.sha1(synthetic_sample(0, split, i, 32, level)[0].tobytes()).hexdigest()
+                       for i in range(40)} for split in ("train", "val", "test", "select")}
+    assert all(len(d) == 40 for d in digests.values())
+    splits = list(digests)
+    assert all(not digests[a] & digests[b] for i, a in enumerate(splits) for b in splits[i + 1:])
+
+
+def test_levels_differ_and_unknown_levels_are_named():
+    masks = {lv: synthetic_sample(0, "train", 0, 48, lv)[1] for lv in data.SYNTHETIC_LEVELS}
+    assert not np.array_equal(masks["easy"], masks["hard"])
+    easy_ids = set(np.unique(np.concatenate([synthetic_sample(0, "train", i, 48, "easy")[1].ravel()
+                                             for i in range(20)])).tolist())
+    assert easy_ids == {0, 1, 4, 6}  # background, disc, ring, bar
+    with pytest.raises(ValueError, match="synthetic level 'extreme'"):
+        synthetic_sample(0, "train", 0, 32, "extreme")
+    with pytest.raises(ValueError, match="synthetic level"):
+        build_dataset("synthetic", "train", train=True, synthetic_level="extreme", resize_size=36, crop_size=32)
+
+
+def test_objects_keep_their_least_contrast_with_the_background():
+    # easy: flat objects on a flat or gradient background whose base colour differs by >= 0.3 per channel (mod 1)
+    rng = np.random.default_rng(0)
+    level = data.SYNTHETIC_LEVELS["easy"]
+    for _ in range(200):
+        background = rng.random(3).astype(np.float32)
+        c0, _ = data._region_colours(rng, level, background)
+        cyclic = np.minimum(np.abs(c0 - background), 1 - np.abs(c0 - background))
+        assert cyclic.min() >= 0.3 - 1e-6
 
 
 def test_build_synthetic_dataset_items():
@@ -300,7 +368,7 @@ def test_random_crop_protocol_crops_windows_of_the_resized_image():
 # ---------------------------------------------------------------------------------------------- VOC
 
 def test_voc_full_protocol_returns_the_files_exactly(voc_root):
-    ds = build_dataset("voc", "train", voc_root, train=False, protocol="full")
+    ds = build_dataset("voc", "train", voc_root, train=False, protocol="full", resize_size=None)
     assert len(ds) == len(VOC_SPLITS["train"])
     base = voc_root / "VOCdevkit" / "VOC2012"
     for (image, mask), image_id in zip(_items(ds), VOC_SPLITS["train"]):
@@ -393,7 +461,7 @@ def test_bad_names_and_arguments(voc_root):
 # ---------------------------------------------------------------------------------------------- Cityscapes
 
 def test_cityscapes_maps_label_ids_to_train_ids(cityscapes_root):
-    ds = build_dataset("cityscapes", "train", cityscapes_root, train=False, protocol="full")
+    ds = build_dataset("cityscapes", "train", cityscapes_root, train=False, protocol="full", resize_size=None)
     assert len(ds) == 3
     names = [p[0].name for p in ds.samples]
     assert names == sorted(names) and names[0] == "aachen_000000_000019_leftImg8bit.png"
@@ -513,3 +581,16 @@ def test_cache_build_stops_at_a_corrupt_file_and_leaves_nothing_behind(voc_root,
     with pytest.raises(ValueError, match=f"cannot read image {path}"):
         build_dataset("voc", "train", voc_root, train=True, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())
+
+
+def test_cityscapes_selection_split_is_held_out_of_train(cityscapes_root):
+    train_all = build_dataset("cityscapes", "train", cityscapes_root, train=False, protocol="full", resize_size=None)
+    select = build_dataset("cityscapes", "select", cityscapes_root, train=False, select_fraction=0.5, resize_size=None,
+                           protocol="full")
+    rest = build_dataset("cityscapes", "train", cityscapes_root, train=False, select_fraction=0.5, resize_size=None,
+                         protocol="full")
+    names = lambda ds: [p[0].name for p in ds.samples]  # noqa: E731
+    assert sorted(names(select) + names(rest)) == names(train_all) and not set(names(select)) & set(names(rest))
+    assert all(data.in_selection_split(p[0].stem, 0.5) for p in select.samples)
+    with pytest.raises(ValueError, match="needs select_fraction > 0"):
+        build_dataset("cityscapes", "select", cityscapes_root, train=False)

@@ -306,7 +306,7 @@ def test_rmi_lower_bound_radius_1_is_scalar_regression_formula():
     c = np.cov(y, p, bias=True)
     eps = 5e-4
     posterior = c[0, 0] - c[0, 1] ** 2 / (c[1, 1] + eps)
-    assert it.rmi_lower_bound(labels, probs, radius=1, eps=eps) == pytest.approx(
+    assert it.rmi_bound_bits(labels, probs, radius=1, eps=eps) == pytest.approx(
         -0.5 * math.log2(posterior + eps), rel=1e-12)
 
 
@@ -319,7 +319,7 @@ def test_rmi_lower_bound_plus_label_term_is_gaussian_mi_of_region_vectors():
     p = torch.nn.functional.unfold(torch.from_numpy(probs)[None, None], radius)[0].numpy()
     joint_cov = np.cov(np.vstack([y, p]), bias=True)
     label_term = 0.5 * np.linalg.slogdet(joint_cov[:4, :4])[1] / math.log(2)
-    bound = it.rmi_lower_bound(labels, probs, radius=radius, eps=0.0)
+    bound = it.rmi_bound_bits(labels, probs, radius=radius, eps=0.0)
     assert bound + label_term == pytest.approx(it.gaussian_mutual_information(joint_cov, 4), rel=1e-9)
 
 
@@ -327,10 +327,10 @@ def test_rmi_lower_bound_orders_predictions_and_is_invariant_to_flipping_both_ma
     labels = tp.toy_label_map(32)
     noise = tp.noisy_prediction(labels, 0.0, seed=0)
     blurred = tp.blurred_prediction(labels, 2.0)
-    b_noise, b_blur, b_true = (it.rmi_lower_bound(labels, q) for q in (noise, blurred, labels))
+    b_noise, b_blur, b_true = (it.rmi_bound_bits(labels, q) for q in (noise, blurred, labels))
     assert b_noise < b_blur < b_true
-    assert it.rmi_lower_bound(1 - labels, 1 - blurred) == pytest.approx(b_blur, rel=1e-10)
-    torch_bound = it.rmi_lower_bound(torch.from_numpy(labels).float(), torch.from_numpy(blurred).float())
+    assert it.rmi_bound_bits(1 - labels, 1 - blurred) == pytest.approx(b_blur, rel=1e-10)
+    torch_bound = it.rmi_bound_bits(torch.from_numpy(labels).float(), torch.from_numpy(blurred).float())
     assert torch_bound == pytest.approx(b_blur, rel=1e-4)
 
 
@@ -344,7 +344,7 @@ def test_rmi_lower_bound_orders_predictions_and_is_invariant_to_flipping_both_ma
 ])
 def test_rmi_lower_bound_bad_input(labels, probs, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        it.rmi_lower_bound(labels, probs, **kwargs)
+        it.rmi_bound_bits(labels, probs, **kwargs)
 
 
 # ----------------------------------------------------------------------------- theory_plots demo inputs

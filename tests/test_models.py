@@ -53,19 +53,42 @@ def test_build_model_unknown_name_lists_valid():
         build_model("segformer", 3)
 
 
-def test_deeplab_local_weights_round_trip(tmp_path):
+def test_deeplab_local_weights_keep_head_round_trip(tmp_path):
     torch.manual_seed(0)
     a = DeepLabV3(4).eval()
     path = tmp_path / "dl.pt"
     torch.save(a.net.state_dict(), path)
-    b = DeepLabV3(4, weights_path=path).eval()
+    b = DeepLabV3(4, weights_path=path, head="keep").eval()
     x = torch.randn(1, 3, 33, 33)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
-    # a checkpoint with another number of classes keeps everything but the head
-    c = DeepLabV3(7, weights_path=path)
+    # a checkpoint with another number of classes keeps everything but the last layer
+    c = DeepLabV3(7, weights_path=path, head="keep")
     assert torch.equal(c.net.backbone.conv1.weight, a.net.backbone.conv1.weight)
+    assert torch.equal(c.net.classifier[0].convs[0][0].weight, a.net.classifier[0].convs[0][0].weight)
     assert c.net.classifier[4].out_channels == 7
+
+
+def test_deeplab_local_weights_replace_the_whole_head_as_the_authors(tmp_path):
+    # The authors: deeplabv3_resnet50(pretrained=True), then classifier = DeepLabHead(2048, num_classes): the
+    # backbone comes from the checkpoint, every layer of the head (ASPP, 3x3 conv, BatchNorm, 1x1) is new.
+    torch.manual_seed(0)
+    coco = DeepLabV3(21)
+    state = {**coco.net.state_dict(), **{f"aux_classifier.{k}": v for k, v in {"0.weight": torch.ones(1)}.items()}}
+    path = tmp_path / "coco.pt"
+    torch.save(state, path)
+    torch.manual_seed(1)
+    ours = DeepLabV3(21, weights_path=path)  # head="replace" is the default, even for the same class count
+    for k, v in ours.net.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, coco.net.state_dict()[k]), k
+    head = [k for k, v in ours.net.state_dict().items() if k.startswith("classifier.") and v.dim() > 1]  # convs
+    assert len(head) >= 7 and all(not torch.equal(ours.net.state_dict()[k], coco.net.state_dict()[k]) for k in head)
+    torch.manual_seed(1)
+    again = DeepLabV3(21)  # the new head is the ordinary random initialisation, seeded like the rest
+    assert all(torch.equal(ours.net.state_dict()[k], again.net.state_dict()[k]) for k in head)
+    with pytest.raises(ValueError, match="head must be"):
+        DeepLabV3(3, head="partial")
 
 
 def test_deeplab_backbone_weights(tmp_path):

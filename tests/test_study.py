@@ -9,10 +9,11 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mistudy import study
-from mistudy import train as T
-from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan, train_or_load
-from mistudy.train import TrainConfig
+from mistudy import runs, study
+from mistudy import train as train_module
+from mistudy.config import TrainConfig
+from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan
+from mistudy.train import train_or_load
 
 # Each throwaway notebook records what the runner gave it: injected parameters, environment, working directory.
 RECORD = '''
@@ -20,7 +21,7 @@ import json, os
 from pathlib import Path
 Path(results_dir).mkdir(parents=True, exist_ok=True)
 Path(results_dir, f"{NAME}-{dataset}-{seed}.json").write_text(json.dumps(dict(
-    dataset=dataset, seed=seed, epochs=epochs, data_root=data_root, figures_dir=figures_dir,
+    dataset=dataset, seed=seed, profile=profile, config=config, data_root=data_root, figures_dir=figures_dir,
     progress=os.environ.get("MISTUDY_PROGRESS"), cwd=os.getcwd())))
 '''
 
@@ -29,8 +30,8 @@ def write_notebooks(folder: Path, fail: dict[str, str] | None = None) -> Path:
     """Tiny notebooks under the real names; fail: {key: code of a cell that raises}."""
     folder.mkdir(parents=True, exist_ok=True)
     for key, name in NOTEBOOKS.items():
-        params = new_code_cell(f'dataset = "none"\nseed = -1\nepochs = 1\ndata_root = None\nresults_dir = "{folder}"\n'
-                               'figures_dir = "figs"')
+        params = new_code_cell(f'dataset = "none"\nseed = -1\nprofile = "none"\nconfig = {{}}\ndata_root = None\n'
+                               f'results_dir = "{folder}"\nfigures_dir = "figs"\ndevice = "auto"')
         params.metadata["tags"] = ["parameters"]
         cells = [params, new_code_cell(f"NAME = {key!r}\nx = 1")]
         if fail and key in fail:
@@ -68,15 +69,30 @@ def test_default_plan_runs_01_then_use_cases_then_05(nb_dir, tmp_path, monkeypat
     monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("MISTUDY_FIGURES", str(tmp_path / "figures"))
     steps = _plan(nb_dir)
-    assert [s.notebook.name for s in steps] == list(NOTEBOOKS.values())
+    # three seeds of every use-case by default, so that the comparison has intervals
+    assert [(s.key, s.parameters.get("seed")) for s in steps] == [
+        ("01", None), *[(k, seed) for seed in (0, 1, 2) for k in ("02", "03", "04")], ("05", None)]
     results = tmp_path / "results"
     assert steps[1].output == results / "notebooks" / "synthetic" / "seed0" / "02_baseline.ipynb"
     assert steps[0].output == results / "notebooks" / "01_information_theory.ipynb"
-    assert steps[1].parameters == {"dataset": "synthetic", "data_root": None, "device": "auto", "seed": 0,
-                                   "results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
-    assert steps[4].parameters == {"results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
+    assert steps[1].parameters == {"profile": "quick", "dataset": "synthetic", "data_root": None, "device": "auto",
+                                   "seed": 0, "results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
+    assert steps[-1].parameters == {"results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
     assert all(s.notebook.parent == nb_dir for s in steps)
     assert study.DEFAULT_NOTEBOOKS_DIR == Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def test_set_reaches_the_notebooks_as_config_and_is_checked_first(nb_dir):
+    steps = _plan(nb_dir, "--notebooks", "03", "--seeds", "0", "--set", "rmi_pool=avg", "--set", "cache_dir=/tmp/c",
+                  "--set", "compile=true", "--set", "eval_passes=none", "--epochs", "4")
+    assert steps[0].parameters["config"] == {"rmi_pool": "avg", "cache_dir": "/tmp/c", "compile": True,
+                                             "eval_passes": None, "epochs": 4}
+    for argv, match in ((["--set", "rmi_pool=huge"], "rmi on synthetic: rmi_pool must be one of"),
+                        (["--set", "no_such_option=1"], "unknown option 'no_such_option'"),
+                        (["--set", "epochs"], "NAME=VALUE"), (["--set", "epochs=many"], "epochs='many': expected int"),
+                        (["--set", "seed=3"], "set by the study itself")):
+        with pytest.raises(UsageError, match=match):
+            _plan(nb_dir, "--notebooks", "03", *argv)
 
 
 def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
@@ -85,21 +101,19 @@ def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
     assert [(s.key, s.parameters.get("seed")) for s in steps] == [("02", 0), ("04", 0), ("02", 1), ("04", 1),
                                                                    ("05", None)]
     p = steps[3].parameters
-    assert (p["epochs"], p["image_size"], p["resize_size"]) == (7, 224, 234)
-    assert p["train_samples"] is None and p["val_samples"] is None and p["batch_size"] is None
+    assert p["profile"] == "paper" and p["config"] == {"epochs": 7}
     assert p["resume"] is True and p["device"] == "cpu"
     assert steps[3].output == tmp_path / "notebooks" / "synthetic" / "seed1" / "04_mutual_learning.ipynb"
-    assert "epochs" not in _plan(nb_dir, "--notebooks", "02")[0].parameters  # quick: the notebook's own default
-    assert "eval_protocol" not in p
-    assert _plan(nb_dir, "--notebooks", "03", "--eval-protocol", "random-crop")[0].parameters["eval_protocol"] == \
-        "random-crop"
+    assert "config" not in _plan(nb_dir, "--notebooks", "02")[0].parameters  # nothing set: the profile alone
+    assert _plan(nb_dir, "--notebooks", "03", "--eval-protocol", "random-crop")[0].parameters["config"] == \
+        {"eval_protocol": "random-crop"}
 
 
 def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
     steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--notebooks", "03")
     assert steps[0].parameters["data_root"] == str(voc_root.resolve())
     steps = _plan(nb_dir, "--dataset", "all", "--data-root", f"voc={voc_root}", "--data-root",
-                  f"cityscapes={cityscapes_root}", "--notebooks", "02")
+                  f"cityscapes={cityscapes_root}", "--notebooks", "02", "--seeds", "0")
     assert [(s.parameters["dataset"], s.parameters["data_root"]) for s in steps] == [
         ("synthetic", None), ("voc", str(voc_root.resolve())), ("cityscapes", str(cityscapes_root.resolve()))]
 
@@ -108,7 +122,7 @@ def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
     (["--dataset", "voc"], "needs --data-root"),
     (["--dataset", "all", "--data-root", "/tmp"], "NAME=DIR"),
     (["--dataset", "cityscapes", "--data-root", "/no/such/dir"], "/no/such/dir"),
-    (["--notebooks", "06"], "unknown notebook"),
+    (["--notebooks", "07"], "unknown notebook"),
     (["--seeds", "1", "1"], "repeated"),
     (["--notebooks-dir", "/no/such/dir"], "not found"),
 ])
@@ -160,7 +174,7 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys,
     assert code == 0, err
     res = tmp_path / "res"
     rec = json.loads((res / "03-synthetic-2.json").read_text())
-    assert rec == {"dataset": "synthetic", "seed": 2, "epochs": 5, "data_root": None,
+    assert rec == {"dataset": "synthetic", "seed": 2, "profile": "quick", "config": {"epochs": 5}, "data_root": None,
                    "figures_dir": str(tmp_path / "figs"), "progress": "log", "cwd": str(nb)}
     assert json.loads((res / "05-none--1.json").read_text())["figures_dir"] == str(tmp_path / "figs")
     for path in ("notebooks/01_information_theory.ipynb", "notebooks/synthetic/seed2/03_rmi.ipynb",
@@ -174,7 +188,7 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys,
 def test_failing_notebook_stops_the_study_and_names_the_cell(tmp_path, capsys):
     nb = write_notebooks(tmp_path / "nb", fail={"02": "raise ValueError('boom: 42 is not a shape')"})
     res = tmp_path / "res"
-    code, out, err = _run(capsys, "--notebooks", "01", "02", "03", "--notebooks-dir", str(nb),
+    code, out, err = _run(capsys, "--notebooks", "01", "02", "03", "--seeds", "0", "--notebooks-dir", str(nb),
                           "--results-dir", str(res), "--figures-dir", str(tmp_path / "figs"))
     assert code == 1
     first = err.strip().splitlines()[0]
@@ -200,7 +214,7 @@ def test_train_or_load_reuses_a_finished_run_of_the_same_config(tmp_path, monkey
     def no_training(_cfg):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(T, "train", no_training)
+    monkeypatch.setattr(train_module, "train", no_training)
     again = train_or_load(cfg(progress="log", device="auto"))  # presentation and device do not matter
     assert again == first
     with pytest.raises(FileExistsError, match="lr: saved None, now 0.5") as info:
@@ -215,9 +229,9 @@ def test_notebook_defaults_resolve_to_the_project_folders(tmp_path, monkeypatch)
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)  # papermill from anywhere: results/ and figures/ stay the project's
     repo = Path(__file__).resolve().parent.parent
-    assert study.project_path("results") == repo / "results"
+    assert runs.project_path("results") == repo / "results"
     monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "elsewhere"))
-    assert study.project_path("results") == tmp_path / "elsewhere"
+    assert runs.project_path("results") == tmp_path / "elsewhere"
     monkeypatch.delenv("MISTUDY_RESULTS")
-    monkeypatch.setattr(study, "PROJECT_ROOT", tmp_path / "site-packages")  # no source checkout
-    assert study.project_path("figures") == tmp_path / "figures"
+    monkeypatch.setattr(runs, "PROJECT_ROOT", tmp_path / "site-packages")  # no source checkout
+    assert runs.project_path("figures") == tmp_path / "figures"

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mistudy import train as T
-from mistudy.train import EpochSampler, NonFiniteLossError, TrainConfig, evaluate_run, train
+from mistudy import engine, runs
+from mistudy.config import TrainConfig
+from mistudy.engine import EpochSampler, NonFiniteLossError
+from mistudy.train import evaluate_run, train
 
 TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36,
             crop_size=32, unet_features=4, epochs=3, batch_size=4, device="cpu", progress="none", seed=3)
@@ -29,11 +31,11 @@ def test_run_directory_and_determinism(tmp_path):
     a = train(tiny(tmp_path, "a"))
     b = train(tiny(tmp_path, "b"))
     run = tmp_path / "a"
-    for name in ("config.json", "history.csv", "history.json", "last.pt", "metrics.json",
+    for name in ("config.json", "history.csv", "history.json", "last.pt", "metrics.json", "per_image.npz",
                  "best_loss-unet.pt", "best_miou-unet.pt"):
         assert (run / name).is_file(), name
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
-    ha, hb = T.load_history(tmp_path / "a"), T.load_history(tmp_path / "b")
+    ha, hb = runs.load_history(tmp_path / "a"), runs.load_history(tmp_path / "b")
     assert len(ha) == 3 and _strip_times(ha) == _strip_times(hb)
     assert a["networks"] == b["networks"]
     m = a["networks"]["unet"]
@@ -41,12 +43,14 @@ def test_run_directory_and_determinism(tmp_path):
     assert 0 <= m["last"]["miou"] <= 1 and len(m["last"]["iou_per_class"]) > 2
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
     for col in ("epoch", "lr", "seconds", "images_per_second", "unet/train_loss", "unet/val_miou",
-                "unet/val_iou_micro", "unet/val_pixel_accuracy"):
+                "unet/val_iou_micro", "unet/val_pixel_accuracy", "unet/select_miou"):
         assert col in header
-    # the best_miou checkpoint is the epoch with the highest validation mIoU
-    best = max(ha, key=lambda r: r["unet/val_miou"])
+    # best_miou: the epoch with the highest mIoU on the selection split (never the reported validation split),
+    # scored afterwards on the validation split
+    best = max(ha, key=lambda r: r["unet/select_miou"])
     assert m["best_miou"]["epoch"] == best["epoch"]
     assert m["best_miou"]["miou"] == pytest.approx(best["unet/val_miou"])
+    assert a["select_samples"] == 2 and a["val_samples"] == 6 and a["train_samples"] == 10
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
@@ -57,7 +61,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     full = train(tiny(tmp_path, "full", use_case="rmi", rmi_radius=2, batch_size=3))
-    real_step = T.train_step
+    real_step = engine.train_step
     calls = {"n": 0}
 
     def interrupted(*a, **k):
@@ -66,15 +70,15 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_step(*a, **k)
 
-    monkeypatch.setattr(T, "train_step", interrupted)
+    monkeypatch.setattr(engine, "train_step", interrupted)
     cfg = tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(T, "train_step", real_step)
+    monkeypatch.setattr(engine, "train_step", real_step)
     resumed = train(tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3, resume=True))
     assert resumed["networks"] == full["networks"]
-    assert _strip_times(T.load_history(tmp_path / "cut")) == _strip_times(T.load_history(tmp_path / "full"))
+    assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
 
 
 def test_resume_refuses_changed_config(tmp_path):
@@ -91,7 +95,7 @@ def test_resume_refuses_changed_config(tmp_path):
 ])
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, check_every, poisoned_call, where,
                                                         saved_epochs):
-    real = T.Objective.__call__
+    real = engine.Objective.__call__
     calls = {"n": 0}
 
     def poisoned(self, logits, target, other=None):
@@ -99,7 +103,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
         loss, parts = real(self, logits, target, other)
         return (loss * float("nan"), parts) if calls["n"] == poisoned_call else (loss, parts)
 
-    monkeypatch.setattr(T.Objective, "__call__", poisoned)
+    monkeypatch.setattr(engine.Objective, "__call__", poisoned)
     with pytest.raises(NonFiniteLossError, match=where):
         train(tiny(tmp_path, finite_check_every=check_every))
     run = tmp_path / "run"
@@ -107,13 +111,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
         assert torch.load(run / "last.pt", weights_only=True)["epoch"] == saved_epochs
     else:
         assert not (run / "last.pt").exists()
-    assert len(T.load_history(run) if (run / "history.json").exists() else []) == saved_epochs
+    assert len(runs.load_history(run) if (run / "history.json").exists() else []) == saved_epochs
     assert not (run / "metrics.json").exists()
     assert not list(run.glob(".*tmp*"))
 
 
 def test_loss_meter_finds_the_first_non_finite_loss_and_sums():
-    meter = T.LossMeter()
+    meter = engine.LossMeter()
     t = torch.tensor
     meter.add(1, {"deeplabv3": {"loss": t(1.0)}, "unet": {"loss": t(2.0)}}, batch_size=4)
     assert meter.first_nonfinite() is None
@@ -123,7 +127,7 @@ def test_loss_meter_finds_the_first_non_finite_loss_and_sums():
     assert meter.first_nonfinite() is None  # each step is inspected once
     assert meter.seen == 8
     assert meter.sums["deeplabv3"]["loss"].isnan()  # the sums keep everything
-    meter = T.LossMeter()
+    meter = engine.LossMeter()
     meter.add(1, {"unet": {"loss": t(1.0), "ce": t(0.5)}}, batch_size=4)
     meter.add(2, {"unet": {"loss": t(4.0), "ce": t(1.0)}}, batch_size=2)
     assert meter.sums["unet"]["loss"].item() == 12.0 and meter.sums["unet"]["ce"].item() == 4.0
@@ -139,7 +143,7 @@ def test_compiled_training_matches_eager(tmp_path):
     counters.clear()
     compiled = train(tiny(tmp_path, "compiled", compile=True, compile_mode="reduce-overhead", **kw))
     assert counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
-    for a, b in zip(T.load_history(tmp_path / "eager"), T.load_history(tmp_path / "compiled")):
+    for a, b in zip(runs.load_history(tmp_path / "eager"), runs.load_history(tmp_path / "compiled")):
         assert b["unet/train_loss"] == pytest.approx(a["unet/train_loss"], rel=1e-4)
     assert compiled["networks"]["unet"]["last"]["pixel_accuracy"] == pytest.approx(
         eager["networks"]["unet"]["last"]["pixel_accuracy"], abs=0.02)
@@ -151,10 +155,10 @@ def test_compiled_training_matches_eager(tmp_path):
 
 def test_same_data_order_and_crops_across_use_cases(tmp_path):
     def targets(cfg):
-        train_set, _ = T.build_datasets(cfg)
-        loader = T.make_loader(train_set, cfg, train=True, device=torch.device("cpu"))
+        train_set = engine.build_datasets(cfg)["train"]
+        loader = engine.make_loader(train_set, cfg, train=True, device=torch.device("cpu"))
         loader.sampler.set_epoch(2)
-        return torch.cat([t for _, t in loader])
+        return torch.cat([t for _, t, _ in loader])
 
     base = targets(tiny(tmp_path, use_case="baseline", batch_size=2))
     rmi = targets(tiny(tmp_path, use_case="rmi", batch_size=5))
@@ -168,12 +172,12 @@ def test_sampler_drops_only_a_single_sample_last_batch(n, batch, expected):
 
 def test_default_loader_workers(tmp_path):
     cfg = tiny(tmp_path)
-    train_set, _ = T.build_datasets(cfg)
-    assert T.make_loader(train_set, cfg, train=True, device=torch.device("cpu")).num_workers == 0
-    cuda = T.make_loader(train_set, cfg, train=True, device=torch.device("cuda"), rank=1, world_size=2)
+    train_set = engine.build_datasets(cfg)["train"]
+    assert engine.make_loader(train_set, cfg, train=True, device=torch.device("cpu")).num_workers == 0
+    cuda = engine.make_loader(train_set, cfg, train=True, device=torch.device("cuda"), rank=1, world_size=2)
     assert cuda.num_workers == min(8, os.cpu_count() // 2) and cuda.pin_memory  # built, not iterated
-    assert T.make_loader(train_set, tiny(tmp_path, num_workers=1), train=False,
-                         device=torch.device("cpu")).num_workers == 1
+    assert engine.make_loader(train_set, tiny(tmp_path, num_workers=1), train=False,
+                              device=torch.device("cpu")).num_workers == 1
 
 
 def test_sampler_shards_cover_the_data():
@@ -184,29 +188,29 @@ def test_sampler_shards_cover_the_data():
 
 def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
     counts = {"deeplabv3": 0, "unet": 0}
-    real_build = T.build_networks
+    real_build = engine.build_networks
 
-    def counting(cfg, num_classes):
+    def counting(cfg, num_classes=None):
         nets = real_build(cfg, num_classes)
         for name, net in nets.items():
             net.register_forward_hook(lambda m, i, o, name=name: counts.__setitem__(name, counts[name] + 1) if m.training else None)
         return nets
 
-    monkeypatch.setattr(T, "build_networks", counting)
+    monkeypatch.setattr(engine, "build_networks", counting)
     cfg = tiny(tmp_path, use_case="mutual", epochs=1, batch_size=4, train_samples=8, val_samples=2)
     summary = train(cfg)
     assert counts == {"deeplabv3": 4, "unet": 2}  # 2 steps: teacher twice, student once per step
     assert set(summary["networks"]) == {"deeplabv3", "unet"}
     for f in ("best_loss-deeplabv3.pt", "best_loss-unet.pt", "best_miou-unet.pt"):
         assert (tmp_path / "run" / f).is_file()
-    hist = T.load_history(tmp_path / "run")[0]
+    hist = runs.load_history(tmp_path / "run")[0]
     assert hist["unet/train_kl"] >= 0 and hist["deeplabv3/train_kl"] >= 0
 
 
 def test_frozen_bn_stats_keeps_running_estimates():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with torch.no_grad(), T.frozen_bn_stats(net):
+    with torch.no_grad(), engine.frozen_bn_stats(net):
         net(torch.randn(4, 1, 3, 3) * 5 + 2)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -293,22 +297,23 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     files = sorted(p.name for p in run.iterdir())
     assert files == sorted(["config.json", "history.csv", "history.json", "last.pt", "metrics.json",
-                            "best_loss-unet.pt", "best_miou-unet.pt"])
+                            "per_image.npz", "best_loss-unet.pt", "best_miou-unet.pt"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # nothing written anywhere else
     saved = json.loads((run / "metrics.json").read_text())["networks"]["unet"]
     single = evaluate_run(run, "last", device="cpu")["unet"]
     assert single["miou"] == pytest.approx(saved["last"]["miou"], abs=1e-12)
     assert single["labelled_pixels"] == saved["last"]["labelled_pixels"]
-    assert len(T.load_history(run)) == 2
+    assert len(runs.load_history(run)) == 2
 
 
 def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
-    common = dict(TINY, dataset="voc", root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None)
+    common = dict(TINY, dataset="voc", root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None,
+                  select_fraction=0.2)  # 1 of the tree's 3 training images held out for selection
     plain = train(TrainConfig(**common, run_dir=str(tmp_path / "plain")))
     cached = train(TrainConfig(**common, run_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache")))
     assert any((tmp_path / "cache").iterdir())
     assert plain["networks"] == cached["networks"]
-    assert _strip_times(T.load_history(tmp_path / "plain")) == _strip_times(T.load_history(tmp_path / "cached"))
+    assert _strip_times(runs.load_history(tmp_path / "plain")) == _strip_times(runs.load_history(tmp_path / "cached"))
 
 
 def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
@@ -326,9 +331,9 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
         def forward(self, logits, target):
             return rmi_loss_reference(logits, target, **self.kw)
 
-    monkeypatch.setattr(T, "RMILoss", lambda n, **kw: Reference(n, **kw))
+    monkeypatch.setattr(engine, "RMILoss", lambda n, **kw: Reference(n, **kw))
     ref = train(tiny(tmp_path, "ref", **cfg))
-    hf, hr = T.load_history(tmp_path / "fast"), T.load_history(tmp_path / "ref")
+    hf, hr = runs.load_history(tmp_path / "fast"), runs.load_history(tmp_path / "ref")
     for a, b in zip(hf, hr):
         assert a["unet/train_loss"] == pytest.approx(b["unet/train_loss"], rel=1e-5)
     for key in ("pixel_accuracy", "miou"):
@@ -339,7 +344,7 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
 def test_bf16_autocast_and_channels_last_paths_train(tmp_path, use_case):
     # The CUDA settings (bf16 autocast, channels-last) exercised on CPU: finite losses, metrics written.
     summary = train(tiny(tmp_path, use_case=use_case, amp="bf16", channels_last=True, epochs=1))
-    hist = T.load_history(tmp_path / "run")
+    hist = runs.load_history(tmp_path / "run")
     assert torch.isfinite(torch.tensor(hist[0]["unet/train_loss"]))
     assert 0 <= summary["networks"]["unet"]["last"]["pixel_accuracy"] <= 1
 
@@ -347,3 +352,97 @@ def test_bf16_autocast_and_channels_last_paths_train(tmp_path, use_case):
 def test_bad_device_is_rejected_before_training():
     with pytest.raises(ValueError, match="device"):
         TrainConfig(**{**TINY, "device": "tpu"})
+
+
+# ------------------------------------------------------------------ selection split, protocols, per-image scores
+
+def _digests(dataset):
+    import hashlib
+    return {hashlib.sha1(dataset[i][0].numpy().tobytes()).hexdigest() for i in range(len(dataset))}
+
+
+def test_synthetic_selection_split_is_its_own_and_sized_by_the_fraction(tmp_path):
+    cfg = tiny(tmp_path, train_samples=20, val_samples=8, select_fraction=0.25, eval_protocol="full")
+    sets = engine.build_datasets(cfg)
+    assert len(sets["select"]) == 5 and len(sets["val"]) == 8
+    raw = {k: engine.build_datasets(cfg.replace(eval_protocol="full"))[k] for k in ("select", "val")}
+    assert not _digests(raw["select"]) & _digests(raw["val"])
+    assert "select" not in engine.build_datasets(cfg.replace(select_fraction=0.0))
+
+
+def test_voc_selection_split_is_held_out_of_train_and_never_the_validation_split(voc_root, tmp_path):
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
+                         "select_fraction": 0.2, "run_dir": str(tmp_path / "r")})
+    sets = engine.build_datasets(cfg)
+    stems = {k: [p[0].stem for p in ds.samples] for k, ds in sets.items()}
+    # 2007_000032's hash is 0.125 < 0.2: held out; the other two train images (0.30, 0.81) stay
+    assert stems == {"train": ["2007_000039", "2008_000123"], "select": ["2007_000032"],
+                     "val": ["2007_000033", "2009_000456"]}
+    with pytest.raises(ValueError, match="select_fraction=0.01 leaves voc split 'select' empty"):
+        engine.build_datasets(cfg.replace(select_fraction=0.01))
+
+
+def test_training_without_selection_split_has_no_best_miou(tmp_path):
+    summary = train(tiny(tmp_path, epochs=2, select_fraction=0.0))
+    assert set(summary["networks"]["unet"]) == {"last", "best_loss"} and summary["select_samples"] == 0
+    assert "unet/select_miou" not in runs.load_history(tmp_path / "run")[0]
+    with pytest.raises(FileNotFoundError, match="best_miou needs a selection split"):
+        engine.load_network(tmp_path / "run", "unet", "best_miou")
+
+
+def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
+                         "select_fraction": 0.2, "epochs": 1, "eval_protocol": "full", "resize_size": 36,
+                         "crop_size": 32, "run_dir": str(tmp_path / "r")})
+    val = engine.build_datasets(cfg)["val"]
+    for i, (image_path, mask_path) in enumerate(val.samples):
+        image, mask = val[i]
+        original = np.array(Image.open(mask_path))
+        assert tuple(mask.shape) == original.shape and np.array_equal(mask.numpy(), original)  # never resized
+        assert min(image.shape[1:]) == 36  # the network sees the image at the training scale
+        assert image.shape[1] / image.shape[2] == pytest.approx(original.shape[0] / original.shape[1], abs=0.05)
+    summary = train(cfg)
+    labelled = sum(int((np.array(Image.open(m)) != 255).sum()) for _, m in val.samples)
+    assert summary["networks"]["unet"]["last"]["labelled_pixels"] == labelled
+    with np.load(tmp_path / "r" / "per_image.npz") as f:
+        counts = f["unet/last/tp"] + f["unet/last/fn"]  # per image and class: the labelled pixels of the class
+        assert counts.sum() == labelled and list(f["ids"]) == ["2007_000033", "2009_000456"]
+
+
+def test_random_crop_protocol_pools_five_passes_by_default(tmp_path):
+    cfg = tiny(tmp_path, epochs=1, eval_protocol="random-crop", resize_size=48)
+    assert cfg.resolved_eval_passes == 5
+    summary = train(cfg)
+    pixels = 5 * 6 * 32 * 32  # 5 passes x 6 validation images x one 32x32 crop (synthetic: no ignored pixels)
+    assert summary["networks"]["unet"]["last"]["labelled_pixels"] == pixels and summary["eval_passes"] == 5
+    one = evaluate_run(tmp_path / "run", "last", device="cpu")  # the run's own protocol: the same 5 passes
+    assert one["unet"]["labelled_pixels"] == pixels
+    assert one["unet"]["miou"] == summary["networks"]["unet"]["last"]["miou"]
+    single = train(tiny(tmp_path, "one", epochs=1, eval_protocol="random-crop", resize_size=48, eval_passes=1))
+    assert single["networks"]["unet"]["last"]["labelled_pixels"] == pixels // 5
+    with pytest.raises(ValueError, match="only the random-crop protocol"):
+        tiny(tmp_path, eval_passes=5)
+
+
+def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions(tmp_path):
+    import numpy as np
+
+    from mistudy.metrics import per_image_miou
+    from mistudy.stats import miou_from_counts
+
+    summary = train(tiny(tmp_path, epochs=1))
+    counts = runs.load_per_image(tmp_path / "run", "unet", "last")
+    last = summary["networks"]["unet"]["last"]
+    assert miou_from_counts(*(counts[k].sum(0) for k in ("tp", "fp", "fn"))) == pytest.approx(last["miou"])
+    assert counts["tp"].sum() / (counts["tp"] + counts["fn"]).sum() == pytest.approx(last["pixel_accuracy"])
+    samples = engine.predict_samples(tmp_path / "run", range(6), "last")
+    for i, (target, pred) in enumerate(zip(samples["targets"], samples["predictions"]["unet"])):
+        tp = [int(((pred == c) & (target == c)).sum()) for c in range(7)]
+        fp = [int(((pred == c) & (target != c)).sum()) for c in range(7)]
+        assert counts["tp"][i].tolist() == tp and counts["fp"][i].tolist() == fp
+    union = counts["tp"] + counts["fp"] + counts["fn"]
+    by_hand = [np.mean([t / u for t, u in zip(counts["tp"][i], union[i]) if u]) for i in range(6)]
+    assert per_image_miou(*(torch.as_tensor(counts[k]) for k in ("tp", "fp", "fn"))).tolist() == pytest.approx(by_hand)

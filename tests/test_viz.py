@@ -12,9 +12,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from mistudy import viz  # noqa: E402
-from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info  # noqa: E402
-from mistudy.train import TrainConfig, build_datasets, load_network, train  # noqa: E402
+from mistudy import engine, viz  # noqa: E402
+from mistudy.config import TrainConfig  # noqa: E402
+from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info, display_image  # noqa: E402
+from mistudy.train import train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,8 @@ def _history(networks=("unet",), parts=("ce",)):
                 row[f"{net}/train_{p}"] = 1.0 / epoch + k
             if epoch != 2:  # validation every other epoch: gaps must not break the curves
                 row[f"{net}/val_miou"] = 0.1 * epoch
+                row[f"{net}/select_miou"] = 0.05 * epoch
+                row[f"{net}/select_pixel_accuracy"] = 0.5
                 row[f"{net}/val_iou_micro"] = 0.2 * epoch
                 row[f"{net}/val_pixel_accuracy"] = 0.3 * epoch
         rows.append(row)
@@ -47,7 +50,9 @@ def test_training_curves_plot_every_network_and_metric():
     fig = viz.plot_training_curves(_history(("deeplabv3", "unet"), ("ce", "kl")), title="t")
     loss, iou, acc = fig.axes
     assert set(_lines(loss)) == {f"{n} {p}" for n in ("deeplabv3", "unet") for p in ("loss", "ce", "kl")}
-    assert _lines(iou)["unet mIoU"] == ([1, 3], [pytest.approx(0.1), pytest.approx(0.3)])
+    assert _lines(iou)["unet mIoU (validation)"] == ([1, 3], [pytest.approx(0.1), pytest.approx(0.3)])
+    assert _lines(iou)["unet mIoU (selection split)"] == ([1, 3], [pytest.approx(0.05), pytest.approx(0.15)])
+    assert set(_lines(acc)) == {"deeplabv3", "unet"}  # the selection split's accuracy is not drawn
     assert _lines(iou)["deeplabv3 micro IoU"][1] == [pytest.approx(0.2), pytest.approx(0.6)]
     assert _lines(acc)["unet"] == ([1, 3], [pytest.approx(0.3), pytest.approx(0.9)])
     assert _lines(loss)["deeplabv3 loss"][1] == [2.0, 1.0, pytest.approx(2 / 3)]
@@ -64,12 +69,12 @@ def test_training_curves_single_part_loss_drawn_once():
 
 def test_display_image_inverts_imagenet_normalisation():
     x = torch.rand(3, 5, 4)
-    shown = viz.display_image(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), normalized=True)
+    shown = display_image(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), normalized=True)
     assert shown.shape == (5, 4, 3)
     np.testing.assert_allclose(shown, x.permute(1, 2, 0).numpy(), atol=1e-6)
-    np.testing.assert_array_equal(viz.display_image(x * 3 - 1, normalized=False).max(), 1.0)  # clipped
+    np.testing.assert_array_equal(display_image(x * 3 - 1, normalized=False).max(), 1.0)  # clipped
     with pytest.raises(ValueError, match="3, H, W"):
-        viz.display_image(torch.rand(4, 4), normalized=False)
+        display_image(torch.rand(4, 4), normalized=False)
 
 
 def test_class_legend_handles_use_palette_and_names():
@@ -110,14 +115,25 @@ def test_per_class_iou_bars():
         viz.plot_per_class_iou({"a": [0.5]}, ["x", "y", "z"])
 
 
+def test_learning_curves_mean_and_range_over_seeds():
+    def history(values):
+        return [{"epoch": e + 1, "unet/val_miou": v} for e, v in enumerate(values)]
+
+    fig = viz.plot_learning_curves({"easy": [history([0.2, 0.6]), history([0.4, 0.8])], "hard": [history([0.1, 0.1])]})
+    lines = _lines(fig.axes[0])
+    assert lines["easy (n=2)"] == ([1, 2], [pytest.approx(0.3), pytest.approx(0.7)])
+    band = fig.axes[0].collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.2) and band[:, 1].max() == pytest.approx(0.8)
+
+
 def test_predict_samples_are_the_runs_predictions(tmp_path):
     cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=4, epochs=1, batch_size=3, device="cpu", progress="none",
                       run_dir=str(tmp_path / "run"))
     train(cfg)
-    out = viz.predict_samples(tmp_path / "run", [3, 1], "best_miou")
-    _, val_set = build_datasets(cfg)
-    net = load_network(tmp_path / "run", "unet", "best_miou")
+    out = engine.predict_samples(tmp_path / "run", [3, 1], "best_miou")
+    val_set = engine.build_datasets(cfg)["val"]
+    net = engine.load_network(tmp_path / "run", "unet", "best_miou")
     for k, i in enumerate((3, 1)):
         image, mask = val_set[i]
         np.testing.assert_array_equal(out["targets"][k], mask.numpy())
@@ -126,7 +142,7 @@ def test_predict_samples_are_the_runs_predictions(tmp_path):
         np.testing.assert_array_equal(out["predictions"]["unet"][k], expected)
         assert out["images"][k].shape == (32, 32, 3) and 0 <= out["images"][k].min() <= out["images"][k].max() <= 1
     with pytest.raises(ValueError, match="out of range"):
-        viz.predict_samples(tmp_path / "run", [4])
+        engine.predict_samples(tmp_path / "run", [4])
 
 
 def test_save_figure_writes_png_and_provenance(tmp_path):

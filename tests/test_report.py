@@ -1,4 +1,4 @@
-"""Tables of the study: the paper's numbers, seed aggregation, missing runs, table files."""
+"""Tables of the study: the paper's numbers, seeds with intervals, paired differences, missing runs, table files."""
 
 import csv
 import io
@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
-from mistudy import compare
-from mistudy.train import TrainConfig, train
+from mistudy import report, runs, stats
+from mistudy.config import TrainConfig
+from mistudy.train import train
 
 CLASSES = 3
 
@@ -19,16 +21,21 @@ def _scores(acc: float, miou: float, per_class=None) -> dict:
             "mean_class_accuracy": acc, "labelled_pixels": 100}
 
 
-def fake_run(results, dataset, use_case, seed, scores, epochs=2, name=None, networks=("unet",)):
-    """A run directory as mistudy.train writes it (config.json + metrics.json), with given best_miou scores."""
+def fake_run(results, dataset, use_case, seed, scores, epochs=2, name=None, networks=("unet",), counts=None):
+    """A run directory as mistudy.train writes it (config.json, metrics.json and, if counts are given,
+    per_image.npz), with the given scores for every checkpoint."""
     run = results / dataset / use_case / (name or f"seed{seed}")
     run.mkdir(parents=True)
-    cfg = {"use_case": use_case, "dataset": dataset, "seed": seed, "epochs": epochs, "lr": None,
-           "device": "cpu", "run_dir": None, "results_dir": str(results), "run_name": name}
+    cfg = {**TrainConfig(dataset="synthetic").__dict__, "use_case": use_case, "dataset": dataset, "seed": seed,
+           "epochs": epochs, "results_dir": str(results), "run_name": name}
     (run / "config.json").write_text(json.dumps(cfg))
     nets = {n: {"last": scores, "best_loss": scores, "best_miou": scores} for n in networks}
     (run / "metrics.json").write_text(json.dumps({"use_case": use_case, "dataset": dataset, "seed": seed,
-                                                  "epochs": epochs, "val_samples": 4, "networks": nets}))
+                                                  "epochs": epochs, "train_samples": 8, "select_samples": 2,
+                                                  "val_samples": 4, "eval_passes": 1, "networks": nets}))
+    if counts is not None:
+        runs.write_per_image(run, {f"{n}/{rule}": counts for n in networks for rule in ("last", "best_loss", "best_miou")},
+                             list(range(len(counts["tp"]))))
     return run
 
 
@@ -43,28 +50,9 @@ def test_paper_numbers_are_the_papers_tables():
     expected = {("baseline", "cityscapes"): (0.5931, 0.9388), ("baseline", "voc"): (0.1965, 0.7367),
                 ("rmi", "cityscapes"): (0.5244, 0.9345), ("rmi", "voc"): (0.0607, 0.6893),
                 ("mutual", "cityscapes"): (0.5619, 0.9342), ("mutual", "voc"): (0.2203, 0.7539)}
-    got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in compare.PAPER_RESULTS.items()}
+    got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in report.PAPER_RESULTS.items()}
     assert got == expected
-    assert compare.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
-
-
-@pytest.mark.parametrize("values", [[0.5], [0.1, 0.4], [0.31, 0.29, 0.35, 0.2]])
-def test_mean_std_is_sample_statistics(values):
-    mean, std, n = compare.mean_std(values)
-    assert n == len(values)
-    assert mean == pytest.approx(np.mean(values))
-    if n == 1:
-        assert std is None  # one run has no spread; 0 would claim one
-    else:
-        assert std == pytest.approx(np.std(values, ddof=1))
-    with pytest.raises(ValueError):
-        compare.mean_std([])
-
-
-def test_format_mean_std():
-    assert compare.format_mean_std(0.81234, None, 1) == "0.8123"
-    assert compare.format_mean_std(0.81234, 0.0123, 3) == "0.8123 ± 0.0123 (n=3)"
-    assert compare.format_mean_std(None, None, 0) == "–"
+    assert report.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
 
 
 def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
@@ -75,15 +63,19 @@ def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
     fake_run(tmp_path, "synthetic", "mutual", 0, _scores(0.9, 0.4), networks=("deeplabv3", "unet"))
     fake_run(tmp_path, "voc", "baseline", 0, _scores(0.75, 0.21))
 
-    rows, notes = compare.comparison_rows(tmp_path)
+    rows, notes = report.comparison(tmp_path)
     base = _row(rows, "synthetic", "baseline")
     assert base["n_seeds"] == 3 and base["seeds"] == "0 1 2"
     assert base["pixel_accuracy_mean"] == pytest.approx(np.mean(accs))
     assert base["pixel_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    low, high = sps.t.interval(0.95, 2, loc=np.mean(mious), scale=sps.sem(mious))
+    assert (base["miou_low"], base["miou_high"]) == (pytest.approx(low), pytest.approx(high))
     assert base["miou_mean"] == pytest.approx(np.mean(mious))
     assert base["iou_micro_mean"] == pytest.approx(np.mean([a / (2 - a) for a in accs]))
     assert base["paper_iou"] is None  # the paper has no synthetic data
-    assert _row(rows, "synthetic", "rmi")["miou_std"] is None
+    rmi = _row(rows, "synthetic", "rmi")
+    assert rmi["miou_std"] is None and rmi["miou_low"] is None  # one seed: no interval
+    assert rmi["miou_diff"] is None and rmi["verdict"] is None  # no per-image scores: no paired difference
     # mutual learning: both networks, U-Net (the paper's student) first
     mutual = [r for r in rows if r["use_case"] == "mutual" and r["dataset"] == "synthetic"]
     assert [r["network"] for r in mutual] == ["unet", "deeplabv3"]
@@ -99,11 +91,11 @@ def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
 
 
 def test_empty_results_dir_gives_paper_rows_and_notes(tmp_path):
-    rows, notes = compare.comparison_rows(tmp_path / "nothing-here", ["synthetic", "voc"])
+    rows, notes = report.comparison(tmp_path / "nothing-here", ["synthetic", "voc"])
     assert [(r["dataset"], r["use_case"]) for r in rows] == [("voc", "baseline"), ("voc", "rmi"), ("voc", "mutual")]
-    assert all(r["n_seeds"] == 0 and r["miou_mean"] is None for r in rows)
+    assert all(r["n_seeds"] == 0 and r.get("miou_mean") is None for r in rows)
     assert len(notes) == 2
-    md = compare.markdown_table(compare.format_comparison(rows))
+    md = report.markdown_table(report.format_comparison(rows))
     assert "0.1965" in md and "| – |" in md
 
 
@@ -111,47 +103,47 @@ def test_runs_differing_in_more_than_the_seed_are_not_averaged(tmp_path):
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.8, 0.3), epochs=2)
     fake_run(tmp_path, "synthetic", "baseline", 1, _scores(0.8, 0.5), epochs=2)
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.9, 0.6), epochs=10, name="long")
-    rows, _ = compare.comparison_rows(tmp_path, ["synthetic"])
+    rows, _ = report.comparison(tmp_path, ["synthetic"])
     by_epochs = {r["epochs"]: r for r in rows}
     assert by_epochs[2]["n_seeds"] == 2 and by_epochs[2]["miou_mean"] == pytest.approx(0.4)
     assert by_epochs[10]["n_seeds"] == 1 and by_epochs[10]["miou_mean"] == 0.6
     assert by_epochs[10]["setting"] == "epochs=10"
     # figures use the setting with the most seeds, lowest seed first
-    assert [r["config"]["seed"] for r in compare.runs_for(tmp_path, "synthetic", "baseline")] == [0, 1]
-    assert compare.runs_for(tmp_path, "synthetic", "rmi") == []
+    assert [r["config"]["seed"] for r in report.runs_for(tmp_path, "synthetic", "baseline")] == [0, 1]
+    assert report.runs_for(tmp_path, "synthetic", "rmi") == []
 
 
 def test_bad_arguments_and_broken_runs(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
-        compare.comparison_rows(tmp_path, checkpoint="best")
+        report.comparison(tmp_path, checkpoint="best")
     with pytest.raises(ValueError, match="imagenet"):
-        compare.comparison_rows(tmp_path, ["imagenet"])
+        report.comparison(tmp_path, ["imagenet"])
     run = fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.8, 0.3))
     (run / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        compare.comparison_rows(tmp_path, ["synthetic"])
+        report.comparison(tmp_path, ["synthetic"])
     (run / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
-        compare.comparison_rows(tmp_path, ["synthetic"])
+        report.comparison(tmp_path, ["synthetic"])
 
 
 def test_mean_per_class_iou_skips_absent_classes():
-    runs = [{"metrics": {"networks": {"unet": {"best_miou": {"iou_per_class": v}}}}}
-            for v in ([0.5, None, None], [0.7, 0.2, None])]
-    assert compare.mean_per_class_iou(runs, "unet") == [pytest.approx(0.6), 0.2, None]
+    found = [{"metrics": {"networks": {"unet": {"best_miou": {"iou_per_class": v}}}}}
+             for v in ([0.5, None, None], [0.7, 0.2, None])]
+    assert report.mean_per_class_iou(found, "unet") == [pytest.approx(0.6), 0.2, None]
 
 
 def test_markdown_and_csv_cells():
     rows = [{"a": 0.123456, "b": None, "c": "x|y"}, {"a": float("nan"), "b": 3, "c": ""}]
-    md = compare.markdown_table(rows).splitlines()
+    md = report.markdown_table(rows).splitlines()
     assert md[0] == "| a | b | c |" and md[2] == "| 0.1235 | – | x\\|y |" and md[3] == "| – | 3 |  |"
-    back = list(csv.DictReader(io.StringIO(compare.csv_text(rows))))
+    back = list(csv.DictReader(io.StringIO(report.csv_text(rows))))
     assert back[0] == {"a": "0.123456", "b": "", "c": "x|y"}  # full precision, None empty
 
 
 def test_write_table_writes_csv_md_and_provenance(tmp_path):
     rows = [{"checkpoint": "last", "miou": 0.25}]
-    csv_path, md_path = compare.write_table(rows, tmp_path / "out" / "t.csv", {"dataset": "synthetic", "seed": 3},
+    csv_path, md_path = report.write_table(rows, tmp_path / "out" / "t.csv", {"dataset": "synthetic", "seed": 3},
                                             title="A title")
     assert (csv_path.name, md_path.name) == ("t.csv", "t.md")
     assert csv_path.read_text() == "checkpoint,miou\nlast,0.25\n"
@@ -169,15 +161,67 @@ def test_tables_of_a_real_run(tmp_path):
                       unet_features=4, epochs=2, batch_size=3, device="cpu", progress="none",
                       results_dir=str(tmp_path))
     summary = train(cfg)
-    rows = compare.metrics_rows(summary)
+    rows = report.metrics_rows(summary)
     assert [r["checkpoint"] for r in rows] == ["last", "best_loss", "best_miou"]
     assert rows[2]["miou"] == summary["networks"]["unet"]["best_miou"]["miou"]
-    per_class = compare.per_class_rows(summary, [f"c{i}" for i in range(7)])
+    per_class = report.per_class_rows(summary, [f"c{i}" for i in range(7)])
     assert [r["unet IoU"] for r in per_class] == summary["networks"]["unet"]["best_miou"]["iou_per_class"]
     with pytest.raises(ValueError, match="deeplabv3"):
-        compare.metrics_rows(summary, "deeplabv3")
+        report.metrics_rows(summary, "deeplabv3")
     with pytest.raises(ValueError, match="class names"):
-        compare.per_class_rows(summary, ["only", "two"])
-    table, _ = compare.comparison_rows(tmp_path, ["synthetic"], checkpoint="last")
+        report.per_class_rows(summary, ["only", "two"])
+    table, _ = report.comparison(tmp_path, ["synthetic"], checkpoint="last")
     row = _row(table, "synthetic", "baseline")
     assert row["n_seeds"] == 1 and row["pixel_accuracy_mean"] == summary["networks"]["unet"]["last"]["pixel_accuracy"]
+    # the protocol sentence names what the numbers depend on
+    for words in ("synthetic (easy level)", "6 train / 2 selection / 4 validation images", "random 32 crops",
+                  "batch 3", "Adam lr 0.001", "2 epochs", "ImageNet normalisation", "random init", "centre 32 crop",
+                  "1 pass", "checkpoint last"):
+        assert words in row["protocol"], (words, row["protocol"])
+
+
+def _counts(rng, images, quality):
+    targets = rng.integers(0, CLASSES, (images, 5, 5))
+    preds = np.where(rng.random(targets.shape) < quality, targets, rng.integers(0, CLASSES, targets.shape))
+    tp = np.stack([[((p == c) & (t == c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
+    fp = np.stack([[((p == c) & (t != c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
+    fn = np.stack([[((p != c) & (t == c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
+    return {"tp": tp, "fp": fp, "fn": fn}
+
+
+def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
+    rng = np.random.default_rng(0)
+    base, good, same = {}, {}, {}
+    for seed in (0, 1, 2):
+        base[seed], good[seed] = _counts(rng, 12, 0.5), _counts(rng, 12, 0.95)
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=base[seed])
+        fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.9, 0.8), counts=good[seed])
+        fake_run(tmp_path, "synthetic", "mutual", seed, _scores(0.5, 0.3), counts=base[seed],
+                 networks=("deeplabv3", "unet"))
+    fake_run(tmp_path, "synthetic", "rmi", 3, _scores(0.9, 0.8), counts=good[0])  # no baseline with seed 3
+    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rmi = _row(rows, "synthetic", "rmi")
+    expected = np.mean([stats.miou_from_counts(*(good[s][k].sum(0) for k in ("tp", "fp", "fn")))
+                        - stats.miou_from_counts(*(base[s][k].sum(0) for k in ("tp", "fp", "fn"))) for s in (0, 1, 2)])
+    assert rmi["n_seeds"] == 4 and rmi["miou_diff"] == pytest.approx(expected)  # paired on seeds 0-2 only
+    assert rmi["miou_diff_low"] > 0 and rmi["verdict"] == "better"
+    mutual = _row(rows, "synthetic", "mutual")  # identical predictions to the baseline: exactly no difference
+    assert (mutual["miou_diff"], mutual["miou_diff_low"], mutual["miou_diff_high"]) == (0.0, 0.0, 0.0)
+    assert mutual["verdict"] == "no detectable difference at n = 3"
+    assert _row(rows, "synthetic", "mutual", "deeplabv3")["miou_diff"] is None  # the teacher is not paired
+    assert _row(rows, "synthetic", "baseline")["miou_diff"] is None
+    md = report.markdown_table(report.format_comparison(rows))
+    assert f"{expected:+.3f} [" in md and "| better |" in md
+    lines = report.summary_lines(rows)
+    assert any(line.startswith("synthetic, rmi: Δ mIoU") and "better" in line for line in lines)
+    title = report.comparison_title(rows, "best_miou")
+    assert "Student-t" in title and "bootstrap" in title and "Protocol, synthetic:" in title
+
+
+def test_runs_of_another_length_are_not_paired(tmp_path):
+    rng = np.random.default_rng(1)
+    counts = _counts(rng, 6, 0.7)
+    fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.5, 0.3), epochs=2, counts=counts)
+    fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.5, 0.3), epochs=5, counts=counts)
+    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    assert _row(rows, "synthetic", "rmi")["miou_diff"] is None

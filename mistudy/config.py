@@ -1,0 +1,309 @@
+"""The configuration of one training run: `TrainConfig`, every option documented in its field's metadata.
+
+The command line (`python -m mistudy train --<option>`), the study (`--set option=value`) and the notebooks
+(`config={...}`) are all generated from these fields, so a new field reaches every entry point by itself.
+Field metadata: ``help`` (shown by --help), ``choices``, ``low`` (smallest allowed number) and ``kind``:
+
+* ``"runtime"`` -- changes how fast a run goes or where its data is read, not what it computes;
+* ``"where"``   -- where the run directory is and whether to continue it;
+* ``"length"``  -- how long to train and how often to validate (may grow when a run is resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from mistudy import data
+
+# The paper's settings (section 3.2) per use-case; batch_size / lr None in a TrainConfig means these.
+USE_CASES = {
+    "baseline": dict(networks=("unet",), batch_size=8, lr=1e-3),
+    "rmi": dict(networks=("unet",), batch_size=2, lr=1e-4),
+    "mutual": dict(networks=("deeplabv3", "unet"), batch_size=10, lr=1e-4),
+}
+PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, for mutual)
+DATASETS = ("synthetic", "voc", "cityscapes")
+CHECKPOINTS = ("best_miou", "best_loss", "last")
+CHECKPOINT_RULES = {
+    "best_miou": "weights of the epoch with the highest mIoU on the selection split (held out of train)",
+    "best_loss": "weights of the epoch with the lowest training loss (the paper's rule)",
+    "last": "weights after the last epoch",
+}
+
+
+def _opt(default, help: str, *, choices=None, low=None, kind: str | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "kind": kind})
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    use_case: str = _opt("baseline", "baseline (U-Net + CE), rmi (U-Net + BCE/RMI) or mutual (DeepLabV3 + U-Net, "
+                         "deep mutual learning)", choices=tuple(USE_CASES))
+    dataset: str = _opt("synthetic", "synthetic (generated, no download), voc (PASCAL VOC 2012) or cityscapes",
+                        choices=DATASETS)
+    synthetic_level: str = _opt(data.SYNTHETIC_DEFAULT_LEVEL, "difficulty of the synthetic dataset: easy, medium "
+                                "or hard (the original generator)", choices=tuple(data.SYNTHETIC_LEVELS))
+    root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/; Cityscapes: the folder "
+                            "holding leftImg8bit/ and gtFine/", kind="runtime")
+    # where
+    run_dir: str | None = _opt(None, "run directory (default: <results-dir>/<dataset>/<use-case>/<run-name>)",
+                               kind="where")
+    results_dir: str = _opt("results", "parent of the default run directories", kind="where")
+    run_name: str | None = _opt(None, "name of the run directory (default: seed<seed>)", kind="where")
+    resume: bool = _opt(False, "continue the run in run_dir from its last checkpoint", kind="where")
+    # optimisation
+    epochs: int = _opt(200, "training epochs (paper: 200)", low=1, kind="length")
+    batch_size: int | None = _opt(None, "training batch size (default: the paper's, baseline 8, rmi 2, mutual 10)",
+                                  low=1)
+    lr: float | None = _opt(None, "Adam learning rate (default: the paper's, baseline 1e-3, rmi and mutual 1e-4)",
+                            low=0)
+    weight_decay: float = _opt(0.0, "Adam weight decay", low=0)
+    # data
+    resize_size: int = _opt(234, "shorter side after resizing, before cropping (the authors' Resize(234))", low=1)
+    crop_size: int = _opt(224, "training crop and 'paper' evaluation centre crop (paper: 224)", low=1)
+    square_resize: bool = _opt(False, "resize to resize_size x resize_size, as the paper's text says (the authors' "
+                               "code resizes the shorter side)")
+    normalize: bool = _opt(True, "normalise images with ImageNet mean/std (the authors did not)")
+    train_samples: int | None = _opt(None, "use the first N training samples (synthetic: generate N)", low=1)
+    val_samples: int | None = _opt(None, "use the first N validation samples (synthetic: generate N)", low=1)
+    select_fraction: float = _opt(0.1, "share of the training set held out as the selection split for best_miou "
+                                  "(VOC/Cityscapes: files chosen by a hash of their names; synthetic: a split of "
+                                  "its own, this share of train_samples); 0: no selection split, no best_miou", low=0)
+    cache_dir: str | None = _opt(None, "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding "
+                                 "after the first epoch", kind="runtime")
+    num_workers: int | None = _opt(None, "DataLoader worker processes (default: 0 on CPU, where they compete with "
+                                   "training for the cores; min(8, cores / GPUs) on CUDA)", low=0, kind="runtime")
+    # evaluation
+    eval_protocol: str = _opt("paper", "paper: resize + deterministic centre crop; full: the network sees the "
+                              "image resized as in training, scored at the mask's own resolution; random-crop: "
+                              "resize + random crops as the authors evaluated (seeded)", choices=data.PROTOCOLS)
+    eval_passes: int | None = _opt(None, "passes over the validation split pooled into one confusion matrix "
+                                   "(default: 5 for random-crop, as the authors' scripts; 1 otherwise)", low=1)
+    eval_every: int = _opt(1, "validate every N epochs (and always after the last)", low=1, kind="length")
+    eval_batch_size: int | None = _opt(None, "validation batch size (default: the training batch size; 1 for "
+                                       "full-resolution real data)", low=1, kind="runtime")
+    # losses
+    rmi_radius: int = _opt(3, "RMI neighbourhood side (paper: 3)", low=1)
+    rmi_pool: str = _opt("none", "RMI down-sampling before the neighbourhoods: none (paper), max or avg (RMI "
+                         "authors: avg)", choices=("none", "max", "avg"))
+    rmi_pool_size: int = _opt(2, "RMI pooling kernel = stride (RMI authors: 2)", low=1)
+    rmi_bce_weight: float = _opt(0.5, "lambda in lambda*BCE + (1-lambda)*RMI (paper: 0.5)", low=0)
+    kl_weight: float = _opt(1.0, "weight of KL(p_other || p_self) in each mutual-learning loss", low=0)
+    kl_temperature: float = _opt(1.0, "softmax temperature of the mutual-learning KL (1 = Zhang et al.)", low=0)
+    mutual_schedule: str = _opt("sequential", "sequential (Zhang et al. Algorithm 1, 3 forward passes) or "
+                                "simultaneous (one pair)", choices=("sequential", "simultaneous"))
+    # models
+    unet_features: int = _opt(32, "U-Net width of the first level (Buda et al.: 32)", low=1)
+    deeplab_weights: str | None = _opt(None, "local DeepLabV3-ResNet50 state dict to start from, e.g. torchvision's "
+                                       "COCO checkpoint as the authors did (never downloaded)")
+    deeplab_head: str = _opt("replace", "with --deeplab-weights: replace (a new DeepLabHead, as the authors) or "
+                             "keep (ASPP and convs from the file, only the last layer new)", choices=("replace", "keep"))
+    deeplab_backbone_weights: str | None = _opt(None, "local ImageNet ResNet-50 state dict for DeepLabV3's backbone "
+                                                "(never downloaded)")
+    # machinery
+    seed: int = _opt(0, "seed of initialisation, data order and augmentation", low=0)
+    data_seed: int = _opt(0, "seed of the generated synthetic images (fixed across --seed, so that seeds vary "
+                          "training only)", low=0)
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N", kind="runtime")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
+                    choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool | None = _opt(None, "channels-last memory format (default: on for CUDA)")
+    compile: bool = _opt(False, "torch.compile the networks (worth it on a GPU for runs longer than a few minutes)",
+                         kind="runtime")
+    compile_mode: str = _opt("default", "torch.compile mode: default, reduce-overhead (CUDA graphs: fewer launches, "
+                             "for small batches such as rmi's 2) or max-autotune; needs --compile",
+                             choices=("default", "reduce-overhead", "max-autotune"), kind="runtime")
+    finite_check_every: int | None = _opt(None, "steps between NaN/inf checks of the training loss, each a "
+                                          "GPU-to-host read-back (default: 1 on CPU, 50 on CUDA; the epoch's last "
+                                          "step is always checked)", low=1, kind="runtime")
+    sync_bn: bool = _opt(False, "SyncBatchNorm under torchrun")
+    progress: str = _opt("auto", "auto (bars; env MISTUDY_PROGRESS overrides), bar, log (one line per epoch) or "
+                         "none", choices=("auto", "bar", "log", "none"), kind="runtime")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option; cheap, so it runs before any training."""
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ValueError(f"{f.name} must be one of {list(meta['choices'])}, got {value!r}")
+            if meta["low"] is not None and value is not None:
+                integer = type_name(f).startswith("int")
+                if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                        or value < meta["low"]:
+                    what = "a positive integer" if meta["low"] == 1 else ("an integer >= 0" if integer else ">= 0")
+                    raise ValueError(f"{f.name} must be {what}, got {value!r}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.kl_temperature > 0:
+            raise ValueError(f"kl_temperature must be > 0, got {self.kl_temperature}")
+        if not 0.0 <= self.rmi_bce_weight <= 1.0:
+            raise ValueError(f"rmi_bce_weight must be in [0, 1], got {self.rmi_bce_weight}")
+        if not 0.0 <= self.select_fraction < 1.0:
+            raise ValueError(f"select_fraction must be in [0, 1), got {self.select_fraction}")
+        if self.eval_passes not in (None, 1) and self.eval_protocol != "random-crop":
+            raise ValueError(f"eval_passes={self.eval_passes} repeats identical crops: only the random-crop protocol "
+                             "draws new crops per pass")
+        try:
+            device = torch.device(self.device) if self.device != "auto" else None
+        except RuntimeError:
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
+        if device is not None and device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.crop_size > self.resize_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
+        if self.dataset != "synthetic":
+            if self.root is None:
+                raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
+            if not Path(self.root).is_dir():
+                raise FileNotFoundError(f"dataset root {self.root} is not a directory")
+        if self.use_case == "mutual" and self.resolved_batch_size == 1:
+            raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
+                             "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        return USE_CASES[self.use_case]["networks"]
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return int(self.batch_size or USE_CASES[self.use_case]["batch_size"])
+
+    @property
+    def resolved_lr(self) -> float:
+        return float(self.lr or USE_CASES[self.use_case]["lr"])
+
+    @property
+    def resolved_eval_passes(self) -> int:
+        return self.eval_passes or (5 if self.eval_protocol == "random-crop" else 1)
+
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        return Path(self.results_dir) / self.dataset / self.use_case / (self.run_name or f"seed{self.seed}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a dict such as config.json; unknown keys raise naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return type(self).from_dict({**asdict(self), **changes})
+
+
+def type_name(f) -> str:
+    """A field's annotation as text ("int | None"), whether or not annotations are postponed."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def names_of_kind(*kinds: str, cls=TrainConfig) -> set[str]:
+    """Field names whose metadata kind is one of ``kinds`` (see the module docstring)."""
+    return {f.name for f in fields(cls) if f.metadata.get("kind") in kinds}
+
+
+RUNTIME_OPTIONS = names_of_kind("runtime")
+# Options that may change when a run is resumed; everything else must match the saved run.
+RESUMABLE_CHANGES = names_of_kind("runtime", "where", "length")
+
+
+def default_of(f):
+    return None if f.default is MISSING else f.default
+
+
+def parse_value(name: str, text: str, cls=TrainConfig):
+    """A field's value from text (``--set name=value``): ints, floats, booleans (true/false), none, strings."""
+    by_name = {f.name: f for f in fields(cls)}
+    if name not in by_name:
+        raise ValueError(f"unknown option {name!r}; valid: {', '.join(sorted(by_name))}")
+    kind = type_name(by_name[name])
+    if text.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected {kind.replace(' | None', '')}"
+                         f"{' or none' if 'None' in kind else ''}") from None
+    return text
+
+
+def parse_assignments(items: list[str], cls=TrainConfig) -> dict:
+    """["key=value", ...] -> {key: parsed value}; a malformed item or unknown key raises naming it."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE")
+        out[name.strip().replace("-", "_")] = parse_value(name.strip().replace("-", "_"), text.strip(), cls)
+    return out
+
+
+def load_json_config(path: str | Path) -> TrainConfig:
+    return TrainConfig.from_dict({**json.loads(Path(path).read_text()), "resume": False})
+
+
+# Settings of the study's profiles (`python -m mistudy study --profile NAME`, the notebooks' `profile` parameter).
+# quick and standard: one optimisation recipe for every use-case (batch 16, Adam 1e-3), so that only the loss
+# differs between them; paper: the paper's per-use-case batch sizes and learning rates (USE_CASES).
+PROFILES = {
+    "quick": dict(resize_size=72, crop_size=64, train_samples=256, val_samples=64, select_fraction=0.125, epochs=6,
+                  batch_size=16, lr=1e-3, amp="bf16", channels_last=True),
+    "standard": dict(resize_size=72, crop_size=64, train_samples=512, val_samples=256, select_fraction=0.125,
+                     epochs=12, batch_size=16, lr=1e-3, amp="bf16", channels_last=True),
+    "paper": dict(resize_size=234, crop_size=224, train_samples=None, val_samples=None, select_fraction=0.1,
+                  epochs=200, batch_size=None, lr=None),
+    # a smoke test of the notebooks' code paths (the nbval run sets MISTUDY_PROFILE=tiny): seconds, learns nothing
+    "tiny": dict(resize_size=36, crop_size=32, train_samples=16, val_samples=8, select_fraction=0.25, epochs=2,
+                 batch_size=4, lr=1e-3, unet_features=8),
+}
+PROFILE_HELP = {
+    "quick": "synthetic-scale CPU run: 64x64 crops, 256 training images, 6 epochs, batch 16, Adam 1e-3 for every "
+             "use-case (3 seeds in under 10 minutes on 2 cores)",
+    "standard": "a longer CPU run: 512 training and 256 validation images, 12 epochs (about 35 minutes for 3 seeds)",
+    "paper": "the paper's protocol: resize 234, crop 224, 200 epochs, the paper's batch sizes and learning rates",
+    "tiny": "a smoke test of the code paths in seconds (the notebook tests); learns nothing",
+}
+DEFAULT_PROFILE = "quick"
+
+
+def profile_settings(name: str | None, device: str = "auto") -> dict:
+    """The TrainConfig fields of a profile (None: env MISTUDY_PROFILE, else "quick").  bf16 autocast is kept on CPU
+    only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then falls back
+    to float32."""
+    from mistudy.distributed import cpu_has_native_bf16, resolve_device
+
+    name = name or os.environ.get("MISTUDY_PROFILE") or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    settings = dict(PROFILES[name])
+    if settings.get("amp") == "bf16" and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
+        settings.update(amp="off", channels_last=False)
+    return settings
+
+
+def study_config(use_case: str, profile: str | None = None, overrides: dict | None = None, **fields_) -> TrainConfig:
+    """The TrainConfig of a use-case notebook: the profile's settings, then ``fields_`` (the notebook's own
+    parameters), then ``overrides`` (any TrainConfig field, e.g. the study's --set values)."""
+    settings = {**profile_settings(profile, fields_.get("device", "auto")), **fields_, **(overrides or {})}
+    return TrainConfig.from_dict({"use_case": use_case, **settings})

@@ -1,0 +1,107 @@
+"""One configuration, every entry point: each TrainConfig field is a CLI option, a study --set key and a notebook
+config key, generated from the dataclass, so a new field needs no further edits."""
+
+import argparse
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mistudy import config
+from mistudy.__main__ import add_config_options, build_parser
+from mistudy.config import TrainConfig, _opt, parse_assignments, study_config
+
+SAMPLE_VALUES = {"bool": "true", "int": "3", "float": "0.25", "str": None}
+
+
+def _sample(f) -> str:
+    """A valid text value for field f."""
+    if f.metadata.get("choices"):
+        return f.metadata["choices"][-1]
+    special = {"device": "cpu", "results_dir": "res", "resize_size": "80", "crop_size": "48"}
+    if f.name in special:
+        return special[f.name]
+    kind = f.type.split(" ")[0]
+    return "x" if kind == "str" else SAMPLE_VALUES[kind]
+
+
+def test_every_field_is_a_cli_option_with_its_help():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest: a for a in train._actions}
+    for f in fields(TrainConfig):
+        assert f.name in options, f.name
+        assert f.metadata["help"] and f.metadata["help"] in options[f.name].help
+        assert options[f.name].default == config.default_of(f)
+        if f.metadata["choices"]:
+            assert list(options[f.name].choices) == list(f.metadata["choices"])
+
+
+def test_every_field_can_be_set_in_the_study_and_the_notebooks():
+    reserved = {"use_case", "dataset", "root", "seed", "device", "results_dir", "run_dir", "resume"}
+    for f in fields(TrainConfig):
+        values = parse_assignments([f"{f.name}={_sample(f)}"])
+        assert set(values) == {f.name}
+        if f.name in reserved or f.name in ("compile_mode", "deeplab_weights", "deeplab_backbone_weights",
+                                             "eval_passes"):
+            continue  # set by the study itself, or valid only together with another option / an existing file
+        cfg = study_config("baseline", "quick", values, device="cpu")  # what the notebooks and the study build
+        assert getattr(cfg, f.name) == values[f.name], f.name
+
+
+def test_a_new_field_reaches_the_cli_and_the_assignments_without_edits():
+    @dataclass
+    class Extended(TrainConfig):
+        new_knob: int = _opt(3, "a knob added later", low=1)
+
+    p = argparse.ArgumentParser()
+    add_config_options(p, Extended)
+    assert p.parse_args(["--new-knob", "5"]).new_knob == 5
+    with pytest.raises(SystemExit):
+        p.parse_args(["--new-knob", "0"])  # the bound comes from the metadata
+    assert parse_assignments(["new_knob=7"], Extended) == {"new_knob": 7}
+    assert Extended.from_dict({"new_knob": 4}).new_knob == 4
+    with pytest.raises(ValueError, match="new_knob must be a positive integer"):
+        Extended(new_knob=0)
+
+
+def test_use_case_notebooks_take_any_field_through_config():
+    for name in ("02_baseline", "03_rmi", "04_mutual_learning"):
+        nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / f"{name}.ipynb", as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert "config = {}" in params.source and 'profile = None' in params.source
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "study_config(" in code and "TrainConfig(" not in code  # no field list kept in the notebook
+
+
+def test_profiles_and_overrides_in_order():
+    cfg = study_config("rmi", "quick", {"epochs": 2}, device="cpu", seed=4)
+    assert (cfg.epochs, cfg.seed, cfg.batch_size, cfg.crop_size) == (2, 4, 16, 64)
+    paper = study_config("mutual", "paper", device="cpu")
+    assert (paper.resolved_batch_size, paper.resolved_lr, paper.crop_size, paper.epochs) == (10, 1e-4, 224, 200)
+    with pytest.raises(ValueError, match="unknown profile"):
+        study_config("rmi", "huge")
+
+
+def test_quick_profile_drops_bf16_on_cpus_without_it(monkeypatch):
+    import mistudy.distributed as d
+
+    monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: False)
+    assert config.profile_settings("quick", "cpu")["amp"] == "off"
+    monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)
+    assert config.profile_settings("quick", "cpu")["amp"] == "bf16"
+
+
+@pytest.mark.parametrize("item,match", [("epochs", "NAME=VALUE"), ("epochs=two", "expected int"),
+                                        ("compile=maybe", "expected bool"), ("nope=1", "unknown option 'nope'")])
+def test_bad_assignments_are_named(item, match):
+    with pytest.raises(ValueError, match=match):
+        parse_assignments([item])
+
+
+def test_kinds_of_options():
+    assert {"device", "num_workers", "compile", "cache_dir", "root"} <= config.RUNTIME_OPTIONS
+    assert {"epochs", "eval_every", "run_dir"} <= config.RESUMABLE_CHANGES
+    assert not {"lr", "rmi_radius", "seed", "select_fraction"} & config.RESUMABLE_CHANGES
+    json.dumps([f.metadata["help"] for f in fields(TrainConfig)])  # plain strings
