@@ -85,6 +85,8 @@ class TrainConfig:
                               "resize + random crops as the authors evaluated (seeded)", choices=data.PROTOCOLS)
     eval_passes: int | None = _opt(None, "passes over the validation split pooled into one confusion matrix "
                                    "(default: 5 for random-crop, as the authors' scripts; 1 otherwise)", low=1)
+    boundary_tolerance: int = _opt(2, "pixels within which a predicted class boundary matches a true one (boundary "
+                                   "F-score, Csurka et al. 2013)", low=0)
     eval_every: int = _opt(1, "validate every N epochs (and always after the last)", low=1, kind="length")
     eval_batch_size: int | None = _opt(None, "validation batch size (default: the training batch size; 1 for "
                                        "full-resolution real data)", low=1, kind="runtime")
@@ -96,6 +98,9 @@ class TrainConfig:
     rmi_bce_weight: float = _opt(0.5, "lambda in lambda*BCE + (1-lambda)*RMI (paper: 0.5)", low=0)
     kl_weight: float = _opt(1.0, "weight of KL(p_other || p_self) in each mutual-learning loss", low=0)
     kl_temperature: float = _opt(1.0, "softmax temperature of the mutual-learning KL (1 = Zhang et al.)", low=0)
+    mutual_partner: str = _opt("deeplabv3", "the U-Net's partner in mutual learning: deeplabv3 (the paper: "
+                               "DeepLabV3-ResNet50) or unet (a second U-Net, as Zhang et al.'s peers: mutual learning "
+                               "without a larger network)", choices=("deeplabv3", "unet"))
     mutual_schedule: str = _opt("sequential", "sequential (Zhang et al. Algorithm 1, 3 forward passes) or "
                                 "simultaneous (one pair)", choices=("sequential", "simultaneous"))
     # models
@@ -167,12 +172,15 @@ class TrainConfig:
                 raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
             if not Path(self.root).is_dir():
                 raise FileNotFoundError(f"dataset root {self.root} is not a directory")
-        if self.use_case == "mutual" and self.resolved_batch_size == 1:
+        if self.use_case == "mutual" and self.resolved_batch_size == 1 and self.mutual_partner == "deeplabv3":
             raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
                              "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")
 
     @property
     def networks(self) -> tuple[str, ...]:
+        """Names of the trained networks; "unet" is the one the paper reports (mutual: the student, updated second)."""
+        if self.use_case == "mutual" and self.mutual_partner == "unet":
+            return ("unet_peer", "unet")
         return USE_CASES[self.use_case]["networks"]
 
     @property
@@ -287,16 +295,21 @@ PROFILE_HELP = {
 DEFAULT_PROFILE = "quick"
 
 
+def resolve_profile(name: str | None) -> str:
+    """A profile's name; None means env MISTUDY_PROFILE, else "quick"."""
+    name = name or os.environ.get("MISTUDY_PROFILE") or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    return name
+
+
 def profile_settings(name: str | None, device: str = "auto") -> dict:
     """The TrainConfig fields of a profile (None: env MISTUDY_PROFILE, else "quick").  bf16 autocast is kept on CPU
     only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then falls back
     to float32."""
     from mistudy.distributed import cpu_has_native_bf16, resolve_device
 
-    name = name or os.environ.get("MISTUDY_PROFILE") or DEFAULT_PROFILE
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
-    settings = dict(PROFILES[name])
+    settings = dict(PROFILES[resolve_profile(name)])
     if settings.get("amp") == "bf16" and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
         settings.update(amp="off", channels_last=False)
     return settings

@@ -140,7 +140,7 @@ def build_networks(cfg: TrainConfig, num_classes: int | None = None) -> dict[str
     num_classes = num_classes or data.dataset_info(cfg.dataset).num_classes
     nets = {}
     for name in cfg.networks:
-        if name == "unet":
+        if name in ("unet", "unet_peer"):  # the peer is built first: another initialisation from the same seed
             nets[name] = build_model("unet", num_classes, init_features=cfg.unet_features)
         else:
             nets[name] = build_model("deeplabv3_resnet50", num_classes, weights_path=cfg.deeplab_weights,
@@ -269,7 +269,8 @@ class Setup:
 
     def evaluate(self, split: str, nets: dict[str, nn.Module] | None = None) -> dict[str, dict]:
         return evaluate(nets or {n: unwrap(net) for n, net in self.train_nets.items()}, self.loaders[split],
-                        self.num_classes, self.ctx, self.autocast, self.channels_last, self.cfg.resolved_eval_passes)
+                        self.num_classes, self.ctx, self.autocast, self.channels_last, self.cfg.resolved_eval_passes,
+                        self.cfg.boundary_tolerance)
 
 
 def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = None,
@@ -460,8 +461,10 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
 
 @torch.no_grad()
 def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, ctx: Context,
-             autocast: Callable = contextlib.nullcontext, channels_last: bool = False, passes: int = 1) -> dict[str, dict]:
-    """Scores of every network on ``loader``'s split: {net: metrics dict + "per_image": {"tp", "fp", "fn"}}.
+             autocast: Callable = contextlib.nullcontext, channels_last: bool = False, passes: int = 1,
+             boundary_tolerance: int = 2) -> dict[str, dict]:
+    """Scores of every network on ``loader``'s split: {net: `SegmentationMetrics.compute()` + "per_image": {"tp",
+    "fp", "fn"}}.
 
     ``passes`` passes are pooled into one confusion matrix (new random crops per pass under the random-crop
     protocol, seeded).  Predictions whose size differs from the mask's ("full" protocol: the network saw the
@@ -469,7 +472,7 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
     Confusion matrices and per-image counts are summed over DDP ranks.
     """
     n = len(loader.dataset)
-    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX) for name in nets}
+    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance) for name in nets}
     counts = {name: torch.zeros(3, n, num_classes, dtype=torch.int64, device=ctx.device) for name in nets}
     for net in nets.values():
         net.eval()
@@ -483,10 +486,11 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
             for name, net in nets.items():
                 with autocast():
                     logits = net(images)
+                logits = logits.float()
                 if logits.shape[-2:] != target.shape[-2:]:
-                    logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+                    logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+                metrics[name].update(logits, target)  # class ids, boundaries, calibration, entropy
                 pred = logits.argmax(dim=1)
-                metrics[name].update(pred, target)
                 counts[name].index_add_(1, index, torch.stack(per_image_counts(pred, target, num_classes)))
     result = {}
     for name, m in metrics.items():

@@ -28,8 +28,13 @@ USE_CASE_TITLES = {  # the paper's names of the use-cases (sections 4.1-4.3)
     "rmi": "U-Net: Region Mutual Information Loss",
     "mutual": "Deep Mutual Learning: DeepLabV3 and U-Net",
 }
-NETWORK_LABELS = {"unet": "U-Net", "deeplabv3": "DeepLabV3"}
+NETWORK_LABELS = {"unet": "U-Net", "deeplabv3": "DeepLabV3", "unet_peer": "U-Net peer"}
 METRICS = ("pixel_accuracy", "iou_micro", "miou")
+# Scores beyond the paper's, each with the direction that counts as better (None: neither, e.g. entropy).
+EXTRA_METRICS = {"boundary_f": "higher", "ece": "lower", "mean_entropy_bits": None,
+                 "mutual_information_bits": "higher", "normalized_mutual_information": "higher"}
+EXTRA_LABELS = {"boundary_f": "boundary F", "ece": "ECE", "mean_entropy_bits": "mean entropy (bits)",
+                "mutual_information_bits": "I(Y;Ŷ) (bits)", "normalized_mutual_information": "NMI"}
 
 # The paper's Tables 1-3 (U-Net; single runs). Its "IoU" column is the standard mean IoU over classes, which
 # the authors' code computed; the micro IoU its text defines would be acc / (2 - acc), e.g. 0.885 for 0.9388.
@@ -103,13 +108,13 @@ def write_table(rows: list[dict], path, prov: dict | None = None, columns: list[
 def metrics_rows(metrics: dict, network: str = PRIMARY_NETWORK) -> list[dict]:
     """Rows last / best_loss / best_miou of one network of a run's metrics.json (the notebooks' table).
 
-    Columns: checkpoint, epoch, pixel_accuracy, iou_micro, miou, mean_class_accuracy.
+    Columns: checkpoint, epoch, pixel_accuracy, iou_micro, miou, mean_class_accuracy and EXTRA_METRICS.
     """
     nets = metrics.get("networks", {})
     if network not in nets:
         raise ValueError(f"metrics hold networks {sorted(nets)}, not {network!r}")
     return [{"checkpoint": rule, "epoch": nets[network][rule]["epoch"],
-             **{k: nets[network][rule][k] for k in (*METRICS, "mean_class_accuracy")}}
+             **{k: nets[network][rule].get(k) for k in (*METRICS, "mean_class_accuracy", *EXTRA_METRICS)}}
             for rule in ("last", "best_loss", "best_miou") if rule in nets[network]]
 
 
@@ -147,7 +152,14 @@ def protocol_text(config: dict, metrics: dict | None = None, checkpoint: str = "
     if c.get("deeplab_weights"):
         init = f"DeepLabV3 from {Path(c['deeplab_weights']).name} (head: {c.get('deeplab_head', 'replace')})"
     amp = c.get("amp", "auto")
-    return (f"{data_part}{sizes}; training: random {c['crop_size']} crops, batch {batch}, Adam lr {lr:g}, "
+    method = {"baseline": "cross-entropy",
+              "rmi": f"{c.get('rmi_bce_weight', 0.5):g} BCE + {1 - c.get('rmi_bce_weight', 0.5):g} RMI (radius "
+                     f"{c.get('rmi_radius', 3)}, pooling {c.get('rmi_pool', 'none')}"
+                     f"{'' if c.get('rmi_pool', 'none') == 'none' else ' ' + str(c.get('rmi_pool_size', 2))})",
+              "mutual": f"CE + {c.get('kl_weight', 1.0):g} KL at T={c.get('kl_temperature', 1.0):g}, partner "
+                        f"{c.get('mutual_partner', 'deeplabv3')}, {c.get('mutual_schedule', 'sequential')} updates"}
+    return (f"{data_part}{sizes}; {c['use_case']}: {method[c['use_case']]}; training: random {c['crop_size']} crops, "
+            f"batch {batch}, Adam lr {lr:g}, "
             f"{c['epochs']} epochs, {'ImageNet normalisation' if c.get('normalize', True) else 'no normalisation'}, "
             f"{init}, amp {amp}; evaluation: {evaluation}, {passes} pass{'es' if passes > 1 else ''}; "
             f"checkpoint {checkpoint}: {CHECKPOINT_RULES[checkpoint]}")
@@ -218,6 +230,17 @@ def paired_difference(method: list[dict], baseline: list[dict], network: str = P
     return stats.paired_bootstrap(a, b, resamples=resamples)
 
 
+def seed_difference(method: list[dict], baseline: list[dict], metric: str, network: str = PRIMARY_NETWORK,
+                    checkpoint: str = "best_miou") -> stats.Interval | None:
+    """Mean over shared seeds of metric(method) - metric(baseline), with a t-interval over the paired seeds."""
+    by_seed = {r["config"]["seed"]: r["metrics"]["networks"][PRIMARY_NETWORK].get(checkpoint, {}).get(metric)
+               for r in baseline}
+    diffs = [r["metrics"]["networks"][network][checkpoint].get(metric) - by_seed[r["config"]["seed"]]
+             for r in method if by_seed.get(r["config"]["seed"]) is not None
+             and r["metrics"]["networks"][network].get(checkpoint, {}).get(metric) is not None]
+    return stats.t_interval(diffs) if diffs else None
+
+
 def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") -> tuple[list[dict], list[str]]:
     """Our scores per dataset x use-case x network beside the paper's, and notes on what is missing.
 
@@ -269,26 +292,67 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
            "checkpoint": checkpoint, "setting": _setting_label(group, cell_groups),
            "epochs": first["config"]["epochs"], "n_seeds": len(group),
            "seeds": " ".join(str(r["config"]["seed"]) for r in group)}
-    for m in METRICS:
-        values = [s[m] for s in scores]
+    for m in (*METRICS, *EXTRA_METRICS):
+        values = [s.get(m) for s in scores]
+        if any(v is None for v in values):  # a run written before the metric existed
+            continue
         ci = stats.t_interval(values)
         row |= {f"{m}_mean": ci.estimate, f"{m}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 f"{m}_low": None if math.isnan(ci.low) else ci.low, f"{m}_high": None if math.isnan(ci.high) else ci.high}
-    diff = None
+    diff, base = None, None
     if row["use_case"] != "baseline" and network == PRIMARY_NETWORK:
         base = baselines.get(_pairing(first["config"]))
         diff = paired_difference(group, base, network, checkpoint) if base else None
+    for m, better in EXTRA_METRICS.items():  # paired over seeds (t-interval)
+        d = seed_difference(group, base, m, network, checkpoint) if base else None
+        row |= {f"{m}_diff": d.estimate if d else None, f"{m}_diff_low": _finite(d.low) if d else None,
+                f"{m}_diff_high": _finite(d.high) if d else None,
+                f"{m}_verdict": _directed_verdict(d, better) if d else None}
     row |= {"miou_diff": diff.estimate if diff else None, "miou_diff_low": diff.low if diff else None,
             "miou_diff_high": diff.high if diff else None, "verdict": stats.verdict(diff) if diff else None,
             "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
     return {**row, **(paper_cols if network == PRIMARY_NETWORK else dict.fromkeys(paper_cols))}
 
 
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _directed_verdict(d: stats.Interval, better: str | None) -> str:
+    if better is None:
+        return stats.verdict(d, "higher", "lower")
+    return stats.verdict(d, *(("better", "worse") if better == "higher" else ("worse", "better")))
+
+
 def _ci_cell(row: dict, metric: str) -> str:
-    if not row.get("n_seeds"):
+    if not row.get("n_seeds") or row.get(f"{metric}_mean") is None:
         return "–"
     mean, low = row[f"{metric}_mean"], row.get(f"{metric}_low")
     return f"{mean:.3f}" if low is None else f"{mean:.3f} [{low:.3f}, {row[f'{metric}_high']:.3f}]"
+
+
+def _diff_cell(row: dict, metric: str) -> str:
+    d = row.get(f"{metric}_diff")
+    if d is None:
+        return "–"
+    low = row.get(f"{metric}_diff_low")
+    return f"{d:+.3f}" if low is None else f"{d:+.3f} [{low:+.3f}, {row[f'{metric}_diff_high']:+.3f}]"
+
+
+def format_extra(rows: list[dict]) -> list[dict]:
+    """The scores beyond the paper's as printable cells: mean [t-interval] and, for methods, the paired difference
+    from the baseline over seeds [t-interval]."""
+    out = []
+    for r in rows:
+        if not r.get("n_seeds"):
+            continue
+        cell = {"dataset": r["dataset"], "use-case": r["use_case"], "network": NETWORK_LABELS[r["network"]], "n": r["n_seeds"]}
+        for m, label in EXTRA_LABELS.items():
+            cell[label] = _ci_cell(r, m)
+            if r["use_case"] != "baseline" and r["network"] == PRIMARY_NETWORK:
+                cell[f"Δ {label}"] = _diff_cell(r, m)
+        out.append(cell)
+    return out
 
 
 def format_comparison(rows: list[dict]) -> list[dict]:
@@ -323,26 +387,43 @@ def comparison_title(rows: list[dict], checkpoint: str) -> str:
 
 
 def write_comparison(rows: list[dict], path, prov: dict | None = None, checkpoint: str = "best_miou"):
-    """figures/comparison_table.{csv,md}: CSV with numeric columns, Markdown with formatted cells."""
-    return write_table(rows, path, {"checkpoint": checkpoint, **(prov or {})}, markdown_rows=format_comparison(rows),
-                       title=comparison_title(rows, checkpoint))
+    """<path>.{csv,md}: every column as numbers (CSV) and the paper's scores formatted (Markdown); beside them
+    <path>_beyond_miou.md: boundary F, calibration, entropy and mutual information.  Returns (csv, md)."""
+    prov = {"checkpoint": checkpoint, **(prov or {})}
+    extra = format_extra(rows)
+    if extra:
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".csv", ".md") else path
+        write_table(extra, stem.with_name(stem.name + "_beyond_miou"), prov, markdown_rows=extra,
+                    title="Beyond mIoU (checkpoint " + checkpoint + "): boundary F-score (tolerance in pixels as run), "
+                    "top-label expected calibration error (15 bins), mean predictive entropy and the mutual information "
+                    "between prediction and ground truth, each the mean over seeds [95% t-interval]; Δ: the method's "
+                    "U-Net minus the baseline's over the same seeds [95% t-interval of the paired differences].")
+    return write_table(rows, path, prov, markdown_rows=format_comparison(rows), title=comparison_title(rows, checkpoint))
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
-    """One sentence per method and dataset: what the intervals say, with the paper's claim beside it."""
+    """Per method and dataset: on which metric it differs from the baseline, worded from the intervals, with the
+    paper's claim beside it."""
     lines = []
     for r in rows:
         if r["use_case"] == "baseline" or r["network"] != PRIMARY_NETWORK or not r.get("n_seeds"):
             continue
         paper = PAPER_RESULTS.get((r["use_case"], r["dataset"]))
         base = PAPER_RESULTS.get(("baseline", r["dataset"]))
-        claim = (f"; the paper: {paper['miou'] - base['miou']:+.3f} mIoU vs its baseline (single runs)"
-                 if paper and base else "")
-        if r.get("miou_diff") is None:
-            lines.append(f"{r['dataset']}, {r['use_case']}: no paired baseline runs, no difference computed{claim}.")
+        claim = (f" The paper: {paper['miou'] - base['miou']:+.3f} mIoU against its baseline (single runs, "
+                 "no interval)." if paper and base else "")
+        parts = []
+        if r.get("miou_diff") is not None:
+            parts.append(f"mIoU {_diff_cell(r, 'miou')} ({r['verdict']}, bootstrap over seeds and images)")
+        for m in EXTRA_METRICS:
+            if r.get(f"{m}_diff") is not None:
+                parts.append(f"{EXTRA_LABELS[m]} {_diff_cell(r, m)} ({r[f'{m}_verdict']})")
+        if not parts:
+            lines.append(f"{r['dataset']}, {r['use_case']}: no paired baseline runs, no difference computed.{claim}")
             continue
-        lines.append(f"{r['dataset']}, {r['use_case']}: Δ mIoU {r['miou_diff']:+.3f} [{r['miou_diff_low']:+.3f}, "
-                     f"{r['miou_diff_high']:+.3f}] over n = {r['n_seeds']} seeds: {r['verdict']}{claim}.")
+        lines.append(f"{r['dataset']}, {r['use_case']} vs baseline, n = {r['n_seeds']} seeds: " + "; ".join(parts)
+                     + "." + claim)
     return lines
 
 
@@ -356,6 +437,44 @@ def mean_per_class_iou(group: list[dict], network: str, checkpoint: str = "best_
         present = [v for v in values if v is not None]
         out.append(float(np.mean(present)) if present else None)
     return out
+
+
+def pool_reliability(diagrams: list[dict]) -> dict:
+    """Reliability diagrams of several runs (seeds) pooled bin by bin (counts added, means weighted by count), with
+    the pooled ECE."""
+    bins = len(diagrams[0]["count"])
+    count = np.zeros(bins)
+    conf_sum, acc_sum = np.zeros(bins), np.zeros(bins)
+    for d in diagrams:
+        n = np.array(d["count"], dtype=float)
+        count += n
+        conf_sum += n * np.array([c or 0.0 for c in d["confidence"]])
+        acc_sum += n * np.array([a or 0.0 for a in d["accuracy"]])
+    safe = np.maximum(count, 1)
+    conf, acc = conf_sum / safe, acc_sum / safe
+    ece = float((count * np.abs(conf - acc)).sum() / count.sum()) if count.sum() else None
+    return {"confidence": [c if n else None for c, n in zip(conf.tolist(), count)],
+            "accuracy": [a if n else None for a, n in zip(acc.tolist(), count)], "count": count.astype(int).tolist(),
+            "ece": ece}
+
+
+def comparison_reliability(results_dir, dataset: str, checkpoint: str, figures_dir, prov: dict):
+    """Reliability diagrams of every use-case's networks (pooled over seeds); None without runs."""
+    from mistudy import viz
+
+    diagrams = {}
+    for uc in USE_CASES:
+        group = runs_for(results_dir, dataset, uc)
+        for net in sorted(group[0]["metrics"]["networks"], key=lambda n: n != PRIMARY_NETWORK) if group else []:
+            found = [r["metrics"]["networks"][net].get(checkpoint, {}).get("reliability") for r in group]
+            if all(found):
+                label = uc if uc != "mutual" else f"mutual {NETWORK_LABELS[net]}"
+                diagrams[f"{label} (n={len(group)})"] = pool_reliability(found)
+    if not diagrams:
+        return None
+    fig = viz.plot_reliability(diagrams, title=f"Calibration on {dataset} ({checkpoint} weights, pooled over seeds)")
+    viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_reliability.png", {**prov, "dataset": dataset})
+    return fig
 
 
 # ------------------------------------------------------------------------------------ the use-case notebooks
@@ -437,6 +556,19 @@ class UseCaseReport:
                                      title=f"Per-class IoU, {self.title}, {self.cfg.dataset}")
         viz.save_figure(fig, f"{self.stem}_per_class_iou.png", self.prov)
         return markdown_table(rows), fig
+
+    def reliability(self, checkpoint: str = "best_miou"):
+        """Reliability diagram (calibration) of every network."""
+        from mistudy import viz
+
+        self._need_run()
+        checkpoint = checkpoint if checkpoint in self.summary["networks"][PRIMARY_NETWORK] else "last"
+        diagrams = {NETWORK_LABELS[n]: {**m[checkpoint]["reliability"], "ece": m[checkpoint]["ece"]}
+                    for n, m in self.summary["networks"].items()}
+        fig = viz.plot_reliability(diagrams, title=f"{self.title} on {self.cfg.dataset}: calibration ({checkpoint} "
+                                                   "weights)")
+        viz.save_figure(fig, f"{self.stem}_reliability.png", self.prov)
+        return fig
 
     def predictions(self, num_examples: int = 4, checkpoint: str = "best_miou"):
         from mistudy import engine, viz

@@ -9,7 +9,8 @@ A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
     best_miou-<net>.pt     weights at the highest selection-split mIoU of <net> (held out of train)
     metrics.json           validation metrics of every network at last / best_loss / best_miou
     per_image.npz          per validation image and class: true positives, false positives, false negatives
-                           (keys "<net>/<checkpoint>/{tp,fp,fn}", int64 [images, classes]) and "ids"
+                           (keys "<net>/<checkpoint>/{tp,fp,fn}", int64 [images, classes]), the image's mIoU
+                           ("<net>/<checkpoint>/miou", float64 [images]) and "ids"
 
 Every file is written through `mistudy.atomic`.  Also here: the project's default folders and the provenance
 written beside every figure and table.
@@ -23,7 +24,7 @@ import io
 import json
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 
 import mistudy
 from mistudy import atomic
-from mistudy.config import RESUMABLE_CHANGES, TrainConfig
+from mistudy.config import RESUMABLE_CHANGES, TrainConfig, default_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
 
@@ -81,7 +82,10 @@ def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str]) -> dic
     """{option: (saved value, cfg's value)} where cfg differs from the run saved in run_dir (options in ``ignore``
     left out)."""
     saved = json.loads((run_dir / "config.json").read_text())
-    return {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in ignore and saved.get(k) != v}
+    defaults = {f.name: default_of(f) for f in fields(cfg)}
+    # a field added after the run was written counts as its default (the behaviour before it existed)
+    return {k: (saved.get(k, defaults[k]), v) for k, v in asdict(cfg).items()
+            if k not in ignore and saved.get(k, defaults[k]) != v}
 
 
 def format_differences(diff: dict[str, tuple]) -> str:
@@ -104,9 +108,10 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids: list) -> None:
-    """counts: {"<net>/<checkpoint>": {"tp", "fp", "fn": int [images, classes]}}; ids: one per image."""
-    arrays = {f"{key}/{part}": np.asarray(v, dtype=np.int64) for key, parts in counts.items()
-              for part, v in parts.items()}
+    """counts: {"<net>/<checkpoint>": {"tp", "fp", "fn": int [images, classes], "miou": float [images] (optional)}};
+    ids: one per image."""
+    arrays = {f"{key}/{part}": np.asarray(v, dtype=np.float64 if part == "miou" else np.int64)
+              for key, parts in counts.items() for part, v in parts.items()}
     with atomic.atomic_path(run_dir / "per_image.npz", suffix=".npz") as tmp:
         np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), **arrays)
 
@@ -136,7 +141,8 @@ def load_metrics(run_dir) -> dict | None:
 
 
 def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarray]:
-    """{"tp", "fp", "fn": int64 [images, classes], "ids": [images]} of one network and checkpoint."""
+    """{"tp", "fp", "fn": int64 [images, classes], "miou": [images] (if saved), "ids": [images]} of one network and
+    checkpoint."""
     path = Path(run_dir) / "per_image.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run has not finished (per-image scores are written "
@@ -145,7 +151,7 @@ def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarr
         key = f"{network}/{checkpoint}"
         if f"{key}/tp" not in f:
             raise KeyError(f"{path} has no per-image counts for {key}")
-        return {"ids": f["ids"], **{k: f[f"{key}/{k}"] for k in ("tp", "fp", "fn")}}
+        return {"ids": f["ids"], **{k: f[f"{key}/{k}"] for k in ("tp", "fp", "fn", "miou") if f"{key}/{k}" in f}}
 
 
 def _read_json(path: Path):

@@ -6,7 +6,8 @@
     06 ablations                                opt-in (--notebooks 06)
 
 Executed notebooks go to <results-dir>/notebooks/ (per dataset and seed for 02-04), runs to
-<results-dir>/<dataset>/<use-case>/seed<k>/, figures and tables to <figures-dir>/.  The notebooks run in
+<results-dir>/<dataset>/<use-case>/seed<k>/, figures and tables to <figures-dir>/; by default <results-dir> is the
+project's results/<profile>/ and <figures-dir> figures/<profile>/ (01's theory figures: figures/).  The notebooks run in
 notebooks/ (so their relative paths work) with the project's kernel "mistudy" and MISTUDY_PROGRESS=log (one line
 per epoch instead of progress bars).  02-04 get the profile's name and a ``config`` dict of TrainConfig fields
 (--set NAME=VALUE, any field; --epochs and --eval-protocol are shortcuts).  A failing notebook stops the study
@@ -33,6 +34,7 @@ NOTEBOOKS = {
     "03": "03_rmi.ipynb",
     "04": "04_mutual_learning.ipynb",
     "05": "05_comparison.ipynb",
+    "06": "06_ablations.ipynb",
 }
 DEFAULT_NOTEBOOKS = ("01", "02", "03", "04", "05")
 PER_RUN = {"02": "baseline", "03": "rmi", "04": "mutual"}  # run once per dataset and seed
@@ -81,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="shortcut for --set epochs=N")
     p.add_argument("--eval-protocol", default=None, choices=["paper", "full", "random-crop"],
                    help="shortcut for --set eval_protocol=P (random-crop: the authors' random crops, 5 passes)")
-    p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's results/)")
-    p.add_argument("--figures-dir", default=None, help="figures and tables (default: the project's figures/)")
+    p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's "
+                   "results/<profile>/)")
+    p.add_argument("--figures-dir", default=None, help="figures and tables (default: the project's figures/<profile>/; "
+                   "01's theory figures: figures/)")
     p.add_argument("--notebooks", nargs="+", default=list(DEFAULT_NOTEBOOKS), metavar="NN",
                    help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
     p.add_argument("--resume", action="store_true",
@@ -139,13 +143,16 @@ def plan(args: argparse.Namespace) -> list[Step]:
     keys = sorted({_notebook_key(k) for k in args.notebooks})
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds has repeated values: {args.seeds}")
-    roots = _data_roots(datasets, args.data_root) if set(keys) & set(PER_RUN) else {}
+    roots = _data_roots(datasets, args.data_root) if set(keys) & {*PER_RUN, "06"} else {}
     nb_dir = Path(args.notebooks_dir).resolve()
     missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
     if missing:
         raise UsageError(f"notebooks {missing} not found in {nb_dir}")
-    results = Path(args.results_dir or project_path("results")).resolve()
-    figures = Path(args.figures_dir or project_path("figures")).resolve()
+    # Each profile has its own runs and figures (results/<profile>/, figures/<profile>/), so that runs of another
+    # size never meet; the theory figures of 01 do not depend on the profile (figures/).
+    results = Path(args.results_dir or project_path("results") / args.profile).resolve()
+    figures = Path(args.figures_dir or project_path("figures") / args.profile).resolve()
+    theory_figures = Path(args.figures_dir or project_path("figures")).resolve()
     executed = results / "notebooks"
 
     def step(key: str, parameters: dict, subdir: str = "", label: str = "") -> Step:
@@ -155,7 +162,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     overrides = _overrides(args)
     steps = []
     if "01" in keys:
-        steps.append(step("01", {"figures_dir": str(figures)}))
+        steps.append(step("01", {"figures_dir": str(theory_figures)}))
     for dataset in datasets:  # every use-case of one dataset and seed before the next seed
         root = str(roots[dataset]) if dataset in roots else None
         for key in (k for k in PER_RUN if k in keys):  # every option checked now, not hours later in a notebook
@@ -173,7 +180,15 @@ def plan(args: argparse.Namespace) -> list[Step]:
                     params["resume"] = True
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
     if "05" in keys:
-        steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures)}))
+        steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures), "datasets": datasets}))
+    if "06" in keys:  # after 02-04, whose runs are its references
+        for dataset in datasets:
+            root = str(roots[dataset]) if dataset in roots else None
+            params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
+                      "seeds": list(args.seeds), "results_dir": str(results), "figures_dir": str(figures)}
+            if overrides:
+                params["config"] = overrides
+            steps.append(step("06", params, dataset, f" ({dataset})"))
     return steps
 
 

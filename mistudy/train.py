@@ -16,7 +16,7 @@ import torch
 from mistudy import atomic, data, distributed, engine, runs
 from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig
 from mistudy.engine import NonFiniteLossError, Setup
-from mistudy.metrics import nan_to_none
+from mistudy.metrics import nan_to_none, per_image_miou
 from mistudy.progress import Progress
 
 SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
@@ -116,7 +116,8 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
                     net.load_state_dict(ckpt["model"])
                     m = s.evaluate("val", {name: net})[name]
             networks[name][rule] = {"epoch": epoch, **json_metrics(m)}
-            counts[f"{name}/{rule}"] = {k: v.numpy() for k, v in m["per_image"].items()}
+            counts[f"{name}/{rule}"] = {**{k: v.numpy() for k, v in m["per_image"].items()},
+                                        "miou": per_image_miou(**m["per_image"]).numpy()}
     select = s.datasets.get("select")
     summary = {
         "use_case": cfg.use_case, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
@@ -140,10 +141,16 @@ def image_ids(dataset) -> list[str]:
 
 
 def json_metrics(m: dict) -> dict:
-    """A metrics dict for JSON: per-class lists with None for absent classes, no per-image tensors."""
-    out = {k: v for k, v in m.items() if k != "per_image"}
-    out["iou_per_class"] = nan_to_none(m["iou_per_class"])
-    out["class_accuracy"] = nan_to_none(m["class_accuracy"])
+    """A metrics dict for JSON: NaN as None (absent classes, empty bins, undefined scores), no per-image tensors."""
+    out = {}
+    for k, v in m.items():
+        if k == "per_image":
+            continue
+        if isinstance(v, (list, dict)):
+            v = nan_to_none(v)
+        elif isinstance(v, float) and math.isnan(v):
+            v = None
+        out[k] = v
     return out
 
 
@@ -187,5 +194,6 @@ def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = 
     nets = {n: engine.load_network(run_dir, n, checkpoint, ctx.device) for n in cfg.networks}
     dtype = engine.amp_dtype(cfg, ctx.device)
     result = engine.evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx,
-                             engine.autocast_for(dtype, ctx.device), passes=cfg.resolved_eval_passes)
+                             engine.autocast_for(dtype, ctx.device), passes=cfg.resolved_eval_passes,
+                             boundary_tolerance=cfg.boundary_tolerance)
     return {n: json_metrics(m) for n, m in result.items()}

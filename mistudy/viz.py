@@ -204,3 +204,59 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str = "une
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_reliability(diagrams: dict[str, dict], title: str = "") -> matplotlib.figure.Figure:
+    """Reliability diagrams: accuracy against mean confidence per confidence bin, one line per label, the
+    diagonal (perfect calibration) dashed.  diagrams: {label: {"confidence", "accuracy", "count": per bin, "ece"}}
+    (`SegmentationMetrics.compute()["reliability"]` with its "ece"); empty bins (None) are skipped."""
+    plt = _pyplot()
+    fig, (ax, ax_count) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1)
+    for label, d in diagrams.items():
+        pts = [(c, a, n) for c, a, n in zip(d["confidence"], d["accuracy"], d["count"]) if c is not None and n]
+        if not pts:
+            continue
+        conf, acc, count = map(np.array, zip(*pts))
+        ece = f", ECE {d['ece']:.3f}" if d.get("ece") is not None else ""
+        line, = ax.plot(conf, acc, marker="o", markersize=3, label=f"{label}{ece}")
+        ax_count.plot(conf, count / count.sum(), marker="o", markersize=3, color=line.get_color(), label=label)
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="reliability")
+    ax_count.set(xlabel="confidence", ylabel="share of labelled pixels", xlim=(0, 1), title="confidence histogram")
+    for a in (ax, ax_count):
+        a.grid(alpha=0.3)
+        if a.lines:
+            a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "") -> matplotlib.figure.Figure:
+    """Forest plot: one panel per key of ``keys`` ({row key: panel title}), one row per setting, the estimate with
+    its interval as a horizontal bar, zero dashed.  rows: dicts with "setting" and `mistudy.stats.Interval` values
+    (None: not applicable)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.42 * len(rows) + 1.6), sharey=True,
+                             squeeze=False)
+    y = np.arange(len(rows))[::-1]
+    for ax, (key, panel) in zip(axes[0], keys.items()):
+        for yi, row in zip(y, rows):
+            d = row.get(key)
+            if d is None:
+                continue
+            interval = not np.isnan(d.low)
+            colour = "0.5" if not interval or d.low <= 0 <= d.high else ("tab:green" if d.low > 0 else "tab:red")
+            if interval:
+                ax.plot([d.low, d.high], [yi, yi], color=colour, linewidth=2)
+            ax.plot([d.estimate], [yi], "o", color=colour, markersize=5)
+        ax.axvline(0, color="0.3", linestyle="--", linewidth=1)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, [r["setting"] for r in rows])
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

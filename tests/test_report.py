@@ -213,7 +213,8 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     md = report.markdown_table(report.format_comparison(rows))
     assert f"{expected:+.3f} [" in md and "| better |" in md
     lines = report.summary_lines(rows)
-    assert any(line.startswith("synthetic, rmi: Δ mIoU") and "better" in line for line in lines)
+    assert any(line.startswith("synthetic, rmi vs baseline, n = 4 seeds: mIoU +") and "(better, bootstrap" in line
+               for line in lines)
     title = report.comparison_title(rows, "best_miou")
     assert "Student-t" in title and "bootstrap" in title and "Protocol, synthetic:" in title
 
@@ -225,3 +226,26 @@ def test_runs_of_another_length_are_not_paired(tmp_path):
     fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.5, 0.3), epochs=5, counts=counts)
     rows, _ = report.comparison(tmp_path, ["synthetic"])
     assert _row(rows, "synthetic", "rmi")["miou_diff"] is None
+
+
+def test_scores_beyond_miou_are_paired_over_seeds_with_a_t_interval(tmp_path):
+    base_f, rmi_f = [0.50, 0.55, 0.52], [0.60, 0.61, 0.66]
+    for seed in range(3):
+        extra = lambda f, ece: {"boundary_f": f, "ece": ece, "mean_entropy_bits": 0.5,  # noqa: E731
+                                "mutual_information_bits": 1.0, "normalized_mutual_information": 0.6}
+        fake_run(tmp_path, "synthetic", "baseline", seed, {**_scores(0.5, 0.3), **extra(base_f[seed], 0.10)})
+        fake_run(tmp_path, "synthetic", "rmi", seed, {**_scores(0.5, 0.3), **extra(rmi_f[seed], 0.10 + 0.01 * seed)})
+    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rmi = _row(rows, "synthetic", "rmi")
+    diffs = np.subtract(rmi_f, base_f)
+    low, high = sps.t.interval(0.95, 2, loc=diffs.mean(), scale=sps.sem(diffs))
+    assert rmi["boundary_f_diff"] == pytest.approx(diffs.mean())
+    assert (rmi["boundary_f_diff_low"], rmi["boundary_f_diff_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert rmi["boundary_f_verdict"] == "better"
+    assert rmi["ece_verdict"] == "no detectable difference at n = 3"  # ECE: lower is better; +0/+0.01/+0.02
+    assert rmi["mean_entropy_bits_diff"] == 0.0
+    extra = report.format_extra(rows)
+    assert extra[1]["use-case"] == "rmi" and extra[1]["Δ boundary F"].startswith(f"{diffs.mean():+.3f} [")
+    report.write_comparison(rows, tmp_path / "figs" / "comparison_table")
+    assert (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text().count("| synthetic |") == 2
+    assert any("boundary F +0.100" in line and "(better)" in line for line in report.summary_lines(rows))

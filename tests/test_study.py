@@ -72,12 +72,14 @@ def test_default_plan_runs_01_then_use_cases_then_05(nb_dir, tmp_path, monkeypat
     # three seeds of every use-case by default, so that the comparison has intervals
     assert [(s.key, s.parameters.get("seed")) for s in steps] == [
         ("01", None), *[(k, seed) for seed in (0, 1, 2) for k in ("02", "03", "04")], ("05", None)]
-    results = tmp_path / "results"
+    results, figures = tmp_path / "results" / "quick", tmp_path / "figures" / "quick"  # each profile its own folders
     assert steps[1].output == results / "notebooks" / "synthetic" / "seed0" / "02_baseline.ipynb"
     assert steps[0].output == results / "notebooks" / "01_information_theory.ipynb"
+    assert steps[0].parameters == {"figures_dir": str(tmp_path / "figures")}  # theory: the same for every profile
     assert steps[1].parameters == {"profile": "quick", "dataset": "synthetic", "data_root": None, "device": "auto",
-                                   "seed": 0, "results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
-    assert steps[-1].parameters == {"results_dir": str(results), "figures_dir": str(tmp_path / "figures")}
+                                   "seed": 0, "results_dir": str(results), "figures_dir": str(figures)}
+    assert steps[-1].parameters == {"results_dir": str(results), "figures_dir": str(figures), "datasets": ["synthetic"]}
+    assert _plan(nb_dir, "--profile", "standard")[1].parameters["results_dir"] == str(tmp_path / "results" / "standard")
     assert all(s.notebook.parent == nb_dir for s in steps)
     assert study.DEFAULT_NOTEBOOKS_DIR == Path(__file__).resolve().parent.parent / "notebooks"
 
