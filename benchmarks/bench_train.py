@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                       # CPU, 224x224, paper batch sizes
     python benchmarks/bench_train.py --device cuda --compile
     python benchmarks/bench_train.py --size 128 --steps 3  # quicker
+    python benchmarks/bench_train.py --size 64 --num-classes 7 --batch-size 16 --amp bf16 --channels-last --compare
     python benchmarks/bench_train.py --device cuda --compile --steps 20 --project   # issue 5, target 4
     python benchmarks/bench_train.py --device cuda --compile --compile-mode reduce-overhead --use-case rmi
 
@@ -17,7 +18,8 @@ CUDA, model FLOP utilisation (forward+backward: U-Net ~55.6 GFLOP, DeepLabV3-Res
 Peak memory: CUDA: torch.cuda.max_memory_allocated; CPU: growth of the max RSS of a fresh process per row
 (each row runs in its own subprocess) over its RSS once models and batch exist: activations, gradients and
 optimiser state.
-On CPU the engine's step and the plain fp32 loop are the same code (no autocast, no channels_last).
+On CPU the engine's step and the plain fp32 loop are the same code unless --amp bf16 --channels-last (the quick and
+standard profiles' CPU settings on CPUs with native bf16).
 --project prints the projected wall time of the paper-scale study (VOC 1,464 + Cityscapes 2,975 training
 images, 200 epochs, the three use-cases, validation of VOC 1,449 + Cityscapes 500 images every epoch) from
 the measured training and validation throughput on synthetic batches of the same size.
@@ -85,7 +87,7 @@ class FixedBatch(torch.utils.data.Dataset):
 def bench(use_case, args, device, variant):
     engine_row = variant == "engine"
     cfg = TrainConfig(use_case=use_case, dataset="synthetic", device=str(device), progress="none",
-                      amp=args.amp if engine_row else "off", channels_last=None if engine_row else False,
+                      amp=args.amp if engine_row else "off", channels_last=args.channels_last if engine_row else False,
                       compile=args.compile and engine_row,
                       compile_mode=args.compile_mode if args.compile and engine_row else "default",
                       batch_size=args.batch_size or None, crop_size=args.size, resize_size=args.size)
@@ -167,7 +169,9 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--use-case", nargs="*", default=["baseline", "rmi", "mutual"])
     p.add_argument("--compare", action="store_true", help="also time a plain fp32 loop and the six-pass mutual step")
-    p.add_argument("--amp", default="auto")
+    p.add_argument("--amp", default="auto", help="the engine row's autocast: auto (bf16 on CUDA), bf16, fp16, off")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine row's memory format (default: on for CUDA; the quick profile turns it on with bf16)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")

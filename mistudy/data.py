@@ -12,12 +12,9 @@ Every dataset yields ``(image, mask)``: image float32 [3, H, W] in [0, 1] (or Im
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +28,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from mistudy.atomic import atomic_file
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -463,24 +462,23 @@ class SyntheticSegmentation(Dataset):
 
     Classes (7): 0 background, 1 disc, 2 square, 3 triangle, 4 ring (annulus), 5 cross, 6 bar.
 
-    Generative process, per sample (numpy, seeded by ``SeedSequence([seed, split_id, index])``):
+    Generative process, per sample (numpy, seeded by ``SeedSequence([seed, split_id, index])``), with the knobs of
+    its level (``SYNTHETIC_LEVELS``: easy, medium, hard):
 
-    1. the background is a random texture; 3-7 objects follow, each of a uniformly drawn class, with a random
-       centre (objects may leave the frame), rotation and size (radius 10-22% of the shorter side; bars are
-       3-5 radii long), painted in order so later objects occlude earlier ones;
-    2. every region -- background and each object -- gets its own texture from ONE distribution: flat colour,
-       stripes, checkerboard, speckle noise or a linear gradient, each between two uniformly random RGB colours,
-       with a random orientation and a period of 4-15% of the shorter side;
-    3. the image is blurred with a [1, 2, 1] kernel and Gaussian noise (sigma 0.02-0.08) is added.
+    1. the background is a random texture; objects follow, each of a class drawn uniformly from the level's
+       classes, with a random centre (inside the frame, or anywhere for ``hard``), rotation and size, painted in
+       order so later objects occlude earlier ones;
+    2. every region -- background and each object -- gets a texture (flat colour, stripes, checkerboard, speckle or
+       a linear gradient between two colours) whose colours have one law for every class (``_region_colours``):
+       uniform on the RGB cube, objects at least ``contrast`` away from the background per channel at the easier
+       levels;
+    3. the image is blurred with a [1, 2, 1] kernel and Gaussian noise is added.
 
-    Difficulty: colour and texture carry no class information, so per-pixel classifiers only learn the class
-    frequencies (logistic regression on RGB stays at the majority-class rate: see tests/test_data.py).  A model
-    must use shape and context: a ring's hole shows the background (or another object), so only the
-    surrounding annulus says "ring"; the arms of a cross look like short bars; squares, triangles and discs
-    differ only at their corners; occlusion cuts shapes; stripes inside an object can look like object edges.
-    Some errors are irreducible: an object whose texture happens to match its surroundings is nearly invisible,
-    and a shape almost hidden by later objects cannot be recognised.  Classes are imbalanced, as in real datasets:
-    background is about 77% of the pixels, each shape class 3-5% (triangles and bars the rarest).
+    Colour therefore carries no class information (per-pixel classifiers only learn the class frequencies: see
+    tests/test_data.py); a model must use shape and context: a ring's hole shows what lies beneath, bars and rings
+    are thin structures, squares, triangles and discs differ at their corners.  ``hard`` (the original generator)
+    adds textures that hide edges, shapes cut by the frame and heavy occlusion; a from-scratch U-Net learns little
+    of it on a CPU budget (README "The synthetic benchmark").
 
     Items: (image float32 [3, H, W] in [0, 1] -- or whatever ``transform`` makes of it --, mask int64 [H, W]).
     ``transform`` receives (tv_tensors.Image uint8 [3, H, W], tv_tensors.Mask uint8 [H, W]).
@@ -707,19 +705,6 @@ class CityscapesSegmentation(_PairedFiles):
 _CACHE_VERSION = 1
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path):
-    """Yield a binary file that becomes ``path`` only once the block succeeds (temp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ResizedCache(Dataset):
     """``source`` with its resize step precomputed: uint8 images and masks stored once, cropped per item.
 
@@ -776,17 +761,17 @@ class ResizedCache(Dataset):
     def _build(self, key: dict, resize: Callable) -> None:
         shapes = []
         images_path, masks_path = self._path(".images.bin"), self._path(".masks.bin")
-        with _atomic_file(images_path) as image_file, _atomic_file(masks_path) as mask_file:
+        with atomic_file(images_path) as image_file, atomic_file(masks_path) as mask_file:
             for i in range(len(self.source)):  # streamed: memory stays at one image
                 image, mask = resize(*self.source.load(i))
                 shapes.append(mask.shape)
                 image_file.write(image.numpy().tobytes())
                 mask_file.write(mask.numpy().tobytes())
-        with _atomic_file(self._path(".index.npy")) as f:
+        with atomic_file(self._path(".index.npy")) as f:
             np.save(f, np.array(shapes, dtype=np.int64).reshape(-1, 2))
         manifest = {"key": key, "count": len(shapes), "image_bytes": images_path.stat().st_size,
                     "mask_bytes": masks_path.stat().st_size}
-        with _atomic_file(self._path(".json")) as f:  # last: it marks the cache complete
+        with atomic_file(self._path(".json")) as f:  # last: it marks the cache complete
             f.write(json.dumps(manifest).encode())
         for old in self.cache_dir.glob(f"{self.stem}-*"):  # caches of older versions of the same files
             if not old.name.startswith(self.prefix.name):

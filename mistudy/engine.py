@@ -113,7 +113,7 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
     return sets
 
 
-def eval_batch_size(cfg: TrainConfig) -> int:
+def evaluation_batch_size(cfg: TrainConfig) -> int:
     if cfg.eval_batch_size:
         return cfg.eval_batch_size
     if cfg.eval_protocol == "full" and cfg.dataset != "synthetic":
@@ -123,7 +123,7 @@ def eval_batch_size(cfg: TrainConfig) -> int:
 
 def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torch.device, rank: int = 0,
                 world_size: int = 1) -> DataLoader:
-    batch_size = cfg.resolved_batch_size if train else eval_batch_size(cfg)
+    batch_size = cfg.resolved_batch_size if train else evaluation_batch_size(cfg)
     sampler = EpochSampler(len(dataset), cfg.seed, shuffle=train, batch_size=batch_size, rank=rank,
                            world_size=world_size, drop_single=train)
     workers = cfg.num_workers

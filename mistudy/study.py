@@ -279,6 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ["MISTUDY_PROGRESS"] = saved_progress
     print(f"study finished: {len(steps)} notebooks in {time.perf_counter() - start:.0f} s; figures and tables in "
-          f"{Path(args.figures_dir or project_path('figures')).resolve()}, executed notebooks in "
-          f"{Path(args.results_dir or project_path('results')).resolve() / 'notebooks'}")
+          f"{Path(args.figures_dir or project_path('figures') / args.profile).resolve()}, executed notebooks in "
+          f"{Path(args.results_dir or project_path('results') / args.profile).resolve() / 'notebooks'}")
     return 0

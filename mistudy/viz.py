@@ -195,7 +195,9 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str = "une
         line, = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(histories)})")
         ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.split("/")[-1].replace("val_", "validation "))
+    split, _, score = metric.split("/")[-1].partition("_")
+    ax.set_ylabel(f"{ {'val': 'validation', 'select': 'selection split'}.get(split, split)} "
+                  f"{ {'miou': 'mIoU', 'pixel_accuracy': 'pixel accuracy'}.get(score, score)}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

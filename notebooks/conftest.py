@@ -11,3 +11,12 @@ os.environ.setdefault("MISTUDY_PROFILE", "tiny")
 _scratch = tempfile.mkdtemp(prefix="mistudy-nbval-")
 os.environ.setdefault("MISTUDY_RESULTS", os.path.join(_scratch, "results"))
 os.environ.setdefault("MISTUDY_FIGURES", os.path.join(_scratch, "figures"))
+
+
+def pytest_collection_modifyitems(items):
+    """Every notebook cell is part of a slow test (kernels, training): `pytest -m "not slow"` skips them."""
+    import pytest
+
+    for item in items:
+        if item.fspath.ext == ".ipynb":
+            item.add_marker(pytest.mark.slow)
