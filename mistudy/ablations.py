@@ -38,7 +38,9 @@ DIRECTORY = "ablations"  # under the profile's results directory
 
 
 def _run_name(name: str, seed: int) -> str:
-    return "".join(ch if ch.isalnum() or ch in "=._-" else "_" for ch in name) + f"-seed{seed}"
+    """'rmi λ=0.25', 3 -> 'rmi_lambda=0.25-seed3': ASCII letters, digits and =._- only."""
+    name = name.replace("λ", "lambda")
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "=._-" else "_" for ch in name) + f"-seed{seed}"
 
 
 def default_grid(profile: str, names=None, seeds=None) -> tuple[list[str], list[int]]:
@@ -145,6 +147,10 @@ def answer_lines(rows: list[dict]) -> list[str]:
     if quiet:
         lines.append(f"No detectable difference from the paper's setting (n = {rows[0]['n']} seeds): "
                      + ", ".join(quiet) + ".")
+    compared = sum(r.get("vs_paper_setting") is not None for r in rows)
+    if compared >= 5:
+        lines.append(f"{compared} settings at 95% each: about {compared / 20:.1f} of them may exclude zero by chance "
+                     "alone; a single borderline verdict is a lead for more seeds, not a finding.")
     for r in rows:
         if r["setting"] == "mutual two U-Nets" and r.get("vs_baseline"):
             lines.append(f"Mutual learning between two U-Nets (no larger network) against the baseline: "

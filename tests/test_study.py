@@ -167,6 +167,7 @@ def test_wrong_dataset_layout_fails_before_anything_runs(tmp_path, capsys):
 
 # ------------------------------------------------------------------- execution with papermill
 
+@pytest.mark.slow
 def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys, monkeypatch):
     nb = write_notebooks(tmp_path / "nb")
     monkeypatch.chdir(tmp_path)
@@ -187,6 +188,7 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys,
     assert "MISTUDY_PROGRESS" not in os.environ  # restored after the study
 
 
+@pytest.mark.slow
 def test_failing_notebook_stops_the_study_and_names_the_cell(tmp_path, capsys):
     nb = write_notebooks(tmp_path / "nb", fail={"02": "raise ValueError('boom: 42 is not a shape')"})
     res = tmp_path / "res"

@@ -28,6 +28,7 @@ def _strip_times(history):
     return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")} for row in history]
 
 
+@pytest.mark.slow
 def test_run_directory_and_determinism(tmp_path):
     a = train(tiny(tmp_path, "a"))
     b = train(tiny(tmp_path, "b"))
@@ -67,6 +68,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
         train(tiny(tmp_path, epochs=1))
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     full = train(tiny(tmp_path, "full", use_case="rmi", rmi_radius=2, batch_size=3))
     real_step = engine.train_step
@@ -96,6 +98,7 @@ def test_resume_refuses_changed_config(tmp_path):
 
 
 # TINY has 3 steps per epoch (10 samples, batch 4: 4 + 4 + 2).
+@pytest.mark.slow
 @pytest.mark.parametrize("check_every,poisoned_call,where,saved_epochs", [
     (None, 4, "epoch 2, step 1", 1),  # CPU default: every step
     (2, 4, "epoch 2, step 1", 1),  # found at step 2, reported as step 1
@@ -141,6 +144,7 @@ def test_loss_meter_finds_the_first_non_finite_loss_and_sums():
     assert meter.sums["unet"]["loss"].item() == 12.0 and meter.sums["unet"]["ce"].item() == 4.0
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     # Real inductor compilation on CPU (~30 s); on CPU "reduce-overhead" compiles without CUDA graphs.
     # The saved weights must carry the plain module's keys, so that they load into an eager network.
@@ -194,6 +198,7 @@ def test_sampler_shards_cover_the_data():
     assert sorted(shards[0] + shards[1]) == list(range(7))
 
 
+@pytest.mark.slow
 def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
     counts = {"deeplabv3": 0, "unet": 0}
     real_build = engine.build_networks
@@ -225,6 +230,7 @@ def test_frozen_bn_stats_keeps_running_estimates():
     assert net[1].momentum == 0.1
 
 
+@pytest.mark.slow
 def test_random_crop_evaluation_is_seeded(tmp_path):
     # The authors' random-crop evaluation, made repeatable: crops seeded by (seed, sample), so a later
     # evaluation of the saved weights reproduces the run's numbers, and they differ from the centre crop.
@@ -237,6 +243,7 @@ def test_random_crop_evaluation_is_seeded(tmp_path):
     assert centre["pixel_accuracy"] != last["pixel_accuracy"]
 
 
+@pytest.mark.slow
 def test_evaluate_run_matches_metrics_json(tmp_path):
     summary = train(tiny(tmp_path, epochs=2))
     again = evaluate_run(tmp_path / "run", "best_miou", device="cpu")
@@ -273,6 +280,7 @@ def _cli(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["train", "--use-case", "foo"], "invalid choice: 'foo'"),
     (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
@@ -292,6 +300,7 @@ def test_cli_bad_options_fail_fast_with_one_line(args, needle):
     assert len(lines) == 1 and needle in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_cli_help_documents_every_option():
     out = _cli("train", "--help").stdout
     for f in ("--use-case", "--rmi-radius", "--kl-temperature", "--eval-protocol", "--resume", "--num-workers",
@@ -300,6 +309,7 @@ def test_cli_help_documents_every_option():
     assert "default: 200" in out
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
     args = ["--use-case", "baseline", "--dataset", "synthetic", "--train-samples", "12", "--val-samples", "7",
@@ -323,6 +333,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(runs.load_history(run)) == 2
 
 
+@pytest.mark.slow
 def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
     common = dict(TINY, dataset="voc", root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None,
                   select_fraction=0.2)  # 1 of the tree's 3 training images held out for selection
@@ -333,6 +344,7 @@ def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
     assert _strip_times(runs.load_history(tmp_path / "plain")) == _strip_times(runs.load_history(tmp_path / "cached"))
 
 
+@pytest.mark.slow
 def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
     from rmi_reference import rmi_loss_reference
 
@@ -357,6 +369,7 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
         assert fast["networks"]["unet"]["last"][key] == pytest.approx(ref["networks"]["unet"]["last"][key], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_case", ["baseline", "rmi"])
 def test_bf16_autocast_and_channels_last_paths_train(tmp_path, use_case):
     # The CUDA settings (bf16 autocast, channels-last; also the quick profile's on CPUs with bf16) exercised on CPU:
@@ -408,6 +421,7 @@ def test_training_without_selection_split_has_no_best_miou(tmp_path):
         engine.load_network(tmp_path / "run", "unet", "best_miou")
 
 
+@pytest.mark.slow
 def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
     import numpy as np
     from PIL import Image
@@ -430,6 +444,7 @@ def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
         assert counts.sum() == labelled and list(f["ids"]) == ["2007_000033", "2009_000456"]
 
 
+@pytest.mark.slow
 def test_random_crop_protocol_pools_five_passes_by_default(tmp_path):
     cfg = tiny(tmp_path, epochs=1, eval_protocol="random-crop", resize_size=48)
     assert cfg.resolved_eval_passes == 5
@@ -445,6 +460,7 @@ def test_random_crop_protocol_pools_five_passes_by_default(tmp_path):
         tiny(tmp_path, eval_passes=5)
 
 
+@pytest.mark.slow
 def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions(tmp_path):
     import numpy as np
 
