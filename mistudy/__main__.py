@@ -13,7 +13,7 @@ import sys
 from dataclasses import fields
 
 from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
-from mistudy.config import CHECKPOINTS, TrainConfig, default_of, type_name
+from mistudy.config import CHECKPOINTS, PROFILES, TrainConfig, default_of, study_config, type_name
 
 
 def add_config_options(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
@@ -24,20 +24,23 @@ def add_config_options(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
         help_text = f"{meta.get('help', '')} (default: {default})"
         kind_name = type_name(f)
         if kind_name.startswith("bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
         kind = str
         if kind_name.startswith("int"):
             kind = positive_int if meta.get("low") == 1 else non_negative_int
         elif kind_name.startswith("float"):
             kind = non_negative_float
-        p.add_argument(flag, type=kind, default=default, choices=meta.get("choices"), help=help_text)
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mistudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    p = sub.add_parser("train", help="train one use-case", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train one use-case")
+    p.add_argument("--profile", default=None, choices=list(PROFILES),
+                   help="start from a profile's settings (quick: the 64x64 CPU scale of `make run`; paper: the paper's); "
+                        "options given here override it (default: none, the defaults below)")
     add_config_options(p)
     p = sub.add_parser("evaluate", help="evaluate a finished or interrupted run")
     p.add_argument("--run", required=True, help="run directory written by `mistudy train`")
@@ -73,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from mistudy.train import NonFiniteLossError, train
 
-        opts = {k: v for k, v in vars(args).items() if k != "command"}
+        opts = {k: v for k, v in vars(args).items() if k not in ("command", "profile")}
         try:
-            cfg = TrainConfig(**opts)
+            cfg = study_config(opts.pop("use_case", "baseline"), args.profile, opts) if args.profile else \
+                TrainConfig(**opts)
         except (ValueError, FileNotFoundError) as e:
             print(f"mistudy train: error: {e}", file=sys.stderr)
             return 2

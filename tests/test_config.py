@@ -33,7 +33,7 @@ def test_every_field_is_a_cli_option_with_its_help():
     for f in fields(TrainConfig):
         assert f.name in options, f.name
         assert f.metadata["help"] and f.metadata["help"] in options[f.name].help
-        assert options[f.name].default == config.default_of(f)
+        assert f"(default: {config.default_of(f)})" in options[f.name].help
         if f.metadata["choices"]:
             assert list(options[f.name].choices) == list(f.metadata["choices"])
 
@@ -105,3 +105,16 @@ def test_kinds_of_options():
     assert {"epochs", "eval_every", "run_dir"} <= config.RESUMABLE_CHANGES
     assert not {"lr", "rmi_radius", "seed", "select_fraction"} & config.RESUMABLE_CHANGES
     json.dumps([f.metadata["help"] for f in fields(TrainConfig)])  # plain strings
+
+
+def test_train_cli_starts_from_a_profile_and_options_override_it(tmp_path, capsys):
+    from mistudy.__main__ import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--profile", "tiny", "--use-case", "rmi", "--epochs", "1", "--device", "cpu",
+                 "--progress", "none", "--run-dir", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["use_case"], saved["epochs"], saved["train_samples"], saved["crop_size"]) == ("rmi", 1, 16, 32)
+    parsed = build_parser().parse_args(["train", "--lr", "0.01"])
+    assert vars(parsed) == {"command": "train", "profile": None, "lr": 0.01}  # options not given stay absent
+    assert "run written to" in capsys.readouterr().out
