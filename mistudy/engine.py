@@ -135,11 +135,13 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torc
 
 # --------------------------------------------------------------------------------- networks and precision
 
-def build_networks(cfg: TrainConfig, num_classes: int | None = None) -> dict[str, nn.Module]:
-    """The use-case's networks, untrained (DeepLabV3 from a local weights file if cfg names one)."""
+def build_networks(cfg: TrainConfig, num_classes: int | None = None,
+                   names: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
+    """The use-case's networks (or those of ``names``), untrained (DeepLabV3 from a local weights file if cfg
+    names one)."""
     num_classes = num_classes or data.dataset_info(cfg.dataset).num_classes
     nets = {}
-    for name in cfg.networks:
+    for name in names or cfg.networks:
         if name in ("unet", "unet_peer"):  # the peer is built first: another initialisation from the same seed
             nets[name] = build_model("unet", num_classes, init_features=cfg.unet_features)
         else:
@@ -512,7 +514,7 @@ def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="c
         raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
                                 "split)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_networks(cfg)[network]
+    net = build_networks(cfg, names=(network,))[network]
     net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
     return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
 

@@ -112,7 +112,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
                 if epoch == state["epoch"]:  # the last weights: already scored
                     m = last[name]
                 else:
-                    net = engine.place_networks({name: engine.build_networks(cfg)[name]}, cfg, ctx)[name]
+                    net = engine.place_networks(engine.build_networks(cfg, s.num_classes, (name,)), cfg, ctx)[name]
                     net.load_state_dict(ckpt["model"])
                     m = s.evaluate("val", {name: net})[name]
             networks[name][rule] = {"epoch": epoch, **json_metrics(m)}

@@ -203,8 +203,8 @@ def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
     counts = {"deeplabv3": 0, "unet": 0}
     real_build = engine.build_networks
 
-    def counting(cfg, num_classes=None):
-        nets = real_build(cfg, num_classes)
+    def counting(cfg, num_classes=None, names=None):
+        nets = real_build(cfg, num_classes, names)
         for name, net in nets.items():
             net.register_forward_hook(lambda m, i, o, name=name: counts.__setitem__(name, counts[name] + 1) if m.training else None)
         return nets
