@@ -1,6 +1,7 @@
 """pytest --nbval: the notebooks' kernels inherit this environment."""
 
 import os
+import shutil
 import tempfile
 
 # One log line per epoch instead of tqdm widgets: stream outputs stay short and readable headless.
@@ -11,6 +12,11 @@ os.environ.setdefault("MISTUDY_PROFILE", "tiny")
 _scratch = tempfile.mkdtemp(prefix="mistudy-nbval-")
 os.environ.setdefault("MISTUDY_RESULTS", os.path.join(_scratch, "results"))
 os.environ.setdefault("MISTUDY_FIGURES", os.path.join(_scratch, "figures"))
+
+
+def pytest_unconfigure(config):
+    """Remove the scratch folder: the tiny study's checkpoints (DeepLabV3 included) weigh about 1.6 GB."""
+    shutil.rmtree(_scratch, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
