@@ -586,11 +586,21 @@ class UseCaseReport:
 
 # ------------------------------------------------------------------------------- the comparison notebook
 
+def runs_provenance(found: list[dict]) -> dict:
+    """What a figure or table over several runs came from: the devices they ran on (as resolved, never "auto"),
+    AMP, epochs and seeds, each as a sorted list of the values found."""
+    def values(get):
+        return sorted({get(r) for r in found}, key=str)
+
+    return dict(device=values(lambda r: r["metrics"].get("device", r["config"]["device"])),
+                amp=values(lambda r: r["config"].get("amp")), epochs=values(lambda r: r["config"]["epochs"]),
+                seed=values(lambda r: r["config"]["seed"]))
+
+
 def comparison_provenance(results_dir, datasets, checkpoint: str) -> dict:
-    configs = [r["config"] for d in datasets for uc in USE_CASES for r in runs_for(results_dir, d, uc)]
+    found = [r for d in datasets for uc in USE_CASES for r in runs_for(results_dir, d, uc)]
     return dict(datasets=[d for d in datasets if any(runs_for(results_dir, d, uc) for uc in USE_CASES)],
-                device=sorted({c["device"] for c in configs}), epochs=sorted({c["epochs"] for c in configs}),
-                seed=sorted({c["seed"] for c in configs}), checkpoint=checkpoint, notebook="05_comparison.ipynb",
+                **runs_provenance(found), checkpoint=checkpoint, notebook="05_comparison.ipynb",
                 results_dir=str(Path(results_dir).resolve()))
 
 

@@ -249,3 +249,16 @@ def test_scores_beyond_miou_are_paired_over_seeds_with_a_t_interval(tmp_path):
     report.write_comparison(rows, tmp_path / "figs" / "comparison_table")
     assert (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text().count("| synthetic |") == 2
     assert any("boundary F +0.100" in line and "(better)" in line for line in report.summary_lines(rows))
+
+
+def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):
+    # config.json keeps what was asked for ("auto"); metrics.json the device resolved at run time.
+    for seed, device in enumerate(["cpu", "cuda:0", "cpu"]):
+        run = fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.8, 0.3), epochs=3)
+        metrics = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**metrics, "device": device}))
+    assert json.loads((tmp_path / "synthetic/baseline/seed0/config.json").read_text())["device"] == "auto"
+    prov = report.comparison_provenance(tmp_path, ["synthetic", "voc"], "best_miou")
+    assert prov["device"] == ["cpu", "cuda:0"]
+    assert (prov["epochs"], prov["seed"], prov["datasets"]) == ([3], [0, 1, 2], ["synthetic"])
+    assert prov["amp"] == [TrainConfig(dataset="synthetic").amp]
