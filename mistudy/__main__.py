@@ -21,7 +21,7 @@ def add_config_options(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default, meta = default_of(f), f.metadata
-        help_text = f"{meta.get('help', '')} (default: {default})"
+        help_text = f"{meta.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         kind_name = type_name(f)
         if kind_name.startswith("bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

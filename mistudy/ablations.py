@@ -7,7 +7,8 @@ kl_weight, temperature, update schedule, and mutual learning between two U-Nets 
 Every setting is trained with the same seeds, data and budget as the study's baseline and reference runs (the
 profile's settings plus the same overrides), so each effect is a paired difference: against the baseline
 (does the method help at this setting?) and against the paper's setting of the same method (does the
-hyperparameter matter?), each with a bootstrap interval over seeds and validation images.
+hyperparameter matter?), each with an interval over seeds and validation images (`mistudy.stats`), and with
+verdicts adjusted for the number of settings compared (Holm).
 """
 
 from __future__ import annotations
@@ -93,10 +94,19 @@ def run(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict
     return grid
 
 
+FAMILIES = {"vs_baseline": "baseline", "vs_paper_setting": "paper's setting"}  # each column one family of tests
+
+
+def _difference(method, reference, metric="miou", checkpoint="best_miou"):
+    found = report.paired_difference(method, reference, metric, checkpoint=checkpoint)
+    return found[0] if found else None
+
+
 def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[dict]:
     """One row per setting: mIoU mean [t-interval], its paired difference from the baseline and from the paper's
-    setting of the same method (bootstrap over seeds and images), and the scores beyond mIoU against the paper's
-    setting (paired over seeds, t-interval)."""
+    setting of the same method, and the scores beyond mIoU against the paper's setting (each
+    `mistudy.stats.paired_difference`: seeds and validation images); "<family>_holm": the Holm-adjusted p-value of
+    the difference within its column (the grid's family of simultaneous tests)."""
     rows = []
     for name, group in grid.items():
         use_case = group[0]["config"]["use_case"]
@@ -105,25 +115,31 @@ def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[
         miou = stats.t_interval([s["miou"] for s in scores])
         row = {"setting": name, "use_case": use_case, "n": len(group), "miou": miou}
         if use_case != "baseline":
-            row["vs_baseline"] = report.paired_difference(group, grid[REFERENCES["baseline"]], checkpoint=checkpoint)
+            row["vs_baseline"] = _difference(group, grid[REFERENCES["baseline"]], checkpoint=checkpoint)
         if reference is not None:
-            row["vs_paper_setting"] = report.paired_difference(group, reference, checkpoint=checkpoint)
+            row["vs_paper_setting"] = _difference(group, reference, checkpoint=checkpoint)
             for metric in report.EXTRA_METRICS:
-                row[f"{metric}_vs_paper_setting"] = report.seed_difference(group, reference, metric,
-                                                                          checkpoint=checkpoint)
+                row[f"{metric}_vs_paper_setting"] = _difference(group, reference, metric, checkpoint)
         rows.append(row)
+    for key in FAMILIES:
+        family = [r for r in rows if r.get(key) is not None]
+        for r, p in zip(family, stats.holm([r[key].p_value for r in family])):
+            r[f"{key}_holm"], r[f"{key}_tests"] = p, len(family)
     return rows
 
 
 def effect_table(rows: list[dict]) -> list[dict]:
-    """The effects as printable cells, with verdicts worded from the intervals."""
+    """The effects as printable cells, with verdicts worded from the intervals, raw and Holm-adjusted for the
+    number of settings compared in the column."""
     out = []
     for r in rows:
         cell = {"setting": r["setting"], "n": r["n"], "mIoU [95% CI]": r["miou"].format(3)}
-        for key, label in (("vs_baseline", "Δ mIoU vs baseline"), ("vs_paper_setting", "Δ mIoU vs paper's setting")):
+        for key, label in FAMILIES.items():
             d = r.get(key)
-            cell[label] = d.format(3, signed=True) if d else "–"
-            cell[f"{label.split(' vs ')[1]}: verdict"] = stats.verdict(d) if d else "–"
+            cell[f"Δ mIoU vs {label}"] = d.format(3, signed=True) if d else "–"
+            cell[f"vs {label}: verdict"] = stats.verdict(d) if d else "–"
+            cell[f"vs {label}: Holm ({r.get(f'{key}_tests', 0)} tests)"] = \
+                stats.adjusted_verdict(d, r[f"{key}_holm"]) if d else "–"
         d = r.get("boundary_f_vs_paper_setting")
         cell["Δ boundary F vs paper's setting"] = d.format(3, signed=True) if d else "–"
         d = r.get("ece_vs_paper_setting")
@@ -133,26 +149,49 @@ def effect_table(rows: list[dict]) -> list[dict]:
 
 
 def answer_lines(rows: list[dict]) -> list[str]:
-    """The ablation's answer in words, one line per setting whose interval excludes zero, plus a count of the rest."""
+    """The ablation's answer in words: the settings whose interval excludes zero, with their verdict once the
+    family of comparisons is accounted for (Holm), and a count of the rest."""
     lines, quiet = [], []
     for r in rows:
         d = r.get("vs_paper_setting")
         if d is None:
             continue
-        v = stats.verdict(d)
+        v, held = stats.verdict(d), stats.adjusted_verdict(d, r["vs_paper_setting_holm"])
         if v in ("better", "worse"):
-            lines.append(f"{r['setting']}: mIoU {d.format(3, signed=True)} against the paper's setting ({v}).")
+            survives = f"holds after Holm's adjustment for {r['vs_paper_setting_tests']} comparisons" \
+                if held == v else f"not after Holm's adjustment for {r['vs_paper_setting_tests']} comparisons"
+            lines.append(f"{r['setting']}: mIoU {d.format(3, signed=True)} against the paper's setting ({v}; {survives}).")
         else:
             quiet.append(r["setting"])
     if quiet:
         lines.append(f"No detectable difference from the paper's setting (n = {rows[0]['n']} seeds): "
                      + ", ".join(quiet) + ".")
-    compared = sum(r.get("vs_paper_setting") is not None for r in rows)
-    if compared >= 5:
-        lines.append(f"{compared} settings at 95% each: about {compared / 20:.1f} of them may exclude zero by chance "
-                     "alone; a single borderline verdict is a lead for more seeds, not a finding.")
     for r in rows:
         if r["setting"] == "mutual two U-Nets" and r.get("vs_baseline"):
             lines.append(f"Mutual learning between two U-Nets (no larger network) against the baseline: "
                          f"{r['vs_baseline'].format(3, signed=True)} ({stats.verdict(r['vs_baseline'])}).")
     return lines
+
+
+def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, dataset: str, profile: str,
+                  checkpoint: str = "best_miou", overrides: dict | None = None, results_dir=None):
+    """Notebook 06's table and forest plot, written to ``<figures_dir>/<dataset>_06_ablations.{csv,md,png}`` with
+    their provenance; returns (table rows, figure)."""
+    from mistudy import viz
+
+    found = [r for g in grid.values() for r in g]
+    seeds = sorted({r["config"]["seed"] for r in found})
+    prov = dict(dataset=dataset, profile=profile, **report.runs_provenance(found), overrides=overrides or {},
+                checkpoint=checkpoint, notebook="06_ablations.ipynb", results_dir=str(results_dir))
+    reference = grid[REFERENCES["baseline"]][0]
+    table = effect_table(rows)
+    report.write_table(table, Path(figures_dir) / f"{dataset}_06_ablations", prov, title="\n".join([
+        f"Ablations on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "
+        f"mIoU mean over seeds [95% t-interval]; Δ: paired differences [{stats.PAIRED_INTERVAL_TEXT}]. Holm: the "
+        "verdict once the column's comparisons are counted together (family-wise 5%).",
+        f"Protocol (every setting alike, the named change aside): "
+        f"{report.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
+    fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs baseline", "vs_paper_setting": "Δ mIoU vs the paper's setting"},
+                           title=f"Ablations on {dataset}: effects with 95% intervals ({len(seeds)} seeds)")
+    viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_ablations.png", prov)
+    return table, fig

@@ -1,16 +1,28 @@
 """The one way the package writes files: to a temporary file beside the target, then a rename.
 
 A reader never sees a half-written checkpoint, table or cache, and an interrupted write leaves the old file
-(or nothing) behind, never a corrupt one.
+(or nothing) behind, never a corrupt one.  Temporary files are named ``.<name>.tmp-<random><suffix>``, so that what
+a killed writer left behind can be recognised and removed (`remove_temporaries`), and a write that fails because
+the disk is full says so (`DiskFullError`) instead of a stream error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+TEMPORARY_MARK = ".tmp-"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_NEARLY_FULL = 64 << 20  # bytes: a writer failing with less than this free is taken to have filled the disk
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its disk is full; the previous version of the file is kept."""
 
 
 @contextlib.contextmanager
@@ -22,15 +34,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}", suffix=suffix)
     os.close(fd)
     os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e, path.parent):
+            raise DiskFullError(errno.ENOSPC, f"the disk holding {path.parent} is full: {path.name} could not be "
+                                f"written; the previous {path.name} is kept, nothing was lost (free some space, then "
+                                "continue, e.g. with --resume)", str(path)) from e
         raise
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT, or a writer's own error (torch.save says
+    "basic_ios::clear: iostream error" or "file write failed") with the disk (nearly) full."""
+    if isinstance(error, DiskFullError):
+        return False  # already worded
+    if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
+        return True
+    if isinstance(error, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL
+        except OSError:
+            return False
+    return False
 
 
 @contextlib.contextmanager
@@ -47,6 +78,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> tuple[int, int]:
+    """Remove the temporary files an interrupted writer left in ``folder`` (not in subfolders); returns (files,
+    bytes).  Only call it where no writer is alive (a locked run directory)."""
+    count = size = 0
+    for tmp in Path(folder).glob(f".*{TEMPORARY_MARK}*"):
+        if tmp.is_file():
+            size += tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count, size
 
 
 def _json_default(o):

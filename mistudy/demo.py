@@ -22,7 +22,7 @@ def run(num_samples: int = 4, size: int = 96, seed: int = 0, figures_dir=None) -
     torch.manual_seed(seed)
     info = data.dataset_info("synthetic")
     dataset = data.build_dataset("synthetic", "val", train=False, resize_size=size, crop_size=size,
-                                 synthetic_size=num_samples, seed=seed)
+                                 num_samples=num_samples, seed=seed)
     images, target = map(torch.stack, zip(*[dataset[i] for i in range(num_samples)]))  # [N,3,H,W], [N,H,W]
     print(f"synthetic batch: images {tuple(images.shape)}, masks {tuple(target.shape)}, classes {info.class_names}")
 

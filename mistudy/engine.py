@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -24,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mistudy import data, distributed, runs
+from mistudy import data, distributed, runs, safeload
 from mistudy.config import CHECKPOINTS, TrainConfig
 from mistudy.distributed import Context, resolve_device, unwrap
 from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
-from mistudy.metrics import SegmentationMetrics, per_image_counts
+from mistudy.metrics import SegmentationMetrics
 from mistudy.models import build_model
 
 
@@ -92,24 +93,29 @@ class SeededItems(Dataset):
         return image, mask, i
 
 
-def build_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
-    """{"train", "select" (only if select_fraction > 0), "val"} with the configured transforms."""
+def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
+    """{"train", "select" (only if select_fraction > 0), "val"} with the configured transforms.
+
+    check: VOC/Cityscapes files are checked now (`data.check_files`: every file complete and of matching size; the
+    masks of the scored splits decoded unless a cache holds them), so that a bad file stops the run before it
+    trains, not an epoch later.
+    """
     common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
                   normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed,
                   synthetic_level=cfg.synthetic_level, select_fraction=cfg.select_fraction)
     evaluation = dict(train=False, protocol=cfg.eval_protocol)
+    sizes = {"train": cfg.train_samples, "val": cfg.val_samples, "select": None}
     if cfg.dataset == "synthetic":  # generated at resize_size x resize_size; the selection split is its own
         n_train = cfg.train_samples or data.SYNTHETIC_DEFAULT_SIZES["train"]
-        sets = {"train": data.build_dataset("synthetic", "train", train=True, synthetic_size=n_train, **common),
-                "val": data.build_dataset("synthetic", "val", synthetic_size=cfg.val_samples, **evaluation, **common)}
-        if cfg.select_fraction > 0:
-            n_select = max(2, round(cfg.select_fraction * n_train))
-            sets["select"] = data.build_dataset("synthetic", "select", synthetic_size=n_select, **evaluation, **common)
-        return sets
-    sets = {"train": data.build_dataset(cfg.dataset, "train", train=True, num_samples=cfg.train_samples, **common),
-            "val": data.build_dataset(cfg.dataset, "val", num_samples=cfg.val_samples, **evaluation, **common)}
-    if cfg.select_fraction > 0:
-        sets["select"] = data.build_dataset(cfg.dataset, "select", **evaluation, **common)
+        sizes = {"train": n_train, "val": cfg.val_samples, "select": max(2, round(cfg.select_fraction * n_train))}
+    splits = ["train", "val"] + (["select"] if cfg.select_fraction > 0 else [])
+    sets = {split: data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
+                                      **(dict(train=True) if split == "train" else evaluation), **common)
+            for split in splits}
+    if check and cfg.dataset != "synthetic":
+        for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
+            cached = isinstance(dataset, data.ResizedCache)
+            data.check_files(dataset.source if cached else dataset, decode_masks=split != "train" and not cached)
     return sets
 
 
@@ -166,10 +172,41 @@ def place_networks(nets: dict[str, nn.Module], cfg: TrainConfig, ctx: Context) -
 
 
 def build_optimizers(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device) -> dict[str, torch.optim.Adam]:
-    # fused Adam on CUDA: a few kernels for all parameters instead of several per tensor
-    return {name: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
-                                   fused=device.type == "cuda")
+    # fused Adam: a few kernels for all parameters instead of several per tensor (on CPU 4x faster than foreach
+    # for DeepLabV3's 40M parameters: 27 ms against 111 ms per step, measured)
+    return {name: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay, fused=True)
             for name, net in nets.items()}
+
+
+class LRFactor:
+    """The learning-rate factor of optimisation step t (0-based) of a run of ``total`` steps: a warm-up of
+    ``warmup_steps`` (linear from ``warmup_factor`` to 1, or constant at ``warmup_factor``), then the schedule
+    (constant 1; cosine from 1 to 0 at the last step; poly (1 - u)^0.9 with u the share of the post-warm-up steps
+    done).  A picklable object, so the scheduler's state resumes from a checkpoint."""
+
+    def __init__(self, schedule: str, total: int, warmup_steps: int = 0, warmup_mode: str = "linear",
+                 warmup_factor: float = 0.1):
+        self.schedule, self.total, self.warmup_steps = schedule, int(total), int(warmup_steps)
+        self.warmup_mode, self.warmup_factor = warmup_mode, float(warmup_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            if self.warmup_mode == "constant":
+                return self.warmup_factor
+            return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        u = min(1.0, (step - self.warmup_steps) / max(1, self.total - self.warmup_steps))
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * u))
+        return (1.0 - u) ** 0.9
+
+
+def build_schedulers(cfg: TrainConfig, optims: dict, steps_per_epoch: int) -> dict:
+    """One LambdaLR per optimiser, stepped after every optimisation step (`LRFactor`)."""
+    factor = LRFactor(cfg.lr_schedule, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.warmup_mode,
+                      cfg.warmup_factor)
+    return {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optims.items()}
 
 
 def compile_networks(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device):
@@ -256,6 +293,7 @@ class Setup:
     nets: dict[str, nn.Module]  # plain modules on the device (checkpoints are written from these)
     train_nets: dict[str, nn.Module]  # the same, wrapped by DDP and/or torch.compile
     optims: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]  # stepped after every optimisation step
     scaler: torch.amp.GradScaler
     objective: "Objective"
     autocast: Callable
@@ -283,7 +321,7 @@ def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = 
     """
     seed_everything(cfg.seed)
     num_classes = num_classes or data.dataset_info(cfg.dataset).num_classes
-    datasets = datasets if datasets is not None else build_datasets(cfg)
+    datasets = datasets if datasets is not None else build_datasets(cfg, check=True)
     loaders = {split: make_loader(ds, cfg, train=split == "train", device=ctx.device, rank=ctx.rank,
                                   world_size=ctx.world_size) for split, ds in datasets.items()}
     if len(loaders["train"]) == 0:
@@ -292,10 +330,14 @@ def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = 
     nets = place_networks(build_networks(cfg, num_classes), cfg, ctx)
     dtype = amp_dtype(cfg, ctx.device)
     train_nets, cuda_graphs = compile_networks(cfg, distributed.wrap(nets, ctx), ctx.device)
-    return Setup(cfg, ctx, num_classes, datasets, loaders, nets, train_nets, build_optimizers(cfg, nets, ctx.device),
-                 torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16), Objective(cfg, num_classes),
-                 autocast_for(dtype, ctx.device), use_channels_last(cfg, ctx.device), cuda_graphs,
-                 finite_check_interval(cfg, ctx.device))
+    optims = build_optimizers(cfg, nets, ctx.device)
+    return Setup(cfg=cfg, ctx=ctx, num_classes=num_classes, datasets=datasets, loaders=loaders, nets=nets,
+                 train_nets=train_nets, optims=optims,
+                 schedulers=build_schedulers(cfg, optims, len(loaders["train"])),
+                 scaler=torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16),
+                 objective=Objective(cfg, num_classes), autocast=autocast_for(dtype, ctx.device),
+                 channels_last=use_channels_last(cfg, ctx.device), cuda_graphs=cuda_graphs,
+                 check_every=finite_check_interval(cfg, ctx.device))
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -447,7 +489,10 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
         images, target = s.to_device(images, target)
         if s.cuda_graphs:  # a new training iteration: the graphs' previous outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
+        lr = s.optims[s.cfg.networks[0]].param_groups[0]["lr"]  # the step's learning rate
         losses = train_step(s.train_nets, s.optims, s.scaler, s.objective, images, target, s.cfg, s.autocast)
+        for scheduler in s.schedulers.values():
+            scheduler.step()
         meter.add(step, losses, images.shape[0])
         if step % s.check_every == 0 or step == len(loader):
             bad = meter.first_nonfinite()
@@ -455,7 +500,7 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
                 raise NonFiniteLossError(f"non-finite {bad[1]} loss ({bad[2]}) at epoch {epoch}, step {bad[0]}; stopped")
             progress.step_done(meter, time.perf_counter() - t0, s.ctx.world_size)
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "lr": s.optims[s.cfg.networks[0]].param_groups[0]["lr"], "seconds": round(seconds, 3),
+    return {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
             "images_per_second": round(meter.seen * s.ctx.world_size / seconds, 3), **meter.means(s.ctx)}
 
 
@@ -464,18 +509,18 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
 @torch.no_grad()
 def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, ctx: Context,
              autocast: Callable = contextlib.nullcontext, channels_last: bool = False, passes: int = 1,
-             boundary_tolerance: int = 2) -> dict[str, dict]:
-    """Scores of every network on ``loader``'s split: {net: `SegmentationMetrics.compute()` + "per_image": {"tp",
-    "fp", "fn"}}.
+             boundary_tolerance: float | None = None) -> dict[str, dict]:
+    """Scores of every network on ``loader``'s split: {net: `SegmentationMetrics.compute()` + "per_image": every
+    image's statistics (`SegmentationMetrics.per_image`)}.
 
     ``passes`` passes are pooled into one confusion matrix (new random crops per pass under the random-crop
-    protocol, seeded).  Predictions whose size differs from the mask's ("full" protocol: the network saw the
-    image at the training scale) are resized bilinearly to the mask, so scores are at the mask's resolution.
-    Confusion matrices and per-image counts are summed over DDP ranks.
+    protocol, seeded); an image's counts add up over its passes.  Predictions whose size differs from the mask's
+    ("full" protocol: the network saw the image at the training scale) are resized bilinearly to the mask, so scores
+    are at the mask's resolution.  Every count is summed over DDP ranks.
     """
     n = len(loader.dataset)
-    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance) for name in nets}
-    counts = {name: torch.zeros(3, n, num_classes, dtype=torch.int64, device=ctx.device) for name in nets}
+    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n)
+               for name in nets}
     for net in nets.values():
         net.eval()
     for p in range(passes):
@@ -491,14 +536,11 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
                 logits = logits.float()
                 if logits.shape[-2:] != target.shape[-2:]:
                     logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-                metrics[name].update(logits, target)  # class ids, boundaries, calibration, entropy
-                pred = logits.argmax(dim=1)
-                counts[name].index_add_(1, index, torch.stack(per_image_counts(pred, target, num_classes)))
+                metrics[name].update(logits, target, index=index)  # class ids, boundaries, calibration, entropy
     result = {}
     for name, m in metrics.items():
         m.all_reduce()
-        tp, fp, fn = distributed.all_reduce_sum(counts[name], ctx).cpu()
-        result[name] = {**m.compute(), "per_image": {"tp": tp, "fp": fp, "fn": fn}}
+        result[name] = {**m.compute(), "per_image": m.per_image()}
     return result
 
 
@@ -513,7 +555,7 @@ def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="c
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
                                 "split)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = safeload.load(path, "checkpoint")
     net = build_networks(cfg, names=(network,))[network]
     net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
     return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()

@@ -70,27 +70,32 @@ def _sum_tolerance(x: ArrayLike, size: int) -> float:
     return max(SUM_ATOL, size * eps)
 
 
-def _check_probabilities(arr: np.ndarray, name: str) -> None:
-    """Every entry in [0, 1]."""
-    for bad, what in ((arr < 0, "negative"), (arr > 1, "greater than 1")):
+def _check_probabilities(arr: np.ndarray, name: str, tol: float = 0.0) -> np.ndarray:
+    """Every entry in [0, 1], up to ``tol`` of rounding (such entries are clipped into [0, 1]); returns arr."""
+    for bad, what in ((arr < -tol, "negative"), (arr > 1 + tol, "greater than 1")):
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"{name} has entries {what}, first {name}{list(where)} = {arr[where]:g}; "
+            raise ValueError(f"{name} has entries {what}, first {name}{list(where)} = {float(arr[where])!r}; "
                              "probabilities lie in [0, 1]")
+    return np.clip(arr, 0.0, 1.0) if tol else arr
 
 
 def _distribution(x: ArrayLike, name: str, ndim: int | None = None) -> np.ndarray:
-    """float64 copy of a probability distribution: finite, non-negative, summing to 1."""
+    """float64 copy of a probability distribution: finite, non-negative, summing to 1.
+
+    Rounding is accepted, not rejected: entries within the sum tolerance of [0, 1] are clipped (a marginal summed
+    from a normalised joint can be 1.0000000000000002), and the result is renormalised to sum to 1.
+    """
     arr = _as_float64(x, name)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(arr.shape)}")
-    _check_probabilities(arr, name)
-    total = float(arr.sum())
     tol = _sum_tolerance(x, arr.size)
+    arr = _check_probabilities(arr, name, tol)
+    total = float(arr.sum())
     if abs(total - 1.0) > tol:
         raise ValueError(f"{name} sums to {total:.10g}, not 1 (tolerance {tol:.1e}); "
                          "normalise it first")
-    return arr
+    return arr / total
 
 
 def _log_base(base: float) -> float:

@@ -1,33 +1,54 @@
-"""Segmentation scores, accumulated over batches in one pass (on any device) and reduced across DDP ranks.
+"""Segmentation scores, accumulated per image over batches and passes (on any device) and reduced across DDP ranks.
 
-Every score is a function of a few summed counts, so batches, evaluation passes and processes are added before any
-division happens:
+Every score is a function of a few counts kept for every validation image, so batches, evaluation passes and
+processes are added before any division happens, and a resampled or leave-one-out set of images is scored exactly
+as the real one (`mistudy.stats`):
 
 * the confusion matrix (rows ground truth, columns prediction): pixel accuracy, micro IoU, mIoU, per-class IoU and
   recall, and the mutual information between ground truth and prediction I(Y; Ŷ) (bits) with its normalised form;
-* boundary matches per class (Csurka et al. 2013): the boundary F-score at a tolerance of a few pixels;
+* boundary matches per class: the boundary F-score of Csurka et al. 2013 (per image over its classes, then the mean
+  over images), and the same counts pooled over images as a second, differently named score;
 * with probabilities: a reliability histogram (expected calibration error, reliability diagram) and the summed
   predictive entropy (mean entropy in bits).
 
-`per_image_counts` gives per-image true/false positives and false negatives, from which per-image mIoU and the
-mIoU of any resampled set of images follow (`mistudy.stats`).
+The functions ``*_from_*`` compute a score from summed statistics with numpy, vectorised over any leading axes;
+`SegmentationMetrics.compute` and the paired statistics of the study both use them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mistudy import infotheory
+# Csurka et al. 2013 (and MATLAB's bfscore): a boundary pixel matches within 0.75 % of the image diagonal.
+BOUNDARY_TOLERANCE_FRACTION = 0.0075
+STATISTICS = ("confmat", "boundary", "calibration", "entropy")  # per-image statistics, see image_statistics
 
 
-def _disk(radius: int, device) -> torch.Tensor:
-    """A [2r+1, 2r+1] 0/1 kernel of the pixels at Euclidean distance <= radius from the centre."""
-    r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+# ------------------------------------------------------------------------------------------- boundaries
+
+def boundary_tolerance_text(tolerance: float | None) -> str:
+    """How a boundary F-score's tolerance is named in tables."""
+    if tolerance is None:
+        return f"{100 * BOUNDARY_TOLERANCE_FRACTION:g}% of the image diagonal"
+    return f"{tolerance:g} px"
+
+
+def tolerance_pixels(height: int, width: int, tolerance: float | None) -> float:
+    """The matching distance in pixels: ``tolerance`` if given, else 0.75 % of the image's diagonal."""
+    return float(tolerance) if tolerance is not None else BOUNDARY_TOLERANCE_FRACTION * math.hypot(height, width)
+
+
+def _disk(radius: float, device) -> torch.Tensor:
+    """A [2k+1, 2k+1] 0/1 kernel (k = floor(radius)) of the pixels at Euclidean distance <= radius from the centre."""
+    k = int(math.floor(radius + 1e-9))
+    r = torch.arange(-k, k + 1, device=device, dtype=torch.float32)
     return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius + 1e-6).float()
 
 
@@ -44,54 +65,199 @@ def class_boundaries(ids: torch.Tensor, num_classes: int, ignore_index: int = 25
     return (onehot > 0) & (eroded < 1)
 
 
-def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, tolerance: int,
+def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, tolerance: float | None = None,
                     ignore_index: int = 255) -> torch.Tensor:
-    """Per class [4, C]: predicted boundary pixels within ``tolerance`` of a true boundary, predicted boundary pixels,
-    true boundary pixels within ``tolerance`` of a predicted boundary, true boundary pixels (int64).
+    """Per image and class, int64 [N, 4, C]: predicted boundary pixels within the tolerance of a true boundary,
+    predicted boundary pixels, true boundary pixels within the tolerance of a predicted boundary, true boundary
+    pixels.
 
-    Predicted boundary pixels on ignored ground truth do not count (their truth is unknown).
+    Void in the ground truth is made void in the prediction before boundaries are extracted (as DAVIS' f_measure and
+    GSCNN's evaluation do): a class pixel beside a void band is then a boundary in both maps alike, so a perfect
+    prediction scores 1 and nothing is learnt about the truth under the void.  ``tolerance``: pixels, or None for
+    0.75 % of the image diagonal.
     """
-    pred_b = class_boundaries(pred, num_classes, ignore_index) & (target != ignore_index)[:, None]
+    pred = torch.where(target == ignore_index, torch.full_like(pred, ignore_index), pred)
+    pred_b = class_boundaries(pred, num_classes, ignore_index)
     true_b = class_boundaries(target, num_classes, ignore_index)
-    kernel = _disk(tolerance, pred.device)[None, None].repeat(num_classes, 1, 1, 1)
+    radius = tolerance_pixels(*target.shape[-2:], tolerance)
+    kernel = _disk(radius, pred.device)
+    pad = kernel.shape[-1] // 2
+    kernel = kernel[None, None].repeat(num_classes, 1, 1, 1)
 
-    def near(b: torch.Tensor) -> torch.Tensor:  # pixels within tolerance of a boundary pixel of b
-        return F.conv2d(b.float(), kernel, padding=tolerance, groups=num_classes) > 0.5
+    def near(b: torch.Tensor) -> torch.Tensor:  # pixels within the tolerance of a boundary pixel of b
+        return F.conv2d(b.float(), kernel, padding=pad, groups=num_classes) > 0.5
 
-    sums = lambda x: x.sum(dim=(0, 2, 3))  # noqa: E731
-    return torch.stack([sums(pred_b & near(true_b)), sums(pred_b), sums(true_b & near(pred_b)), sums(true_b)]).long()
+    sums = lambda x: x.sum(dim=(2, 3))  # noqa: E731  [N, C]
+    return torch.stack([sums(pred_b & near(true_b)), sums(pred_b), sums(true_b & near(pred_b)), sums(true_b)],
+                       dim=1).long()
+
+
+def boundary_f_from_counts(counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(F, precision, recall) per class from boundary counts [..., 4, C]; NaN where a class has no boundary pixel
+    in either map.  Precision is 0 without predicted boundary pixels, recall 0 without true ones."""
+    matched_pred, n_pred, matched_true, n_true = np.moveaxis(np.asarray(counts, dtype=np.float64), -2, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_pred > 0, matched_pred / np.maximum(n_pred, 1), 0.0)
+        recall = np.where(n_true > 0, matched_true / np.maximum(n_true, 1), 0.0)
+        f = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    some = (n_pred + n_true) > 0
+    nan = np.full_like(f, np.nan)
+    return np.where(some, f, nan), np.where(some, precision, nan), np.where(some, recall, nan)
+
+
+def image_boundary_f(counts) -> np.ndarray:
+    """Csurka et al.'s per-image boundary F [...]: the mean over the image's classes that have a boundary pixel in the
+    ground truth or the prediction, from per-image counts [..., 4, C]; NaN for an image without any boundary."""
+    f = boundary_f_from_counts(counts)[0]
+    with np.errstate(invalid="ignore"), _quiet_nanmean():
+        return np.nanmean(f, axis=-1)
+
+
+@contextlib.contextmanager
+def _quiet_nanmean():
+    """np.nanmean of an all-NaN slice warns; here NaN is the documented answer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+# ----------------------------------------------------------------------- scores from summed statistics (numpy)
+
+def miou_from_confmat(cm) -> np.ndarray:
+    """mIoU [...] of confusion matrices [..., C, C]: mean over classes present in the ground truth or prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    union = cm.sum(-1) + cm.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nanmean():
+        return np.nanmean(np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan), axis=-1)
+
+
+def information_from_confmat(cm) -> tuple[np.ndarray, np.ndarray]:
+    """(I(Y; Ŷ) in bits, 2 I / (H(Y) + H(Ŷ))) of confusion matrices of counts [..., C, C]; NaN without pixels.
+
+    Computed from the counts (n_xy / n, row sums / n, ...), so probabilities never exceed 1 by rounding; MI is
+    clamped at 0 (it is >= 0 exactly; rounding gives ~1e-16 below for a constant prediction).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum(axis=(-2, -1))
+    rows, cols = cm.sum(-1), cm.sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = total[..., None, None]
+        ratio = cm * n / (rows[..., :, None] * cols[..., None, :])
+        mi = np.where(cm > 0, cm / n * np.log2(np.where(cm > 0, ratio, 1.0)), 0.0).sum(axis=(-2, -1))
+
+        def entropy(counts):
+            p = counts / total[..., None]
+            return -np.where(counts > 0, p * np.log2(np.where(counts > 0, p, 1.0)), 0.0).sum(-1)
+
+        h = entropy(rows) + entropy(cols)
+        mi = np.where(total > 0, np.maximum(mi, 0.0), np.nan)
+        nmi = np.where((total > 0) & (h > 0), 2 * mi / np.where(h > 0, h, 1.0), np.nan)
+    return mi, nmi
+
+
+def ece_from_calibration(hist) -> np.ndarray:
+    """Top-label expected calibration error [...] from reliability histograms [..., 3, bins] (count, summed
+    confidence, summed correct); NaN without pixels."""
+    count, confidence, correct = np.moveaxis(np.asarray(hist, dtype=np.float64), -2, 0)
+    n = count.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.abs(confidence - correct).sum(-1) / np.where(n > 0, n, 1), np.nan)
+
+
+def mean_entropy_from_sums(sums) -> np.ndarray:
+    """Mean predictive entropy per labelled pixel [...] from (summed entropy in bits, pixels) [..., 2]."""
+    sums = np.asarray(sums, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[..., 1] > 0, sums[..., 0] / np.where(sums[..., 1] > 0, sums[..., 1], 1), np.nan)
+
+
+# --------------------------------------------------------------------------------- per-image statistics
+
+def image_confmats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """One confusion matrix per image, int64 [N, C, C] (rows ground truth), from class ids [N, H, W]."""
+    n, c = pred.shape[0], num_classes
+    valid = target != ignore_index
+    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
+    index = (image * c + target.long().clamp(0, c - 1)) * c + pred.long()
+    return torch.bincount(index[valid], minlength=n * c * c).reshape(n, c, c)
+
+
+@torch.no_grad()
+def image_statistics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, probs: torch.Tensor | None = None,
+                     ignore_index: int = 255, boundary_tolerance: float | None = None,
+                     calibration_bins: int = 15) -> dict[str, torch.Tensor]:
+    """The counts behind every score, for each image of a batch.
+
+    pred: class ids [N, H, W]; target: [N, H, W] with ``ignore_index`` for unlabelled pixels (values checked by the
+    caller); probs: class probabilities [N, C, H, W] or None.  Returns {"confmat": int64 [N, C, C], "boundary":
+    int64 [N, 4, C] (see `boundary_counts`), and with probs "calibration": float64 [N, 3, bins] (count, summed
+    confidence, summed correct), "entropy": float64 [N, 2] (summed entropy in bits, labelled pixels)}.
+    """
+    n, c = pred.shape[0], num_classes
+    valid = target != ignore_index
+    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
+    out = {"confmat": image_confmats(pred, target, c, ignore_index),
+           "boundary": boundary_counts(pred, target, c, boundary_tolerance, ignore_index)}
+    if probs is None:
+        return out
+    p = probs.double().movedim(1, -1)[valid]  # [labelled pixels, C]
+    owner = image[valid]
+    confidence = p.max(dim=1).values
+    correct = (pred[valid] == target[valid]).double()
+    bins = (confidence * calibration_bins).long().clamp(max=calibration_bins - 1) + owner * calibration_bins
+    hist = torch.stack([torch.bincount(bins, weights=w, minlength=n * calibration_bins)
+                        for w in (torch.ones_like(confidence), confidence, correct)])
+    out["calibration"] = hist.view(3, n, calibration_bins).transpose(0, 1).contiguous()
+    entropy = -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(dim=1)
+    out["entropy"] = torch.stack([torch.bincount(owner, weights=entropy, minlength=n),
+                                  torch.bincount(owner, minlength=n).double()], dim=1)
+    return out
 
 
 class SegmentationMetrics:
-    """Accumulate the counts behind every score over batches; `compute` turns them into numbers.
+    """Accumulate the per-image counts behind every score over batches; `compute` turns them into numbers.
 
     Args:
         num_classes: number of classes C; predictions and labels are in [0, C).
         ignore_index: label of pixels that never count (VOC borders, Cityscapes void).
-        boundary_tolerance: pixels within which a predicted boundary matches a true one (boundary F-score).
+        boundary_tolerance: pixels within which a predicted boundary matches a true one; None (default): 0.75 % of
+            each image's diagonal (Csurka et al. 2013).
         calibration_bins: equal-width confidence bins of the reliability diagram and ECE.
+        num_images: the size of the evaluated split.  Given, every `update` names its images (``index``) and an
+            image's counts add up over passes and DDP ranks (what the training engine does); None, every batch
+            brings new images.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, boundary_tolerance: int = 2,
-                 calibration_bins: int = 15):
+    def __init__(self, num_classes: int, ignore_index: int = 255, boundary_tolerance: float | None = None,
+                 calibration_bins: int = 15, num_images: int | None = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not isinstance(boundary_tolerance, int) or boundary_tolerance < 0:
-            raise ValueError(f"boundary_tolerance must be an integer >= 0 (pixels), got {boundary_tolerance!r}")
+        if boundary_tolerance is not None and (isinstance(boundary_tolerance, bool) or not isinstance(
+                boundary_tolerance, (int, float)) or not boundary_tolerance >= 0):
+            raise ValueError(f"boundary_tolerance must be a number of pixels >= 0 or None (0.75% of the image "
+                             f"diagonal), got {boundary_tolerance!r}")
         if calibration_bins < 1:
             raise ValueError(f"calibration_bins must be >= 1, got {calibration_bins}")
+        if num_images is not None and num_images < 1:
+            raise ValueError(f"num_images must be >= 1 or None, got {num_images}")
         self.num_classes, self.ignore_index = int(num_classes), ignore_index
         self.boundary_tolerance, self.calibration_bins = boundary_tolerance, calibration_bins
+        self.num_images = num_images
         self.reset()
 
     def reset(self) -> None:
-        self.confmat: torch.Tensor | None = None  # int64 [C, C]
-        self.boundary: torch.Tensor | None = None  # int64 [4, C], see boundary_counts
-        self.calibration: torch.Tensor | None = None  # float64 [3, bins]: count, summed confidence, summed correct
-        self.entropy_bits: torch.Tensor | None = None  # float64 [2]: summed entropy (bits), pixels
+        self.images: dict[str, torch.Tensor] = {}  # STATISTICS name -> [images, ...], see image_statistics
+
+    @property
+    def confmat(self) -> torch.Tensor:
+        """The confusion matrix summed over images, int64 [C, C] (rows ground truth, columns prediction)."""
+        cm = self.images.get("confmat")
+        return cm.sum(0) if cm is not None else torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor, probs: torch.Tensor | None = None) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, probs: torch.Tensor | None = None,
+               index: torch.Tensor | None = None) -> None:
         """Add a batch.
 
         Args:
@@ -99,6 +265,7 @@ class SegmentationMetrics:
                 (softmax) of the calibration and entropy scores.
             target: class ids [N, H, W] (integer), ``ignore_index`` for unlabelled pixels.
             probs: class probabilities [N, C, H, W] (optional; taken from logits when pred is logits).
+            index: the batch's image numbers [N] in [0, num_images) (required when num_images was given).
         """
         c = self.num_classes
         if pred.dim() == 4:
@@ -109,6 +276,12 @@ class SegmentationMetrics:
             pred = pred.argmax(dim=1)
         if pred.shape != target.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
+        maps = pred.dim() == 3  # label maps; other shapes are pixel lists [N, ...], which have no boundaries
+        if not maps:
+            pred, target = pred.reshape(pred.shape[0] if pred.dim() else 1, 1, -1), \
+                target.reshape(target.shape[0] if target.dim() else 1, 1, -1)
+            if probs is not None:
+                raise ValueError("probs need label maps: pred [N, C, H, W] or [N, H, W]")
         if pred.is_floating_point() or target.is_floating_point():
             raise ValueError("pred (class ids) and target must be integer tensors")
         target = target.to(pred.device)
@@ -120,47 +293,58 @@ class SegmentationMetrics:
         if p.numel() and (p.min() < 0 or p.max() >= c):
             bad = torch.unique(p[(p < 0) | (p >= c)]).tolist()
             raise ValueError(f"pred holds class ids {bad} outside [0, {c})")
-        self.confmat = _add(self.confmat, torch.bincount(t * c + p, minlength=c * c).reshape(c, c))
-        if pred.dim() == 3:  # label maps (other shapes: pixel lists, which have no boundaries)
-            self.boundary = _add(self.boundary, boundary_counts(pred, target, c, self.boundary_tolerance,
-                                                                self.ignore_index))
-        if probs is None:
-            return
-        if tuple(probs.shape) != (pred.shape[0], c, *pred.shape[1:]):
+        if probs is not None and tuple(probs.shape) != (pred.shape[0], c, *pred.shape[1:]):
             raise ValueError(f"probs must be [N, C, H, W] = {(pred.shape[0], c, *pred.shape[1:])}, got "
                              f"{tuple(probs.shape)}")
-        probs = probs.double().movedim(1, -1)[valid]  # [labelled pixels, C]
-        confidence = probs.max(dim=1).values
-        correct = (p == t).double()
-        bins = (confidence * self.calibration_bins).long().clamp(max=self.calibration_bins - 1)
-        hist = torch.zeros(3, self.calibration_bins, dtype=torch.float64, device=probs.device)
-        hist[0].index_add_(0, bins, torch.ones_like(confidence))
-        hist[1].index_add_(0, bins, confidence)
-        hist[2].index_add_(0, bins, correct)
-        self.calibration = _add(self.calibration, hist)
-        entropy = -(torch.where(probs > 0, probs * torch.log2(probs), torch.zeros_like(probs))).sum(dim=1)
-        self.entropy_bits = _add(self.entropy_bits, torch.stack([entropy.sum(), torch.tensor(
-            float(entropy.numel()), dtype=torch.float64, device=probs.device)]))
+        if (index is None) != (self.num_images is None):
+            raise ValueError("index is required exactly when SegmentationMetrics was built with num_images")
+        batch = image_statistics(pred, target, c, probs, self.ignore_index, self.boundary_tolerance,
+                                 self.calibration_bins)
+        if not maps:
+            batch["boundary"].zero_()
+        for name, value in batch.items():
+            if self.num_images is None:
+                self.images[name] = value if name not in self.images else torch.cat([self.images[name], value])
+                continue
+            if name not in self.images:
+                self.images[name] = torch.zeros(self.num_images, *value.shape[1:], dtype=value.dtype,
+                                                device=value.device)
+            self.images[name].index_add_(0, index.to(value.device), value)
 
     def all_reduce(self) -> None:
-        """Sum every count over the processes of the default process group (DDP evaluation)."""
+        """Sum every image's counts over the processes of the default process group (DDP evaluation)."""
         if not (dist.is_available() and dist.is_initialized()):
             return
-        c = self.num_classes
+        if self.num_images is None:
+            raise RuntimeError("all_reduce needs per-image buffers: build SegmentationMetrics with num_images")
+        c, n, bins = self.num_classes, self.num_images, self.calibration_bins
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else \
             torch.device("cpu")
-        zeros = {"confmat": (torch.zeros(c, c, dtype=torch.int64)), "boundary": torch.zeros(4, c, dtype=torch.int64),
-                 "calibration": torch.zeros(3, self.calibration_bins, dtype=torch.float64),
-                 "entropy_bits": torch.zeros(2, dtype=torch.float64)}
-        has_probs = torch.tensor([float(self.calibration is not None)], device=device)
+        zeros = {"confmat": lambda: torch.zeros(n, c, c, dtype=torch.int64),
+                 "boundary": lambda: torch.zeros(n, 4, c, dtype=torch.int64),
+                 "calibration": lambda: torch.zeros(n, 3, bins, dtype=torch.float64),
+                 "entropy": lambda: torch.zeros(n, 2, dtype=torch.float64)}
+        has_probs = torch.tensor([float("calibration" in self.images)], device=device)
         dist.all_reduce(has_probs, op=dist.ReduceOp.MAX)  # a rank without images still joins every reduction
         for name, zero in zeros.items():
-            if name in ("calibration", "entropy_bits") and not has_probs.item():
+            if name in ("calibration", "entropy") and not has_probs.item():
                 continue
-            value = getattr(self, name)
-            value = (zero if value is None else value).to(device)
+            value = self.images.get(name)
+            value = (zero() if value is None else value).to(device)
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            setattr(self, name, value)
+            self.images[name] = value
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Every image's counts as numpy arrays (see `image_statistics`; zeros for an image never seen), plus "tp",
+        "fp", "fn" [images, C] and the image's own "miou" and "boundary_f" (Csurka, NaN where undefined)."""
+        out = {name: v.cpu().numpy() for name, v in self.images.items()}
+        if "confmat" not in out:
+            return out
+        cm = out["confmat"]
+        tp = np.diagonal(cm, axis1=1, axis2=2).copy()
+        out |= {"tp": tp, "fp": cm.sum(1) - tp, "fn": cm.sum(2) - tp, "miou": miou_from_confmat(cm),
+                "boundary_f": image_boundary_f(out["boundary"])}
+        return out
 
     def compute(self) -> dict:
         """Every score, as plain Python numbers (NaN where undefined).
@@ -173,76 +357,64 @@ class SegmentationMetrics:
         - iou_per_class, class_accuracy (recall) and mean_class_accuracy: per class, NaN where absent.
         - mutual_information_bits: I(Y; Ŷ) of the labelled pixels' joint distribution (the normalised confusion
           matrix), in bits; normalized_mutual_information: 2 I / (H(Y) + H(Ŷ)) (scikit-learn's default).
-        - boundary_f, boundary_precision, boundary_recall: means over the classes that have true or predicted
-          boundaries of the per-class boundary F-score / precision / recall, boundary pixels pooled over images;
-          boundary_f_per_class (NaN where a class has no boundary at all); boundary_tolerance (pixels).
+        - boundary_f: Csurka et al.'s boundary F-score: per image the mean F over its classes with boundaries, then
+          the mean over images that have any; boundary_precision / boundary_recall the same means;
+          boundary_f_pooled and boundary_f_per_class: the counts pooled over images, per class and their mean over
+          classes; boundary_tolerance: pixels, or None for 0.75 % of each image's diagonal.
         - With probabilities: ece (top-label expected calibration error over equal-width bins),
           reliability {"confidence", "accuracy", "count"} per bin, mean_entropy_bits (predictive entropy per
           labelled pixel).
         """
         c, nan = self.num_classes, float("nan")
-        cm = (self.confmat if self.confmat is not None else torch.zeros(c, c, dtype=torch.int64)).double().cpu()
-        tp, gt, pr = cm.diag(), cm.sum(dim=1), cm.sum(dim=0)
+        images = self.per_image()
+        cm = images["confmat"].sum(0).astype(np.float64) if "confmat" in images else np.zeros((c, c))
+        tp, gt, pr = np.diag(cm), cm.sum(1), cm.sum(0)
         union = gt + pr - tp
-        total = cm.sum().item()
-        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, nan))
-        recall = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, nan))
-        present = ~torch.isnan(iou)
+        total = cm.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / np.maximum(union, 1), nan)
+            recall = np.where(gt > 0, tp / np.maximum(gt, 1), nan)
+        mi, nmi = information_from_confmat(cm)
         out = {
-            "pixel_accuracy": tp.sum().item() / total if total else nan,
-            "iou_micro": tp.sum().item() / union.sum().item() if union.sum() > 0 else nan,
-            "miou": iou[present].mean().item() if present.any() else nan,
+            "pixel_accuracy": float(tp.sum() / total) if total else nan,
+            "iou_micro": float(tp.sum() / union.sum()) if union.sum() > 0 else nan,
+            "miou": float(miou_from_confmat(cm)),
             "iou_per_class": iou.tolist(),
             "class_accuracy": recall.tolist(),
-            "mean_class_accuracy": recall[~torch.isnan(recall)].mean().item() if (gt > 0).any() else nan,
+            "mean_class_accuracy": float(np.nanmean(recall)) if (gt > 0).any() else nan,
             "labelled_pixels": int(total),
+            "mutual_information_bits": float(mi), "normalized_mutual_information": float(nmi),
         }
-        out |= information_scores(cm.numpy())
-        out |= self._boundary_scores()
-        out |= self._calibration_scores()
+        out |= self._boundary_scores(images.get("boundary", np.zeros((0, 4, c))))
+        if "calibration" in images:
+            out |= self._calibration_scores(images["calibration"].sum(0), images["entropy"].sum(0))
         return out
 
-    def _boundary_scores(self) -> dict:
-        b = (self.boundary if self.boundary is not None else torch.zeros(4, self.num_classes)).double().cpu()
-        matched_pred, n_pred, matched_true, n_true = b
-        precision = torch.where(n_pred > 0, matched_pred / n_pred.clamp(min=1), torch.zeros_like(n_pred))
-        recall = torch.where(n_true > 0, matched_true / n_true.clamp(min=1), torch.zeros_like(n_true))
-        f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                        torch.zeros_like(precision))
-        some = (n_pred + n_true) > 0  # a class with no boundary at all has no score
-        f = torch.where(some, f, torch.full_like(f, float("nan")))
-        mean = lambda x: x[some].mean().item() if some.any() else float("nan")  # noqa: E731
-        return {"boundary_f": mean(f), "boundary_precision": mean(precision), "boundary_recall": mean(recall),
-                "boundary_f_per_class": f.tolist(), "boundary_tolerance": self.boundary_tolerance}
+    def _boundary_scores(self, counts: np.ndarray) -> dict:
+        f_img, p_img, r_img = boundary_f_from_counts(counts)  # [images, C]
+        with _quiet_nanmean():
+            per_image = [np.nanmean(x, axis=-1) if len(x) else x[:, 0] for x in (f_img, p_img, r_img)]
+            f_class = boundary_f_from_counts(counts.sum(0))[0]
+            mean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")  # noqa: E731
+            return {"boundary_f": mean(per_image[0]), "boundary_precision": mean(per_image[1]),
+                    "boundary_recall": mean(per_image[2]), "boundary_f_pooled": mean(f_class),
+                    "boundary_f_per_class": f_class.tolist(), "boundary_tolerance": self.boundary_tolerance}
 
-    def _calibration_scores(self) -> dict:
-        if self.calibration is None:
-            return {}
-        count, confidence, correct = self.calibration.cpu()
-        n = count.sum().item()
-        safe = count.clamp(min=1)
-        gap = (confidence / safe - correct / safe).abs()
-        entropy_sum, pixels = self.entropy_bits.cpu().tolist()
-        return {"ece": (count * gap).sum().item() / n if n else float("nan"),
-                "reliability": {"confidence": torch.where(count > 0, confidence / safe, torch.nan).tolist(),
-                                "accuracy": torch.where(count > 0, correct / safe, torch.nan).tolist(),
+    @staticmethod
+    def _calibration_scores(hist: np.ndarray, entropy: np.ndarray) -> dict:
+        count, confidence, correct = hist
+        safe = np.maximum(count, 1)
+        return {"ece": float(ece_from_calibration(hist)),
+                "reliability": {"confidence": np.where(count > 0, confidence / safe, np.nan).tolist(),
+                                "accuracy": np.where(count > 0, correct / safe, np.nan).tolist(),
                                 "count": [int(v) for v in count.tolist()]},
-                "mean_entropy_bits": entropy_sum / pixels if pixels else float("nan")}
-
-
-def _add(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-    return value.clone() if total is None else total + value.to(total.device)
+                "mean_entropy_bits": float(mean_entropy_from_sums(entropy))}
 
 
 def information_scores(confmat: np.ndarray) -> dict:
     """I(Y; Ŷ) in bits from a confusion matrix of counts, and 2 I / (H(Y) + H(Ŷ))."""
-    total = confmat.sum()
-    if total == 0:
-        return {"mutual_information_bits": float("nan"), "normalized_mutual_information": float("nan")}
-    pxy = confmat / total
-    mi = infotheory.mutual_information(pxy)
-    h = infotheory.entropy(pxy.sum(axis=1)) + infotheory.entropy(pxy.sum(axis=0))
-    return {"mutual_information_bits": mi, "normalized_mutual_information": 2 * mi / h if h > 0 else float("nan")}
+    mi, nmi = information_from_confmat(confmat)
+    return {"mutual_information_bits": float(mi), "normalized_mutual_information": float(nmi)}
 
 
 def nan_to_none(values):
@@ -255,21 +427,9 @@ def nan_to_none(values):
 @torch.no_grad()
 def per_image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """True positives, false positives and false negatives of every image and class.
-
-    Args:
-        pred: class ids [N, H, W]; target: class ids [N, H, W] with ``ignore_index`` for unlabelled pixels
-            (values are assumed checked, as `SegmentationMetrics.update` does).
-    Returns:
-        (tp, fp, fn), each int64 [N, C] on pred's device: summed over images they are the diagonal, column sums
-        minus diagonal and row sums minus diagonal of the confusion matrix.  Per-image mIoU, and the mIoU of any
-        resampled set of images (bootstrap), follow from them.
-    """
-    n, c = pred.shape[0], num_classes
-    valid = target != ignore_index
-    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
-    index = (image * c + target.long().clamp(0, c - 1)) * c + pred.long()
-    cm = torch.bincount(index[valid], minlength=n * c * c).reshape(n, c, c)
+    """True positives, false positives and false negatives of every image and class: (tp, fp, fn), each int64
+    [N, C] on pred's device, from class ids pred, target [N, H, W] (``ignore_index`` unlabelled)."""
+    cm = image_confmats(pred, target, num_classes, ignore_index)
     tp = cm.diagonal(dim1=1, dim2=2)
     return tp, cm.sum(dim=1) - tp, cm.sum(dim=2) - tp
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet50
+
+from mistudy import safeload
 
 
 def _block(in_channels: int, features: int) -> nn.Sequential:
@@ -75,6 +76,40 @@ class UNet(nn.Module):
         return self.head(dec1)[..., :h, :w]
 
 
+class DilatedConv2d(nn.Conv2d):
+    """A 3x3 convolution with dilation d and padding d that skips the taps which can only ever see zero padding.
+
+    On a map no larger than d along an axis, every off-centre tap along that axis lands in the padding for every
+    output pixel, so the convolution equals the same one restricted to the centre row (column) of its kernel, with
+    no padding along that axis: the same outputs (up to the order of float summation) and the same gradients (the
+    skipped taps' gradients are zero either way).  This happens in DeepLabV3's ASPP at small inputs: at 64x64 the
+    output-stride-8 features are 8x8 and the rates 12, 24 and 36 see only their centre tap -- a third of the
+    network's forward FLOPs computed on zeros.  The parameters and state dict are those of the nn.Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (dh, dw), (h, w) = self.dilation, x.shape[-2:]
+        rows, cols = dh >= h, dw >= w
+        if not (rows or cols):
+            return super().forward(x)
+        weight = self.weight[:, :, 1:2 if rows else slice(None), 1:2 if cols else slice(None)]
+        return F.conv2d(x, weight, self.bias, self.stride, (0 if rows else self.padding[0], 0 if cols else
+                        self.padding[1]), self.dilation, self.groups)
+
+
+def _skip_padding_taps(module: nn.Module) -> None:
+    """Replace every 3x3 stride-1 convolution with padding = dilation > 1 by a `DilatedConv2d` (same parameters)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.stride == (1, 1) \
+                and child.dilation[0] > 1 and child.padding == child.dilation and child.padding_mode == "zeros":
+            conv = DilatedConv2d(child.in_channels, child.out_channels, 3, 1, child.padding, child.dilation,
+                                 child.groups, child.bias is not None)
+            conv.weight, conv.bias = child.weight, child.bias
+            setattr(module, name, conv)
+        else:
+            _skip_padding_taps(child)
+
+
 class DeepLabV3(nn.Module):
     """torchvision's DeepLabV3-ResNet50 returning the logits tensor instead of a dict.
 
@@ -97,6 +132,7 @@ class DeepLabV3(nn.Module):
             raise ValueError(f"head must be 'replace' or 'keep', got {head!r}")
         # weights=None and weights_backbone=None: never download anything.
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+        _skip_padding_taps(self.net)
         if backbone_weights_path is not None:
             state = _load_state_dict(backbone_weights_path)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -124,14 +160,13 @@ class DeepLabV3(nn.Module):
 
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist (weights are only loaded from a local path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A state dict from a local file: a plain state dict, or a checkpoint holding one under "model" (a
+    best_*.pt of a run).  Weights are only ever loaded from a local path; a bad file raises naming it."""
+    state = safeload.load(path, "weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict (a dict of tensors)")
     return state
 
 

@@ -4,8 +4,8 @@
 * One run: `metrics_rows`, `per_class_rows`; `UseCaseReport` does a use-case notebook's (02-04) work in a few calls.
 * All runs: `comparison` reads every finished run under ``<results>/<dataset>/<use-case>/*/``, groups runs that
   differ only in their seed, and reports per method the mean over seeds with a t-interval and, against the
-  baseline trained with the same seeds and scored on the same images, the paired difference of mIoU with a
-  bootstrap interval over seeds and images (`mistudy.stats`) and a verdict worded from that interval.
+  baseline trained with the same seeds and scored on the same images, the paired difference of every score with
+  an interval over seeds widened by the image-sampling variance (`mistudy.stats`) and a verdict worded from it.
   `protocol_text` names every protocol choice the numbers depend on.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mistudy import atomic, data, runs, stats
+from mistudy.metrics import (boundary_tolerance_text, ece_from_calibration, information_from_confmat,
+                             mean_entropy_from_sums, miou_from_confmat)
 from mistudy.config import CHECKPOINT_RULES, PRIMARY_NETWORK, RUNTIME_OPTIONS, USE_CASES
 
 DATASETS = ("synthetic", "voc", "cityscapes")
@@ -54,7 +56,6 @@ NOT_SETTING = RUNTIME_OPTIONS | {"seed", "run_name", "run_dir", "results_dir", "
 # evaluation and the training length (the optimiser may differ: the paper's use-cases have their own).
 PAIRING_KEYS = ("dataset", "synthetic_level", "data_seed", "resize_size", "crop_size", "square_resize", "normalize",
                 "train_samples", "val_samples", "select_fraction", "eval_protocol", "eval_passes", "epochs")
-BOOTSTRAP_RESAMPLES = 2000
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -152,6 +153,10 @@ def protocol_text(config: dict, metrics: dict | None = None, checkpoint: str = "
     if c.get("deeplab_weights"):
         init = f"DeepLabV3 from {Path(c['deeplab_weights']).name} (head: {c.get('deeplab_head', 'replace')})"
     amp = c.get("amp", "auto")
+    schedule = c.get("lr_schedule", "constant")
+    if c.get("warmup_steps"):
+        schedule = (f"{c.get('warmup_mode', 'linear')} warm-up for {c['warmup_steps']} steps from "
+                    f"{c.get('warmup_factor', 0.1):g}x, then {schedule}")
     method = {"baseline": "cross-entropy",
               "rmi": f"{c.get('rmi_bce_weight', 0.5):g} BCE + {1 - c.get('rmi_bce_weight', 0.5):g} RMI (radius "
                      f"{c.get('rmi_radius', 3)}, pooling {c.get('rmi_pool', 'none')}"
@@ -159,7 +164,7 @@ def protocol_text(config: dict, metrics: dict | None = None, checkpoint: str = "
               "mutual": f"CE + {c.get('kl_weight', 1.0):g} KL at T={c.get('kl_temperature', 1.0):g}, partner "
                         f"{c.get('mutual_partner', 'deeplabv3')}, {c.get('mutual_schedule', 'sequential')} updates"}
     return (f"{data_part}{sizes}; {c['use_case']}: {method[c['use_case']]}; training: random {c['crop_size']} crops, "
-            f"batch {batch}, Adam lr {lr:g}, "
+            f"batch {batch}, Adam lr {lr:g} ({schedule}), "
             f"{c['epochs']} epochs, {'ImageNet normalisation' if c.get('normalize', True) else 'no normalisation'}, "
             f"{init}, amp {amp}; evaluation: {evaluation}, {passes} pass{'es' if passes > 1 else ''}; "
             f"checkpoint {checkpoint}: {CHECKPOINT_RULES[checkpoint]}")
@@ -202,43 +207,55 @@ def _pairing(config: dict) -> tuple:
     return tuple(json.dumps(config.get(k)) for k in PAIRING_KEYS)
 
 
-def _counts(group: list[dict], network: str, checkpoint: str) -> dict[str, np.ndarray]:
+# How each paired score is recomputed from summed per-image statistics (per_image.npz): the statistic it needs, a
+# transform of the per-image arrays [S, N, ...] (None: as stored) and the score of their sums over images.
+PAIRED_SCORES = {
+    "miou": ("confmat", None, miou_from_confmat),
+    "boundary_f": ("boundary_f", stats.per_image_mean, stats.mean_of_sums),
+    "ece": ("calibration", None, ece_from_calibration),
+    "mean_entropy_bits": ("entropy", None, mean_entropy_from_sums),
+    "mutual_information_bits": ("confmat", None, lambda cm: information_from_confmat(cm)[0]),
+    "normalized_mutual_information": ("confmat", None, lambda cm: information_from_confmat(cm)[1]),
+}
+
+
+def _per_image(group: list[dict], network: str, checkpoint: str, statistic: str) -> np.ndarray:
+    """One per-image statistic of every run of a group, stacked over seeds: [S, N, ...]."""
     per_seed = [runs.load_per_image(r["run_dir"], network, checkpoint) for r in group]
     ids = {tuple(p["ids"]) for p in per_seed}
     if len(ids) != 1:
         raise ValueError(f"runs {[str(r['run_dir']) for r in group]} were scored on different validation images")
-    return {k: np.stack([p[k] for p in per_seed]) for k in ("tp", "fp", "fn")}
+    missing = [str(r["run_dir"]) for r, p in zip(group, per_seed) if statistic not in p]
+    if missing:
+        raise KeyError(f"runs {missing} have no per-image {statistic!r} (written before it existed: train them again)")
+    return np.stack([p[statistic] for p in per_seed])
 
 
-def paired_difference(method: list[dict], baseline: list[dict], network: str = PRIMARY_NETWORK,
-                      checkpoint: str = "best_miou", resamples: int = BOOTSTRAP_RESAMPLES) -> stats.Interval | None:
-    """mIoU(method) - mIoU(baseline) on the seeds both have, with a bootstrap interval over seeds and images.
+def paired_difference(method: list[dict], baseline: list[dict], metric: str = "miou", network: str = PRIMARY_NETWORK,
+                      checkpoint: str = "best_miou") -> tuple[stats.Interval, stats.Interval] | None:
+    """metric(method) - metric(baseline) on the seeds both have: (seeds and images interval, images-only interval),
+    `mistudy.stats.paired_difference` on the runs' per-image statistics.
 
-    None when no seed is shared, the runs were scored on different images, or per-image scores are missing.
+    None when no seed is shared, the runs were scored on different images, or per-image statistics are missing.
     """
+    statistic, transform, score = PAIRED_SCORES[metric]
     by_seed = {r["config"]["seed"]: r for r in baseline}
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in method if r["config"]["seed"] in by_seed]
     if not pairs:
         return None
     try:
-        a = _counts([m for m, _ in pairs], network, checkpoint)
-        b = _counts([base for _, base in pairs], PRIMARY_NETWORK, checkpoint)
+        a = _per_image([m for m, _ in pairs], network, checkpoint, statistic)
+        b = _per_image([base for _, base in pairs], PRIMARY_NETWORK, checkpoint, statistic)
     except (FileNotFoundError, KeyError, ValueError):
         return None
-    if a["tp"].shape != b["tp"].shape:
+    if a.shape != b.shape:
         return None
-    return stats.paired_bootstrap(a, b, resamples=resamples)
-
-
-def seed_difference(method: list[dict], baseline: list[dict], metric: str, network: str = PRIMARY_NETWORK,
-                    checkpoint: str = "best_miou") -> stats.Interval | None:
-    """Mean over shared seeds of metric(method) - metric(baseline), with a t-interval over the paired seeds."""
-    by_seed = {r["config"]["seed"]: r["metrics"]["networks"][PRIMARY_NETWORK].get(checkpoint, {}).get(metric)
-               for r in baseline}
-    diffs = [r["metrics"]["networks"][network][checkpoint].get(metric) - by_seed[r["config"]["seed"]]
-             for r in method if by_seed.get(r["config"]["seed"]) is not None
-             and r["metrics"]["networks"][network].get(checkpoint, {}).get(metric) is not None]
-    return stats.t_interval(diffs) if diffs else None
+    if transform is not None:
+        a, b = transform(a), transform(b)
+    try:
+        return stats.paired_difference(a, b, score)
+    except ValueError:  # a score undefined for some seed (e.g. no boundary anywhere)
+        return None
 
 
 def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") -> tuple[list[dict], list[str]]:
@@ -291,7 +308,8 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
     row = {"dataset": first["config"]["dataset"], "use_case": first["config"]["use_case"], "network": network,
            "checkpoint": checkpoint, "setting": _setting_label(group, cell_groups),
            "epochs": first["config"]["epochs"], "n_seeds": len(group),
-           "seeds": " ".join(str(r["config"]["seed"]) for r in group)}
+           "seeds": " ".join(str(r["config"]["seed"]) for r in group),
+           "boundary_tolerance": boundary_tolerance_text(first["config"].get("boundary_tolerance"))}
     for m in (*METRICS, *EXTRA_METRICS):
         values = [s.get(m) for s in scores]
         if any(v is None for v in values):  # a run written before the metric existed
@@ -299,18 +317,18 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
         ci = stats.t_interval(values)
         row |= {f"{m}_mean": ci.estimate, f"{m}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 f"{m}_low": None if math.isnan(ci.low) else ci.low, f"{m}_high": None if math.isnan(ci.high) else ci.high}
-    diff, base = None, None
+    base = None
     if row["use_case"] != "baseline" and network == PRIMARY_NETWORK:
         base = baselines.get(_pairing(first["config"]))
-        diff = paired_difference(group, base, network, checkpoint) if base else None
-    for m, better in EXTRA_METRICS.items():  # paired over seeds (t-interval)
-        d = seed_difference(group, base, m, network, checkpoint) if base else None
+    for m, better in {"miou": "higher", **EXTRA_METRICS}.items():
+        found = paired_difference(group, base, m, network, checkpoint) if base else None
+        d, images_only = found if found else (None, None)
         row |= {f"{m}_diff": d.estimate if d else None, f"{m}_diff_low": _finite(d.low) if d else None,
-                f"{m}_diff_high": _finite(d.high) if d else None,
+                f"{m}_diff_high": _finite(d.high) if d else None, f"{m}_diff_p": _finite(d.p_value) if d else None,
+                f"{m}_diff_images_low": _finite(images_only.low) if d else None,
+                f"{m}_diff_images_high": _finite(images_only.high) if d else None,
                 f"{m}_verdict": _directed_verdict(d, better) if d else None}
-    row |= {"miou_diff": diff.estimate if diff else None, "miou_diff_low": diff.low if diff else None,
-            "miou_diff_high": diff.high if diff else None, "verdict": stats.verdict(diff) if diff else None,
-            "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
+    row |= {"verdict": row.pop("miou_verdict"), "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
     return {**row, **(paper_cols if network == PRIMARY_NETWORK else dict.fromkeys(paper_cols))}
 
 
@@ -380,9 +398,8 @@ def comparison_title(rows: list[dict], checkpoint: str) -> str:
         f"Our results beside the paper's Tables 1-3 (checkpoint {checkpoint}: {CHECKPOINT_RULES[checkpoint]}).",
         "mIoU and pixel accuracy: mean over seeds (n) with a 95% Student-t interval. Δ mIoU: the method's U-Net minus "
         "the baseline's, trained with the same seeds and scored on the same validation images, averaged over seeds, "
-        f"with a 95% percentile bootstrap interval over seeds and images ({BOOTSTRAP_RESAMPLES} resamples); the verdict "
-        "reads the interval: better / worse when it excludes 0, else no detectable difference at that n. The paper "
-        "reports single runs; its IoU is the mean IoU over classes.",
+        f"with a {stats.PAIRED_INTERVAL_TEXT}; the verdict reads the interval: better / worse when it excludes 0, else "
+        "no detectable difference at that n. The paper reports single runs; its IoU is the mean IoU over classes.",
         *[f"Protocol, {p}." for p in protocols]])
 
 
@@ -395,11 +412,20 @@ def write_comparison(rows: list[dict], path, prov: dict | None = None, checkpoin
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".csv", ".md") else path
         write_table(extra, stem.with_name(stem.name + "_beyond_miou"), prov, markdown_rows=extra,
-                    title="Beyond mIoU (checkpoint " + checkpoint + "): boundary F-score (tolerance in pixels as run), "
-                    "top-label expected calibration error (15 bins), mean predictive entropy and the mutual information "
-                    "between prediction and ground truth, each the mean over seeds [95% t-interval]; Δ: the method's "
-                    "U-Net minus the baseline's over the same seeds [95% t-interval of the paired differences].")
+                    title=f"Beyond mIoU (checkpoint {checkpoint}): {BOUNDARY_F_TEXT} (tolerance: "
+                    f"{_tolerances(rows)}), top-label expected calibration error (15 bins), mean predictive entropy "
+                    "and the mutual information between prediction and ground truth, each the mean over seeds [95% "
+                    "t-interval]; Δ: the method's U-Net minus the baseline's over the same seeds and validation images "
+                    f"[{stats.PAIRED_INTERVAL_TEXT}].")
     return write_table(rows, path, prov, markdown_rows=format_comparison(rows), title=comparison_title(rows, checkpoint))
+
+
+BOUNDARY_F_TEXT = ("boundary F-score as Csurka et al. 2013 (per image the mean F over its classes with a boundary, "
+                   "then the mean over images; void in the truth is void in the prediction)")
+
+
+def _tolerances(rows: list[dict]) -> str:
+    return ", ".join(dict.fromkeys(r["boundary_tolerance"] for r in rows if r.get("boundary_tolerance"))) or "–"
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
@@ -415,7 +441,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
                  "no interval)." if paper and base else "")
         parts = []
         if r.get("miou_diff") is not None:
-            parts.append(f"mIoU {_diff_cell(r, 'miou')} ({r['verdict']}, bootstrap over seeds and images)")
+            parts.append(f"mIoU {_diff_cell(r, 'miou')} ({r['verdict']})")
         for m in EXTRA_METRICS:
             if r.get(f"{m}_diff") is not None:
                 parts.append(f"{EXTRA_LABELS[m]} {_diff_cell(r, m)} ({r[f'{m}_verdict']})")

@@ -8,9 +8,10 @@ A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
     best_loss-<net>.pt     weights at the lowest training loss of <net> (the paper's selection rule)
     best_miou-<net>.pt     weights at the highest selection-split mIoU of <net> (held out of train)
     metrics.json           validation metrics of every network at last / best_loss / best_miou
-    per_image.npz          per validation image and class: true positives, false positives, false negatives
-                           (keys "<net>/<checkpoint>/{tp,fp,fn}", int64 [images, classes]), the image's mIoU
-                           ("<net>/<checkpoint>/miou", float64 [images]) and "ids"
+    per_image.npz          every validation image's statistics, keys "<net>/<checkpoint>/<name>": "confmat" int64
+                           [images, C, C], "tp", "fp", "fn" int64 [images, C], "boundary" int64 [images, 4, C],
+                           "calibration" float64 [images, 3, bins], "entropy" float64 [images, 2], the image's own
+                           "miou" and "boundary_f" float64 [images] (`mistudy.metrics`); and "ids"
 
 Every file is written through `mistudy.atomic`.  Also here: the project's default folders and the provenance
 written beside every figure and table.
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import io
 import json
 import os
 import platform
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -56,32 +59,101 @@ def checkpoint_path(run_dir: Path, rule: str, network: str) -> Path:
     return run_dir / ("last.pt" if rule == "last" else f"{rule}-{network}.pt")
 
 
-def prepare(cfg: TrainConfig, write: bool) -> Path:
-    """Check that cfg may write its run directory and (if ``write``) save config.json; returns the directory.
+LOCK_FILE = ".lock"
 
-    An existing run is never overwritten without resume=True; resuming with options that change what is
-    computed raises, naming them.
+
+class RunLockedError(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+class RunLock:
+    """The one writer of a run directory: an exclusive ``fcntl.flock`` on ``<run_dir>/.lock``, which names its holder.
+
+    The operating system releases the lock when its process ends, however it ends (kill -9 included), so a lock
+    can never be stale; the file is removed when the holder finishes.  A second writer is refused at once with the
+    holder's pid, host, command and start time.
     """
-    run_dir = cfg.resolved_run_dir()
-    if not write:
-        return run_dir
-    last = run_dir / "last.pt"
-    if (last.exists() or (run_dir / "metrics.json").exists()) and not cfg.resume:
-        raise FileExistsError(f"run directory {run_dir} already holds a run; pass resume=True (--resume) to continue "
-                              "it or choose another run_dir/run_name")
-    if cfg.resume and last.exists():
-        diff = config_differences(cfg, run_dir, ignore=RESUMABLE_CHANGES)
-        if diff:
-            raise ValueError(f"cannot resume {run_dir} with a different configuration ({format_differences(diff)})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(run_dir / "config.json", asdict(cfg))
-    return run_dir
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "a process that has not yet written its name"
+                f.close()
+                raise RunLockedError(f"run directory {self.path.parent} is being written by another process "
+                                     f"({holder}); a run directory has one writer at a time: wait for it to "
+                                     "finish, or give this run another --run-name / --run-dir") from None
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # not a file its previous holder unlinked after we opened it
+            f.close()
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {platform.node()}, started {dt.datetime.now().isoformat(timespec='seconds')}: "
+                f"{' '.join(sys.argv)[:300]}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)  # still holding the lock: nobody else can have taken it
+            self._file.close()
+            self._file = None
 
 
-def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str]) -> dict[str, tuple]:
-    """{option: (saved value, cfg's value)} where cfg differs from the run saved in run_dir (options in ``ignore``
-    left out)."""
-    saved = json.loads((run_dir / "config.json").read_text())
+def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
+    """Refuse, before anything is written, a training run that would overwrite or mix up an existing run; returns
+    "new", "continue" (resume from last.pt) or "restart" (resume asked, but no epoch had been saved yet).
+
+    * Without resume: a directory holding last.pt or metrics.json is never overwritten.
+    * With resume: the directory must hold a run (config.json), of the same configuration apart from what may
+      change on resume (runtime options, where, the length); a finished run whose last.pt was deleted cannot be
+      continued (its results are kept); a learning-rate schedule that depends on the number of epochs cannot be
+      stretched; a run cannot be resumed to fewer epochs than it has trained.
+    """
+    last, metrics = run_dir / "last.pt", run_dir / "metrics.json"
+    if not cfg.resume:
+        if last.exists() or metrics.exists():
+            raise FileExistsError(f"run directory {run_dir} already holds a run; pass --resume (resume=True) to "
+                                  "continue it, or choose another run directory or run name")
+        return "new"
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"--resume: {run_dir} holds no run to continue (no config.json); check the path "
+                                "(without --resume a new run starts there)")
+    diff = config_differences(cfg, run_dir, ignore=RESUMABLE_CHANGES)
+    if diff:
+        raise ValueError(f"cannot resume {run_dir} with a different configuration ({format_differences(diff)})")
+    saved = _read_json(run_dir / "config.json")
+    if saved.get("epochs") != cfg.epochs and cfg.lr_schedule != "constant":
+        raise ValueError(f"cannot resume {run_dir} for {cfg.epochs} epochs instead of {saved.get('epochs')}: its "
+                         f"{cfg.lr_schedule} learning-rate schedule depends on the number of epochs")
+    if not last.exists():
+        if metrics.exists():
+            raise FileExistsError(f"--resume: {run_dir} holds a finished run whose last.pt was deleted, so it cannot "
+                                  "be continued; its results are kept. To train it again, delete the directory or "
+                                  "choose another run name")
+        return "restart"
+    return "continue"
+
+
+def write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    """config.json: the configuration of what the run directory's checkpoints hold."""
+    atomic.write_json(run_dir / "config.json", {**asdict(cfg), "resume": False})
+
+
+def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str], saved: dict | None = None
+                       ) -> dict[str, tuple]:
+    """{option: (saved value, cfg's value)} where cfg differs from the run saved in run_dir (its config.json, or
+    ``saved``), options in ``ignore`` left out."""
+    saved = saved if saved is not None else _read_json(run_dir / "config.json")
     defaults = {f.name: default_of(f) for f in fields(cfg)}
     # a field added after the run was written counts as its default (the behaviour before it existed)
     return {k: (saved.get(k, defaults[k]), v) for k, v in asdict(cfg).items()
@@ -90,6 +162,13 @@ def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str]) -> dic
 
 def format_differences(diff: dict[str, tuple]) -> str:
     return ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+
+
+def retire_results(run_dir: Path) -> None:
+    """A run extended beyond its finished results: metrics.json and per_image.npz no longer describe its weights
+    (the final evaluation writes them anew)."""
+    for name in ("metrics.json", "per_image.npz"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -108,10 +187,9 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids: list) -> None:
-    """counts: {"<net>/<checkpoint>": {"tp", "fp", "fn": int [images, classes], "miou": float [images] (optional)}};
-    ids: one per image."""
-    arrays = {f"{key}/{part}": np.asarray(v, dtype=np.float64 if part == "miou" else np.int64)
-              for key, parts in counts.items() for part, v in parts.items()}
+    """counts: {"<net>/<checkpoint>": {name: array [images, ...]}} (`SegmentationMetrics.per_image`); ids: one per
+    image."""
+    arrays = {f"{key}/{part}": np.asarray(v) for key, parts in counts.items() for part, v in parts.items()}
     with atomic.atomic_path(run_dir / "per_image.npz", suffix=".npz") as tmp:
         np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), **arrays)
 
@@ -127,7 +205,12 @@ def load_config(run_dir) -> TrainConfig:
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are written by "
                                 "`python -m mistudy train`")
-    return TrainConfig.from_dict({**_read_json(run_dir / "config.json"), "resume": False})
+    return config_from_json(_read_json(run_dir / "config.json"))
+
+
+def config_from_json(saved: dict) -> TrainConfig:
+    """A TrainConfig from a saved config (config.json, or a finished run's copy in metrics.json)."""
+    return TrainConfig.from_dict({**saved, "resume": False})
 
 
 def load_history(run_dir) -> list[dict]:
@@ -141,8 +224,8 @@ def load_metrics(run_dir) -> dict | None:
 
 
 def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarray]:
-    """{"tp", "fp", "fn": int64 [images, classes], "miou": [images] (if saved), "ids": [images]} of one network and
-    checkpoint."""
+    """Every per-image statistic of one network and checkpoint ({name: [images, ...]}, see the module docstring),
+    plus "ids" [images]."""
     path = Path(run_dir) / "per_image.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run has not finished (per-image scores are written "
@@ -151,7 +234,7 @@ def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarr
         key = f"{network}/{checkpoint}"
         if f"{key}/tp" not in f:
             raise KeyError(f"{path} has no per-image counts for {key}")
-        return {"ids": f["ids"], **{k: f[f"{key}/{k}"] for k in ("tp", "fp", "fn", "miou") if f"{key}/{k}" in f}}
+        return {"ids": f["ids"], **{k.rsplit("/", 1)[1]: f[k] for k in f.files if k.startswith(key + "/")}}
 
 
 def _read_json(path: Path):

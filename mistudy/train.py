@@ -7,29 +7,53 @@ of the same configuration (the notebooks call it); `evaluate_run` re-scores a sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
-from mistudy import atomic, data, distributed, engine, runs
+from mistudy import atomic, data, distributed, engine, runs, safeload
 from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig
 from mistudy.engine import NonFiniteLossError, Setup
-from mistudy.metrics import nan_to_none, per_image_miou
+from mistudy.metrics import nan_to_none
 from mistudy.progress import Progress
 
 SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train the use-case of ``cfg``, write its run directory, return the content of metrics.json (+ "run_dir")."""
+    """Train the use-case of ``cfg``, write its run directory, return the content of metrics.json (+ "run_dir").
+
+    The run directory has one writer (`runs.RunLock`); what would overwrite or mix up an existing run is refused
+    before anything is written (`runs.check_writable`).  A kill at any point loses at most the epoch in progress.
+    """
     cfg.validate()
     ctx = distributed.init(cfg.device)
-    run_dir = runs.prepare(cfg, write=ctx.is_main)
+    run_dir = cfg.resolved_run_dir()
+    if cfg.resume and not runs.is_run_dir(run_dir):
+        runs.check_writable(cfg, run_dir)  # raises: a mistyped --resume directory is refused before it is created
+    with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
+        mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
+        if ctx.is_main:
+            _remove_debris(run_dir)
+        try:
+            return _train_locked(cfg, ctx, run_dir, mode)
+        except BaseException:
+            if ctx.is_main and mode in ("new", "restart"):
+                _clean_failed_start(run_dir)
+            raise
+
+
+def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dict:
     s = engine.setup(cfg, ctx)
-    state = resume_state(s, run_dir) if cfg.resume and (run_dir / "last.pt").exists() else new_state(s)
+    resuming = cfg.resume and (run_dir / "last.pt").exists()
+    state = resume_state(s, run_dir) if resuming else new_state(s)
+    if ctx.is_main and not resuming:
+        runs.write_config(cfg, run_dir)  # marks the directory as this run's before the first epoch
     progress = Progress(cfg.use_case, cfg.epochs, cfg.progress, enabled=ctx.is_main)
+    if state.get("unevaluated"):  # an evaluation failed after this epoch's weights were saved: redo it first
+        evaluate_epoch(s, run_dir, state, state["history"][-1], cfg.epochs)
     last_val = None
     for epoch in progress.epochs(state["epoch"] + 1):
         try:
@@ -38,19 +62,63 @@ def train(cfg: TrainConfig) -> dict:
             raise NonFiniteLossError(f"{e}. The last good checkpoint ({run_dir / 'last.pt'}, epoch {state['epoch']}) "
                                      "is kept.") from None
         distributed.broadcast_buffers(s.nets, ctx)  # every rank evaluates (and rank 0 saves) the same weights
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            scores = {split: s.evaluate(split) for split in ("select", "val") if split in s.loaders}
-            row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
-                    for k in SCORES}
-            last_val = scores["val"] if epoch == cfg.epochs else None
         state["epoch"] = epoch
-        if ctx.is_main:
-            save_epoch(s, run_dir, state, row)
+        scores = evaluate_epoch(s, run_dir, state, row, cfg.epochs)
+        last_val = scores.get("val") if epoch == cfg.epochs else None
         progress.epoch_done(row)
         distributed.barrier(ctx)
     progress.close()
     summary = final_evaluation(s, run_dir, state, last_val)
     return {**summary, "run_dir": str(run_dir)}
+
+
+def _remove_debris(run_dir: Path) -> None:
+    """Temporary files of a writer that was killed mid-write (the lock says no writer is alive)."""
+    count, size = atomic.remove_temporaries(run_dir)
+    if count:
+        print(f"Removed {count} temporary file(s) ({size / 2**20:.0f} MiB) that an interrupted write left in "
+              f"{run_dir}.")
+
+
+def _clean_failed_start(run_dir: Path) -> None:
+    """A run that failed before saving its first epoch leaves nothing behind but what it found; say what is left."""
+    if (run_dir / "last.pt").exists():
+        print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
+        return
+    (run_dir / "config.json").unlink(missing_ok=True)
+    left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
+    if not left:
+        print(f"The run stopped before its first epoch was saved; nothing was kept in {run_dir}.")
+    else:
+        print(f"The run stopped before its first epoch was saved; {run_dir} keeps only what was there before: "
+              f"{', '.join(left)}.")
+
+
+class EvaluationError(RuntimeError):
+    """Scoring an epoch failed; the epoch's training state was saved first, so --resume re-scores and continues."""
+
+
+def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int) -> dict:
+    """Score the epoch's weights on the selection and validation splits (on eval epochs), add them to ``row`` and
+    save the epoch (rank 0).  If scoring fails, the epoch is saved unscored before the error propagates."""
+    epoch, cfg = state["epoch"], s.cfg
+    scores = {}
+    if epoch % cfg.eval_every == 0 or epoch == epochs:
+        try:
+            scores = {split: s.evaluate(split) for split in ("select", "val") if split in s.loaders}
+        except Exception as e:
+            state["unevaluated"] = epoch
+            if s.ctx.is_main:
+                save_epoch(s, run_dir, state, row)
+            raise EvaluationError(f"scoring epoch {epoch} failed ({type(e).__name__}: {e}); the epoch's weights and "
+                                  f"training state are saved in {run_dir / 'last.pt'}: --resume scores it again and "
+                                  "continues") from e
+        row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
+                for k in SCORES}
+    state["unevaluated"] = None
+    if s.ctx.is_main:
+        save_epoch(s, run_dir, state, row)
+    return scores
 
 
 def new_state(s: Setup) -> dict:
@@ -60,13 +128,18 @@ def new_state(s: Setup) -> dict:
 
 def resume_state(s: Setup, run_dir: Path) -> dict:
     """Networks, optimisers, scaler and RNG from last.pt; returns the saved epoch, best scores and history."""
-    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    ckpt = safeload.load(run_dir / "last.pt", "checkpoint")
+    if s.cfg.epochs < ckpt["epoch"]:
+        raise ValueError(f"cannot resume {run_dir} for {s.cfg.epochs} epochs: it has already trained {ckpt['epoch']}")
     for name, net in s.nets.items():
         net.load_state_dict(ckpt["models"][name])
         s.optims[name].load_state_dict(ckpt["optimizers"][name])
+        if "schedulers" in ckpt:
+            s.schedulers[name].load_state_dict(ckpt["schedulers"][name])
     s.scaler.load_state_dict(ckpt["scaler"])
     engine.set_rng_state(ckpt["rng"])
-    return {"epoch": ckpt["epoch"], "best": ckpt["best"], "history": ckpt["history"]}
+    return {"epoch": ckpt["epoch"], "best": ckpt["best"], "history": ckpt["history"],
+            "unevaluated": ckpt.get("unevaluated")}
 
 
 def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
@@ -80,17 +153,24 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
         if miou is not None and not math.isnan(miou) and miou > best["miou"]:
             best.update(miou=miou, miou_epoch=epoch)
             improved.append(("best_miou", name))
-    state["history"].append(row)
+    if state["history"] and state["history"][-1]["epoch"] == epoch:
+        state["history"][-1] = row  # an epoch saved unscored, now scored
+    else:
+        state["history"].append(row)
     config = asdict(s.cfg)
     for rule, name in improved:
         runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
                               "config": config}, runs.checkpoint_path(run_dir, rule, name))
     runs.save_checkpoint({"models": {n: net.state_dict() for n, net in s.nets.items()},
                           "optimizers": {n: o.state_dict() for n, o in s.optims.items()},
+                          "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
                           "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
-                          "history": state["history"], "rng": engine.rng_state(), "config": config},
+                          "history": state["history"], "unevaluated": state.get("unevaluated"),
+                          "rng": engine.rng_state(), "config": config},
                          run_dir / "last.pt")
+    runs.write_config(s.cfg, run_dir)  # what last.pt holds (a resume may have extended the run)
     runs.write_history(run_dir, state["history"])
+    runs.retire_results(run_dir)
 
 
 def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None) -> dict:
@@ -107,7 +187,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
                 path = runs.checkpoint_path(run_dir, rule, name)
                 if not path.exists():  # best_miou without a selection split
                     continue
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                ckpt = safeload.load(path, "checkpoint")
                 epoch = ckpt["epoch"]
                 if epoch == state["epoch"]:  # the last weights: already scored
                     m = last[name]
@@ -116,8 +196,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
                     net.load_state_dict(ckpt["model"])
                     m = s.evaluate("val", {name: net})[name]
             networks[name][rule] = {"epoch": epoch, **json_metrics(m)}
-            counts[f"{name}/{rule}"] = {**{k: v.numpy() for k, v in m["per_image"].items()},
-                                        "miou": per_image_miou(**m["per_image"]).numpy()}
+            counts[f"{name}/{rule}"] = m["per_image"]
     select = s.datasets.get("select")
     summary = {
         "use_case": cfg.use_case, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
@@ -125,7 +204,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
         "eval_protocol": cfg.eval_protocol, "eval_passes": cfg.resolved_eval_passes,
         "primary_network": PRIMARY_NETWORK, "train_samples": len(s.datasets["train"]),
         "select_samples": len(select) if select is not None else 0, "val_samples": len(s.datasets["val"]),
-        "networks": networks,
+        "networks": networks, "config": asdict(cfg) | {"resume": False},
     }
     if ctx.is_main:
         runs.write_per_image(run_dir, counts, image_ids(s.datasets["val"]))
@@ -170,7 +249,9 @@ def train_or_load(cfg: TrainConfig) -> dict:
     metrics = runs.load_metrics(run_dir)
     if metrics is None or cfg.resume or not runs.is_run_dir(run_dir):
         return train(cfg)
-    diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED)
+    # compared with the configuration the results were computed with (metrics.json keeps it), not with
+    # config.json, which describes last.pt and may have moved on since (an interrupted extension)
+    diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED, saved=metrics.get("config"))
     if not diff:
         print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
         return {**metrics, "run_dir": str(run_dir)}

@@ -1,12 +1,12 @@
 """The ablation grid of notebook 06: its settings, where its runs go, and its effects on hand-made runs."""
 
-import json
 
 import numpy as np
 import pytest
 
 from mistudy import ablations, runs, stats
-from mistudy.config import TrainConfig
+
+from fakes import fake_run, scores, statistics
 
 
 def test_grid_is_one_factor_at_a_time_around_the_papers_settings():
@@ -37,25 +37,14 @@ def test_runs_go_beside_the_study_and_references_are_the_studys_own():
     assert ablations.default_grid("quick") == (list(ablations.ABLATIONS), [0, 1, 2])
 
 
-def _run(tmp_path, name, use_case, seed, miou, counts, **extra):
-    run = tmp_path / name / f"seed{seed}"
-    run.mkdir(parents=True)
-    cfg = {**TrainConfig().__dict__, "use_case": use_case, "seed": seed, "epochs": 2}
-    scores = {"epoch": 2, "miou": miou, "boundary_f": extra.get("boundary_f", 0.5), "ece": 0.1,
-              "mean_entropy_bits": 0.5, "mutual_information_bits": 1.0, "normalized_mutual_information": 0.5}
-    (run / "config.json").write_text(json.dumps(cfg))
-    (run / "metrics.json").write_text(json.dumps({"networks": {"unet": {"best_miou": scores}}}))
-    runs.write_per_image(run, {"unet/best_miou": counts}, list(range(len(counts["tp"]))))
-    return runs.load_run(run)
+def _run(tmp_path, name, use_case, seed, miou, counts, boundary_f=None):
+    if boundary_f is not None:
+        counts = {**counts, "boundary_f": np.full(len(counts["tp"]), boundary_f)}
+    return runs.load_run(fake_run(tmp_path / name, "synthetic", use_case, seed, scores(0.5, miou), counts=counts))
 
 
-def _counts(rng, quality, images=10, classes=3):
-    t = rng.integers(0, classes, (images, 6, 6))
-    p = np.where(rng.random(t.shape) < quality, t, rng.integers(0, classes, t.shape))
-    per = lambda f: np.stack([[f(pi, ti, c) for c in range(classes)] for pi, ti in zip(p, t)])  # noqa: E731
-    return {"tp": per(lambda pi, ti, c: ((pi == c) & (ti == c)).sum()),
-            "fp": per(lambda pi, ti, c: ((pi == c) & (ti != c)).sum()),
-            "fn": per(lambda pi, ti, c: ((pi != c) & (ti == c)).sum())}
+def _counts(rng, quality, images=10):
+    return statistics(rng, images, quality)
 
 
 def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_path):
@@ -77,7 +66,31 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
     assert r2["miou"].estimate == pytest.approx(0.8) and r2["n"] == 3
     assert r2["boundary_f_vs_paper_setting"].estimate == pytest.approx(0.11)
     table = ablations.effect_table(list(rows.values()))
-    assert table[-1]["setting"] == "rmi radius 2" and table[-1]["paper's setting: verdict"] == "better"
+    assert table[-1]["setting"] == "rmi radius 2" and table[-1]["vs paper's setting: verdict"] == "better"
+    assert table[-1]["vs paper's setting: Holm (1 tests)"] == "better"  # one comparison: nothing to adjust
     lines = ablations.answer_lines(list(rows.values()))
     assert lines == [f"rmi radius 2: mIoU {r2['vs_paper_setting'].format(3, signed=True)} against the paper's "
-                     "setting (better)."]
+                     "setting (better; holds after Holm's adjustment for 1 comparisons)."]
+
+
+def test_holm_adjusted_verdicts_of_a_grid():
+    """Twelve comparisons, one with p = 0.0001 and eleven with p = 0.01: each excludes 0 on its own, but only the
+    first survives Holm's adjustment (0.01 x 11 > 0.05)."""
+    from scipy import stats as sps
+
+    def interval(p):  # an interval over 3 seeds (2 df) whose p-value is p: estimate 0.1, se from the t quantile
+        se = 0.1 / sps.t.isf(p / 2, 2)
+        half = sps.t.ppf(0.975, 2) * se
+        return stats.Interval(0.1, 0.1 - half, 0.1 + half, 3, components=((se * se, 2.0),))
+
+    rows = [{"setting": f"s{k}", "use_case": "rmi", "n": 3, "miou": stats.t_interval([0.5, 0.6]),
+             "vs_paper_setting": interval(p)} for k, p in enumerate([1e-4] + [0.01] * 11)]
+    assert [r["vs_paper_setting"].p_value for r in rows] == pytest.approx([1e-4] + [0.01] * 11)
+    for r, p in zip(rows, stats.holm([r["vs_paper_setting"].p_value for r in rows])):
+        r["vs_paper_setting_holm"], r["vs_paper_setting_tests"] = p, 12
+    table = ablations.effect_table(rows)
+    assert {c["vs paper's setting: verdict"] for c in table} == {"better"}
+    held = [c["vs paper's setting: Holm (12 tests)"] for c in table]
+    assert held[0] == "better" and set(held[1:]) == {"no detectable difference at n = 3"}
+    lines = ablations.answer_lines(rows)
+    assert "holds after Holm" in lines[0] and all("not after Holm" in line for line in lines[1:])

@@ -16,8 +16,9 @@ from torchvision import tv_tensors
 
 from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_voc_mask
 from mistudy import data
+from mistudy.data import files, synthetic
 from mistudy.data import (IGNORE_INDEX, ResizedCache, SyntheticSegmentation, build_dataset, colorize_mask,
-                          dataset_info, eval_transform, synthetic_sample, train_transform)
+                          dataset_info, build_transform, synthetic_sample)
 
 # The official Cityscapes labelId -> trainId table (cityscapesScripts labels.py), written out independently.
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
@@ -91,11 +92,11 @@ def test_train_transform_keeps_image_and_mask_aligned_and_masks_categorical():
     torch.manual_seed(0)
     # No resize: the crop alone must take the same window of both.
     for _ in range(5):
-        image, out = train_transform(resize_size=None, crop_size=32)(*_pair(mask))
+        image, out = build_transform(True, resize_size=None, crop_size=32)(*_pair(mask))
         assert image.dtype == torch.float32 and out.dtype == torch.int64 and out.shape == (32, 32)
         assert torch.equal(torch.round(image[0] * 255).long(), out * 10)
     # With a resize: masks stay categorical (nearest) and agree with the image inside constant regions.
-    image, out = train_transform(resize_size=100, crop_size=90)(*_pair(mask))
+    image, out = build_transform(True, resize_size=100, crop_size=90)(*_pair(mask))
     assert set(out.unique().tolist()) <= set(mask.ravel().tolist())
     # Away from block edges (where bilinear blends neighbours) the image's red channel still encodes the mask.
     # (5x5 mask neighbourhood = +-1 source pixel at this 2x scale, the reach of the bilinear kernel.)
@@ -112,7 +113,7 @@ def test_resize_matches_pil_nearest_masks_and_bilinear_images():
     for width, height, square in [(45, 61, False), (45, 61, True), (13, 7, False), (13, 7, True)]:
         mask = rng.integers(0, 21, (height, width)).astype(np.uint8)
         image = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
-        out_image, out_mask = eval_transform("paper", resize_size=234, crop_size=234, square_resize=square)(
+        out_image, out_mask = build_transform(False, "paper", resize_size=234, crop_size=234, square_resize=square)(
             *_pair(mask, image))
         if square:
             new_w, new_h = 234, 234
@@ -131,7 +132,7 @@ def test_resize_matches_pil_nearest_masks_and_bilinear_images():
 
 def test_random_crop_pads_small_images_with_ignore():
     mask = np.ones((20, 30), dtype=np.uint8)
-    image, out = train_transform(resize_size=None, crop_size=32)(*_pair(mask))
+    image, out = build_transform(True, resize_size=None, crop_size=32)(*_pair(mask))
     padded = out == IGNORE_INDEX
     assert padded.sum() == 32 * 32 - 20 * 30
     assert torch.all(image[:, padded] == 0) and torch.all(out[~padded] == 1)
@@ -139,35 +140,35 @@ def test_random_crop_pads_small_images_with_ignore():
 
 def test_eval_paper_is_a_deterministic_centre_crop_and_full_resizes_only_the_image():
     mask = np.random.default_rng(2).integers(0, 21, (45, 60)).astype(np.uint8)
-    t = eval_transform("paper", resize_size=45, crop_size=40)  # 45 is already the shorter side: no resize
+    t = build_transform(False, "paper", resize_size=45, crop_size=40)  # 45 is already the shorter side: no resize
     a, b = t(*_pair(mask)), t(*_pair(mask))
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
     top, left = round((45 - 40) / 2), round((60 - 40) / 2)
     assert np.array_equal(a[1].numpy(), mask[top:top + 40, left:left + 40])
-    image, out = eval_transform("full", resize_size=45)(*_pair(mask))
+    image, out = build_transform(False, "full", resize_size=45)(*_pair(mask))
     assert image.shape == (3, 45, 60) and np.array_equal(out.numpy(), mask)
     # the network sees the image at the training scale; the mask is never resized (scores at its resolution)
-    image, out = eval_transform("full", resize_size=30)(*_pair(mask))
+    image, out = build_transform(False, "full", resize_size=30)(*_pair(mask))
     assert image.shape == (3, 30, 40) and np.array_equal(out.numpy(), mask)
-    image, out = eval_transform("full", resize_size=30, square_resize=True)(*_pair(mask))
+    image, out = build_transform(False, "full", resize_size=30, square_resize=True)(*_pair(mask))
     assert image.shape == (3, 30, 30) and np.array_equal(out.numpy(), mask)
 
 
 def test_normalize_applies_imagenet_statistics():
     mask = np.random.default_rng(3).integers(0, 21, (16, 16)).astype(np.uint8)
-    raw, _ = eval_transform("full", resize_size=None)(*_pair(mask))
-    norm, _ = eval_transform("full", resize_size=None, normalize=True)(*_pair(mask))
+    raw, _ = build_transform(False, "full", resize_size=None)(*_pair(mask))
+    norm, _ = build_transform(False, "full", resize_size=None, normalize=True)(*_pair(mask))
     mean, std = torch.tensor(data.IMAGENET_MEAN)[:, None, None], torch.tensor(data.IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(norm, (raw - mean) / std)
 
 
 def test_transform_arguments_are_checked():
     with pytest.raises(ValueError, match="resize_size >= crop_size"):
-        eval_transform("paper", resize_size=100, crop_size=224)
+        build_transform(False, "paper", resize_size=100, crop_size=224)
     with pytest.raises(ValueError, match="'paper', 'full'"):
-        eval_transform("center")
+        build_transform(False, "center")
     with pytest.raises(ValueError, match="crop_size"):
-        train_transform(crop_size=0)
+        build_transform(True, crop_size=0)
 
 
 # ---------------------------------------------------------------------------------------------- synthetic
@@ -213,7 +214,7 @@ def test_synthetic_shape_areas_match_geometry(cls):
     r, n = 60.0, 401
     coords = np.arange(n, dtype=np.float32) - n // 2
     v, u = np.meshgrid(coords, coords, indexing="ij")
-    area = data._shape_mask(cls, u, v, r, np.random.default_rng(5)).sum()
+    area = synthetic._shape_mask(cls, u, v, r, np.random.default_rng(5)).sum()
     draws = np.random.default_rng(5)  # the same random proportions, drawn again
     if cls == 1:
         expected = math.pi * r * r
@@ -224,7 +225,7 @@ def test_synthetic_shape_areas_match_geometry(cls):
     elif cls == 4:
         r_in = r * draws.uniform(0.45, 0.7)
         expected = math.pi * (r * r - r_in * r_in)
-        assert not data._shape_mask(cls, u, v, r, np.random.default_rng(5))[n // 2, n // 2], "ring needs a hole"
+        assert not synthetic._shape_mask(cls, u, v, r, np.random.default_rng(5))[n // 2, n // 2], "ring needs a hole"
     elif cls == 5:
         w = r * draws.uniform(0.22, 0.35)
         expected = 2 * (2 * r) * (2 * w) - (2 * w) ** 2
@@ -268,8 +269,8 @@ def test_synthetic_classes_share_one_colour_distribution(level):
 
     lv = data.SYNTHETIC_LEVELS[level]
     rng = np.random.default_rng(1)
-    backgrounds = np.array([data._region_colours(rng, lv, None) for _ in range(3000)])
-    objects = np.array([data._region_colours(rng, lv, bg[0]) for bg in backgrounds])
+    backgrounds = np.array([synthetic._region_colours(rng, lv, None) for _ in range(3000)])
+    objects = np.array([synthetic._region_colours(rng, lv, bg[0]) for bg in backgrounds])
     for colours in (backgrounds, objects):
         for channel in range(3):
             assert sps.kstest(colours[:, 0, channel], "uniform").pvalue > 0.001  # base colour
@@ -322,35 +323,36 @@ def test_objects_keep_their_least_contrast_with_the_background():
     level = data.SYNTHETIC_LEVELS["easy"]
     for _ in range(200):
         background = rng.random(3).astype(np.float32)
-        c0, _ = data._region_colours(rng, level, background)
+        c0, _ = synthetic._region_colours(rng, level, background)
         cyclic = np.minimum(np.abs(c0 - background), 1 - np.abs(c0 - background))
         assert cyclic.min() >= 0.3 - 1e-6
 
 
 def test_build_synthetic_dataset_items():
-    ds = build_dataset("synthetic", "train", train=True, resize_size=40, crop_size=32, synthetic_size=6)
+    ds = build_dataset("synthetic", "train", train=True, resize_size=40, crop_size=32, num_samples=6)
     assert len(ds) == 6
     image, mask = ds[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
     assert mask.shape == (32, 32) and mask.dtype == torch.int64 and int(mask.max()) < 7
     assert len(build_dataset("synthetic", "val", train=False, num_samples=3, resize_size=40, crop_size=32)) == 3
-    full = build_dataset("synthetic", "val", train=False, protocol="full", resize_size=40, synthetic_size=2)
+    full = build_dataset("synthetic", "val", train=False, protocol="full", resize_size=40, num_samples=2)
     assert full[1][1].shape == (40, 40)
     assert np.array_equal(full[1][1].numpy(), synthetic_sample(0, "val", 1, 40)[1])
     torch.manual_seed(0)
     plain = _items(ds)
     torch.manual_seed(0)
-    cached = _items(build_dataset("synthetic", "train", train=True, resize_size=40, crop_size=32, synthetic_size=6,
+    cached = _items(build_dataset("synthetic", "train", train=True, resize_size=40, crop_size=32, num_samples=6,
                                   cache_dir=True))
     _assert_same_items(plain, cached)
+    assert len(build_dataset("synthetic", "val", train=False, num_samples=200)) == 200  # one count: how many
     with pytest.raises(ValueError, match="num_samples"):
-        build_dataset("synthetic", "val", train=False, num_samples=200)
+        build_dataset("synthetic", "val", train=False, num_samples=0)
 
 
 def test_random_crop_protocol_crops_windows_of_the_resized_image():
     # The authors' evaluation: resize + a random crop. Synthetic images are generated at resize_size, so each
     # item must be some 32x32 window of the whole 40x40 sample, and the windows must vary.
-    kw = dict(resize_size=40, crop_size=32, synthetic_size=8)
+    kw = dict(resize_size=40, crop_size=32, num_samples=8)
     full = _items(build_dataset("synthetic", "val", train=False, protocol="full", **kw))
     torch.manual_seed(0)
     crops = _items(build_dataset("synthetic", "val", train=False, protocol="random-crop", **kw))
@@ -523,14 +525,14 @@ def test_cache_decodes_nothing_and_stores_resized_arrays(voc_root, monkeypatch):
     ds = build_dataset("voc", "train", voc_root, train=True, cache_dir=True)
     cache_dir = voc_root / ".mistudy_cache"
     assert ds.cache_dir == cache_dir and len(list(cache_dir.glob("*.json"))) == 1
-    assert not list(cache_dir.glob("*.tmp")), "temporary files must be renamed or removed"
+    assert not list(cache_dir.glob(".*tmp*")), "temporary files must be renamed or removed"
     # Shorter side -> 234: 60x45 -> 312x234, 45x61 -> 234x317, 52x40 -> 304x234 (height, width listed).
     assert ds.shapes.tolist() == [[234, 312], [317, 234], [234, 304]]
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cached path must not decode files")
 
-    monkeypatch.setattr(data.Image, "open", no_decoding)
+    monkeypatch.setattr(files.Image, "open", no_decoding)
     again = build_dataset("voc", "train", voc_root, train=True, cache_dir=True)
     assert not again.built
     image, mask = again[2]
@@ -544,8 +546,8 @@ def test_cache_is_rebuilt_when_a_source_file_changes(voc_root, tmp_path):
     assert first.built
     assert not build_dataset("voc", "val", voc_root, **kwargs).built
     jpeg = first.samples[0][0]
-    os.utime(jpeg, ns=(jpeg.stat().st_atime_ns, jpeg.stat().st_mtime_ns + 10**9))  # `touch`
-    assert build_dataset("voc", "val", voc_root, **kwargs).built
+    os.utime(jpeg, ns=(jpeg.stat().st_atime_ns, jpeg.stat().st_mtime_ns + 10**9))  # `touch`: the content is the same
+    assert not build_dataset("voc", "val", voc_root, **kwargs).built
     png = first.samples[1][1]
     labels = np.asarray(Image.open(png)).copy()
     labels[labels != IGNORE_INDEX] = 7
@@ -553,7 +555,27 @@ def test_cache_is_rebuilt_when_a_source_file_changes(voc_root, tmp_path):
     rebuilt = build_dataset("voc", "val", voc_root, **kwargs)
     assert rebuilt.built and np.array_equal(rebuilt[1][1].numpy(), labels)
     assert len(list(cache.glob("*.json"))) == 1, "the stale cache's files are deleted"
-    assert len(list(cache.iterdir())) == 4
+    assert len(list(cache.iterdir())) == 5  # images, masks, index, manifest, and the file digests
+
+
+def test_cache_notices_a_rewrite_that_keeps_size_and_mtime(voc_root, tmp_path):
+    """A mask rewritten with other labels, its size and mtime put back as they were: the cache is keyed on content,
+    so the new labels are served, not the stale ones (issue 21)."""
+    kwargs = dict(train=False, protocol="full", cache_dir=tmp_path / "cache")
+    first = build_dataset("voc", "val", voc_root, **kwargs)
+    png = first.samples[0][1]
+    before = png.stat()
+    labels = np.asarray(Image.open(png)).copy()
+    flipped = np.where(labels == 0, 1, np.where(labels == 1, 0, labels)).astype(np.uint8)
+    write_voc_mask(png, flipped)
+    data_bytes = png.read_bytes()
+    if len(data_bytes) != before.st_size:  # keep the size: pad the PNG (bytes after IEND are ignored by readers)
+        assert len(data_bytes) < before.st_size, "the rewritten mask must not be larger for this test"
+        png.write_bytes(data_bytes + b"\0" * (before.st_size - len(data_bytes)))
+    os.utime(png, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (png.stat().st_size, png.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    again = build_dataset("voc", "val", voc_root, **kwargs)
+    assert again.built and np.array_equal(again[0][1].numpy(), flipped)
 
 
 def test_incomplete_cache_is_rebuilt(voc_root, tmp_path):
@@ -580,7 +602,7 @@ def test_cache_build_stops_at_a_corrupt_file_and_leaves_nothing_behind(voc_root,
     path.write_bytes(b"broken")
     with pytest.raises(ValueError, match=f"cannot read image {path}"):
         build_dataset("voc", "train", voc_root, train=True, cache_dir=tmp_path / "cache")
-    assert not list((tmp_path / "cache").iterdir())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["file-digests.cache"]  # no partial cache
 
 
 def test_cityscapes_selection_split_is_held_out_of_train(cityscapes_root):

@@ -463,3 +463,16 @@ def test_notebook_01_is_clean_and_keeps_reference_outputs_for_checked_cells():
             assert [o.output_type for o in cell.outputs] == ["stream"], cell.source[:60]
         else:
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+def test_distributions_accept_their_own_rounding_but_not_wrong_values():
+    marginal = np.array([1.0000000000000002, 0.0, 0.0])
+    assert it.entropy(marginal) == 0.0
+    assert it.entropy([0.5 + 1e-13, 0.5 - 1e-13]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="greater than 1"):
+        it.entropy([1.01, 0.0])
+    with pytest.raises(ValueError, match="negative"):
+        it.entropy([1.1, -0.1])
+    p = np.array([1.0000000000000002, 0.0])
+    it.entropy(p)
+    assert p[0] == 1.0000000000000002  # the caller's array is never changed

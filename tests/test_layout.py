@@ -6,19 +6,27 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mistudy"
 
 
+def _units() -> dict[str, list[Path]]:
+    """The package's parts: each module, and each subpackage (mistudy/data/) with all its files."""
+    units = {p.stem: [p] for p in PACKAGE.glob("*.py")}
+    units |= {d.name: sorted(d.glob("*.py")) for d in PACKAGE.iterdir() if (d / "__init__.py").is_file()}
+    return units
+
+
 def _imports() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    units = _units()
+    modules = set(units)
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for unit, paths in units.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in (n for path in paths for n in ast.walk(ast.parse(path.read_text()))):
             if isinstance(node, ast.ImportFrom) and node.module == "mistudy":
                 deps |= {a.name for a in node.names if a.name in modules}
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mistudy."):
                 deps.add(node.module.split(".")[1])
             elif isinstance(node, ast.Import):
                 deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mistudy.")}
-        graph[path.stem] = deps - {path.stem}
+        graph[unit] = deps - {unit}
     return graph
 
 

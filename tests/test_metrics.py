@@ -120,32 +120,45 @@ def _boundaries_by_definition(ids: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
+def _per_class_boundary_matches(p, t, c, tol):
+    """(matched predicted, predicted, matched true, true) boundary pixels of class c in one image, by brute force:
+    void in the truth made void in the prediction first, then every pairwise distance."""
+    p = np.where(t == 255, 255, p)
+    bp, bt = _boundaries_by_definition(p, c), _boundaries_by_definition(t, c)
+    ps, ts = np.argwhere(bp), np.argwhere(bt)
+    if len(ps) and len(ts):
+        d = np.sqrt(((ps[:, None, :] - ts[None, :, :]) ** 2).sum(-1))
+        return int((d.min(axis=1) <= tol).sum()), len(ps), int((d.min(axis=0) <= tol).sum()), len(ts)
+    return 0, len(ps), 0, len(ts)
+
+
+def _f(mp, n_p, mt, n_t):
+    precision = mp / n_p if n_p else 0.0
+    recall = mt / n_t if n_t else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def _boundary_f_by_definition(pred, target, num_classes, tol):
-    """Csurka et al.'s boundary F-score, pooled over images, from the definition: brute-force distances."""
-    scores = []
-    for c in range(num_classes):
-        matched_p = n_p = matched_t = n_t = 0
-        for p, t in zip(pred, target):
-            bp = _boundaries_by_definition(p, c) & (t != 255)
-            bt = _boundaries_by_definition(t, c)
-            ps, ts = np.argwhere(bp), np.argwhere(bt)
-            n_p, n_t = n_p + len(ps), n_t + len(ts)
-            if len(ps) and len(ts):
-                d = np.sqrt(((ps[:, None, :] - ts[None, :, :]) ** 2).sum(-1))
-                matched_p += int((d.min(axis=1) <= tol).sum())
-                matched_t += int((d.min(axis=0) <= tol).sum())
-        if n_p + n_t == 0:
-            continue
-        precision = matched_p / n_p if n_p else 0.0
-        recall = matched_t / n_t if n_t else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return np.mean(scores)
+    """Csurka et al. 2013 from the definition: per image, F over the classes with a boundary in either map, then the
+    mean over images; and the pooled form (counts summed over images, mean over classes)."""
+    per_image, pooled = [], np.zeros((num_classes, 4))
+    for p, t in zip(pred, target):
+        scores = []
+        for c in range(num_classes):
+            counts = _per_class_boundary_matches(p, t, c, tol)
+            pooled[c] += counts
+            if counts[1] + counts[3]:
+                scores.append(_f(*counts))
+        if scores:
+            per_image.append(np.mean(scores))
+    pooled_f = [_f(*row) for row in pooled if row[1] + row[3]]
+    return np.mean(per_image), np.mean(pooled_f)
 
 
-@pytest.mark.parametrize("tol", [0, 1, 2, 3])
+@pytest.mark.parametrize("tol", [0, 1, 2, 3, 1.5])
 def test_boundary_f_matches_the_definition(tol):
-    rng = np.random.default_rng(tol)
-    target = np.kron(rng.integers(0, 4, (2, 4, 5)), np.ones((1, 4, 4), int))  # blocky maps, 16 x 20
+    rng = np.random.default_rng(int(tol * 2))
+    target = np.kron(rng.integers(0, 4, (3, 4, 5)), np.ones((1, 4, 4), int))  # blocky maps, 16 x 20
     target[0, 5:7, 3:12] = 255  # an ignored stripe
     pred = target.copy()
     pred[pred == 255] = 1
@@ -154,8 +167,86 @@ def test_boundary_f_matches_the_definition(tol):
     pred[rng.random(pred.shape) < 0.03] = 2
     m = SegmentationMetrics(4, boundary_tolerance=tol)
     m.update(torch.as_tensor(pred[:1]), torch.as_tensor(target[:1]))
-    m.update(torch.as_tensor(pred[1:]), torch.as_tensor(target[1:]))  # pooled over batches
-    assert m.compute()["boundary_f"] == pytest.approx(_boundary_f_by_definition(pred, target, 4, tol))
+    m.update(torch.as_tensor(pred[1:]), torch.as_tensor(target[1:]))  # images of several batches
+    out = m.compute()
+    per_image, pooled = _boundary_f_by_definition(pred, target, 4, tol)
+    assert out["boundary_f"] == pytest.approx(per_image)
+    assert out["boundary_f_pooled"] == pytest.approx(pooled)
+    assert out["boundary_f"] != pytest.approx(out["boundary_f_pooled"])  # two scores, named apart
+
+
+def test_boundary_f_against_scipy_distance_transform_without_void():
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    rng = np.random.default_rng(7)
+    target = np.kron(rng.integers(0, 3, (2, 6, 6)), np.ones((1, 5, 5), int))  # 30 x 30, no void
+    pred = np.where(rng.random(target.shape) < 0.1, rng.integers(0, 3, target.shape), np.roll(target, 2, axis=1))
+    tol = 2
+    expected = []
+    for p, t in zip(pred, target):
+        scores = []
+        for c in range(3):
+            # inner boundary: class pixels that a 3x3 erosion (border counted as inside) removes
+            bp = (p == c) & ~binary_erosion(p == c, np.ones((3, 3)), border_value=1)
+            bt = (t == c) & ~binary_erosion(t == c, np.ones((3, 3)), border_value=1)
+            if not (bp.any() or bt.any()):
+                continue
+            # distance of every pixel to the nearest boundary pixel of the other map
+            dist_to_t = distance_transform_edt(~bt) if bt.any() else np.full(bt.shape, np.inf)
+            dist_to_p = distance_transform_edt(~bp) if bp.any() else np.full(bp.shape, np.inf)
+            scores.append(_f((dist_to_t[bp] <= tol).sum(), bp.sum(), (dist_to_p[bt] <= tol).sum(), bt.sum()))
+        expected.append(np.mean(scores))
+    m = SegmentationMetrics(3, boundary_tolerance=tol)
+    m.update(torch.as_tensor(pred), torch.as_tensor(target))
+    assert m.compute()["boundary_f"] == pytest.approx(np.mean(expected))
+
+
+def _disc_with_void_band(size=41, radius=12, band=3, shrink=0):
+    """A VOC-like object: a disc of class 1 outlined by a void band of ``band`` pixels; and a prediction of the disc
+    with its radius changed by -``shrink`` pixels (background elsewhere, never void)."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size // 2, xx - size // 2)
+    target = np.where(r <= radius, 1, 0)
+    target[(r > radius) & (r <= radius + band)] = 255
+    pred = np.where(r <= radius - shrink, 1, 0)
+    return torch.as_tensor(pred[None]), torch.as_tensor(target[None])
+
+
+@pytest.mark.parametrize("band", [3, 5])
+def test_boundary_f_with_void_bands_rewards_the_right_answer(band):
+    scores = {}
+    for name, shrink in (("perfect", 0), ("shrunk", 3), ("grown", -(band + 3))):
+        pred, target = _disc_with_void_band(band=band, shrink=shrink)
+        m = SegmentationMetrics(2, boundary_tolerance=1)
+        m.update(pred, target)
+        scores[name] = m.compute()["boundary_f"]
+        assert (m.compute()["miou"] == 1.0) == (name == "perfect")
+    assert scores["perfect"] == 1.0
+    assert scores["shrunk"] < scores["perfect"] and scores["grown"] < scores["perfect"]
+    # a disc grown only into the void band is as good as a perfect one: the truth there is unknown
+    pred, target = _disc_with_void_band(band=band, shrink=-band)
+    m = SegmentationMetrics(2, boundary_tolerance=1)
+    m.update(pred, target)
+    assert m.compute()["boundary_f"] == 1.0
+
+
+def test_boundary_tolerance_defaults_to_a_fraction_of_the_diagonal():
+    from mistudy.metrics import BOUNDARY_TOLERANCE_FRACTION, tolerance_pixels
+
+    assert BOUNDARY_TOLERANCE_FRACTION == 0.0075  # Csurka et al.'s 0.75 %
+    assert tolerance_pixels(300, 400, None) == pytest.approx(3.75)
+    assert tolerance_pixels(300, 400, 2) == 2.0
+    # a 300 x 400 image: the diagonal rule matches within 3.75 px, exactly as an explicit 3.75 px tolerance
+    target = torch.zeros(1, 300, 400, dtype=torch.long)
+    target[0, 100:200, 100:300] = 1
+    pred = torch.roll(target, 3, dims=2)
+    pred[0, 150:160, :] = 2
+    by_fraction, by_pixels, strict = (SegmentationMetrics(3, boundary_tolerance=t) for t in (None, 3.75, 2))
+    for m in (by_fraction, by_pixels, strict):
+        m.update(pred, target)
+    assert by_fraction.compute()["boundary_f"] == by_pixels.compute()["boundary_f"]
+    assert strict.compute()["boundary_f"] < by_fraction.compute()["boundary_f"]
+    assert by_fraction.compute()["boundary_tolerance"] is None
 
 
 def test_boundary_f_of_a_perfect_and_of_a_shifted_prediction():
@@ -215,3 +306,47 @@ def test_mutual_information_between_prediction_and_truth_matches_sklearn():
     perfect = SegmentationMetrics(5)
     perfect.update(target.clamp(max=4), target)
     assert perfect.compute()["normalized_mutual_information"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------- degenerate confusion matrices (a crash on real data, issue 21)
+
+def test_information_scores_accept_their_own_rounding_on_single_class_predictions():
+    """A network that predicts one class everywhere gives a single-column confusion matrix whose marginal summed in
+    float64 can read 1.0000000000000002; that once raised inside training. Every such matrix now scores, with
+    I(Y; Ŷ) = 0 (a constant prediction carries no information)."""
+    from sklearn.metrics import mutual_info_score
+
+    from mistudy.metrics import information_scores
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        cm = np.zeros((19, 19))
+        cm[:, rng.integers(19)] = rng.integers(0, 100_000, 19)
+        out = information_scores(cm)
+        assert out["mutual_information_bits"] == 0.0
+        assert out["normalized_mutual_information"] == 0.0
+    # near-degenerate: one huge class and a single pixel of another, against scikit-learn on the same labels
+    t = np.repeat([0, 1], [10 ** 6, 1])
+    p = t.copy()
+    p[:3] = 2
+    near = np.zeros((4, 4))
+    np.add.at(near, (t, p), 1)
+    assert information_scores(near)["mutual_information_bits"] == pytest.approx(mutual_info_score(t, p) / math.log(2))
+    empty = information_scores(np.zeros((4, 4)))
+    assert math.isnan(empty["mutual_information_bits"]) and math.isnan(empty["normalized_mutual_information"])
+
+
+def test_metrics_of_a_single_class_prediction_on_real_sized_masks():
+    gen = torch.Generator().manual_seed(11)
+    target = torch.randint(0, 19, (2, 64, 128), generator=gen)
+    target[:, :8] = 255
+    pred = torch.full_like(target, 4)
+    m = SegmentationMetrics(19)
+    m.update(pred, target)
+    out = m.compute()
+    assert out["mutual_information_bits"] == 0.0
+    assert 0.0 < out["miou"] < 0.1 and not math.isnan(out["boundary_f"])
+    only_void = SegmentationMetrics(19)
+    only_void.update(pred, torch.full_like(target, 255))
+    out = only_void.compute()
+    assert out["labelled_pixels"] == 0 and math.isnan(out["miou"]) and math.isnan(out["mutual_information_bits"])

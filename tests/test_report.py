@@ -8,35 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mistudy import report, runs, stats
+from mistudy import report, stats
+from mistudy.metrics import miou_from_confmat
 from mistudy.config import TrainConfig
 from mistudy.train import train
 
-CLASSES = 3
+from fakes import fake_run, scores, statistics
 
-
-def _scores(acc: float, miou: float, per_class=None) -> dict:
-    return {"epoch": 2, "pixel_accuracy": acc, "iou_micro": acc / (2 - acc), "miou": miou,
-            "iou_per_class": per_class or [miou] * CLASSES, "class_accuracy": [acc] * CLASSES,
-            "mean_class_accuracy": acc, "labelled_pixels": 100}
-
-
-def fake_run(results, dataset, use_case, seed, scores, epochs=2, name=None, networks=("unet",), counts=None):
-    """A run directory as mistudy.train writes it (config.json, metrics.json and, if counts are given,
-    per_image.npz), with the given scores for every checkpoint."""
-    run = results / dataset / use_case / (name or f"seed{seed}")
-    run.mkdir(parents=True)
-    cfg = {**TrainConfig(dataset="synthetic").__dict__, "use_case": use_case, "dataset": dataset, "seed": seed,
-           "epochs": epochs, "results_dir": str(results), "run_name": name}
-    (run / "config.json").write_text(json.dumps(cfg))
-    nets = {n: {"last": scores, "best_loss": scores, "best_miou": scores} for n in networks}
-    (run / "metrics.json").write_text(json.dumps({"use_case": use_case, "dataset": dataset, "seed": seed,
-                                                  "epochs": epochs, "train_samples": 8, "select_samples": 2,
-                                                  "val_samples": 4, "eval_passes": 1, "networks": nets}))
-    if counts is not None:
-        runs.write_per_image(run, {f"{n}/{rule}": counts for n in networks for rule in ("last", "best_loss", "best_miou")},
-                             list(range(len(counts["tp"]))))
-    return run
+_scores = scores
 
 
 def _row(rows, dataset, use_case, network="unet"):
@@ -181,17 +160,12 @@ def test_tables_of_a_real_run(tmp_path):
 
 
 def _counts(rng, images, quality):
-    targets = rng.integers(0, CLASSES, (images, 5, 5))
-    preds = np.where(rng.random(targets.shape) < quality, targets, rng.integers(0, CLASSES, targets.shape))
-    tp = np.stack([[((p == c) & (t == c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
-    fp = np.stack([[((p == c) & (t != c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
-    fn = np.stack([[((p != c) & (t == c)).sum() for c in range(CLASSES)] for p, t in zip(preds, targets)])
-    return {"tp": tp, "fp": fp, "fn": fn}
+    return statistics(rng, images, quality)
 
 
 def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     rng = np.random.default_rng(0)
-    base, good, same = {}, {}, {}
+    base, good = {}, {}
     for seed in (0, 1, 2):
         base[seed], good[seed] = _counts(rng, 12, 0.5), _counts(rng, 12, 0.95)
         fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=base[seed])
@@ -213,10 +187,15 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     md = report.markdown_table(report.format_comparison(rows))
     assert f"{expected:+.3f} [" in md and "| better |" in md
     lines = report.summary_lines(rows)
-    assert any(line.startswith("synthetic, rmi vs baseline, n = 4 seeds: mIoU +") and "(better, bootstrap" in line
+    assert any(line.startswith("synthetic, rmi vs baseline, n = 4 seeds: mIoU +") and "(better)" in line
                for line in lines)
     title = report.comparison_title(rows, "best_miou")
-    assert "Student-t" in title and "bootstrap" in title and "Protocol, synthetic:" in title
+    assert "Student-t" in title and "jackknife over validation images" in title and "Protocol, synthetic:" in title
+    # the interval is the package's seed-and-image interval of the same per-image statistics
+    cms = [np.stack([c[s]["confmat"] for s in (0, 1, 2)]) for c in (good, base)]
+    direct, images_only = stats.paired_difference(*cms, miou_from_confmat)
+    assert (rmi["miou_diff_low"], rmi["miou_diff_high"]) == (pytest.approx(direct.low), pytest.approx(direct.high))
+    assert rmi["miou_diff_images_low"] == pytest.approx(images_only.low) and rmi["miou_diff_p"] < 0.05
 
 
 def test_runs_of_another_length_are_not_paired(tmp_path):
@@ -228,27 +207,36 @@ def test_runs_of_another_length_are_not_paired(tmp_path):
     assert _row(rows, "synthetic", "rmi")["miou_diff"] is None
 
 
-def test_scores_beyond_miou_are_paired_over_seeds_with_a_t_interval(tmp_path):
-    base_f, rmi_f = [0.50, 0.55, 0.52], [0.60, 0.61, 0.66]
+def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
+    """Boundary F (a per-image score) paired over seeds and images, against a hand computation: the per-seed
+    differences' variance / S (S - 1 df) plus the variance of the seed-averaged per-image differences / N (N - 1 df),
+    with Cochran and Cox's critical value."""
+    rng = np.random.default_rng(4)
+    images = 8
+    base_f = rng.uniform(0.4, 0.6, (3, images))
+    rmi_f = base_f + 0.1 + rng.normal(0, 0.02, (3, images))
     for seed in range(3):
-        extra = lambda f, ece: {"boundary_f": f, "ece": ece, "mean_entropy_bits": 0.5,  # noqa: E731
-                                "mutual_information_bits": 1.0, "normalized_mutual_information": 0.6}
-        fake_run(tmp_path, "synthetic", "baseline", seed, {**_scores(0.5, 0.3), **extra(base_f[seed], 0.10)})
-        fake_run(tmp_path, "synthetic", "rmi", seed, {**_scores(0.5, 0.3), **extra(rmi_f[seed], 0.10 + 0.01 * seed)})
+        stats_base, stats_rmi = statistics(rng, images, 0.6), statistics(rng, images, 0.6)
+        stats_base["boundary_f"], stats_rmi["boundary_f"] = base_f[seed], rmi_f[seed]
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=stats_base)
+        fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3), counts=stats_rmi)
     rows, _ = report.comparison(tmp_path, ["synthetic"])
     rmi = _row(rows, "synthetic", "rmi")
-    diffs = np.subtract(rmi_f, base_f)
-    low, high = sps.t.interval(0.95, 2, loc=diffs.mean(), scale=sps.sem(diffs))
-    assert rmi["boundary_f_diff"] == pytest.approx(diffs.mean())
-    assert (rmi["boundary_f_diff_low"], rmi["boundary_f_diff_high"]) == (pytest.approx(low), pytest.approx(high))
+    d = rmi_f - base_f
+    seed_part, image_part = d.mean(1).var(ddof=1) / 3, d.mean(0).var(ddof=1) / images
+    crit = (seed_part * sps.t.ppf(0.975, 2) + image_part * sps.t.ppf(0.975, images - 1)) / (seed_part + image_part)
+    half = crit * np.sqrt(seed_part + image_part)
+    assert rmi["boundary_f_diff"] == pytest.approx(d.mean())
+    assert (rmi["boundary_f_diff_low"], rmi["boundary_f_diff_high"]) == (pytest.approx(d.mean() - half),
+                                                                         pytest.approx(d.mean() + half))
     assert rmi["boundary_f_verdict"] == "better"
-    assert rmi["ece_verdict"] == "no detectable difference at n = 3"  # ECE: lower is better; +0/+0.01/+0.02
-    assert rmi["mean_entropy_bits_diff"] == 0.0
+    assert rmi["ece_diff"] is None  # no probabilities in these statistics: no calibration to compare
     extra = report.format_extra(rows)
-    assert extra[1]["use-case"] == "rmi" and extra[1]["Δ boundary F"].startswith(f"{diffs.mean():+.3f} [")
+    assert extra[1]["use-case"] == "rmi" and extra[1]["Δ boundary F"].startswith(f"{d.mean():+.3f} [")
     report.write_comparison(rows, tmp_path / "figs" / "comparison_table")
-    assert (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text().count("| synthetic |") == 2
-    assert any("boundary F +0.100" in line and "(better)" in line for line in report.summary_lines(rows))
+    beyond = (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text()
+    assert beyond.count("| synthetic |") == 2 and "Csurka" in beyond and "0.75% of the image diagonal" in beyond
+    assert any(f"boundary F {d.mean():+.3f} [" in line and "(better)" in line for line in report.summary_lines(rows))
 
 
 def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):

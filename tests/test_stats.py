@@ -7,7 +7,8 @@ import pytest
 from scipy import stats as sps
 
 from mistudy import stats
-from mistudy.metrics import SegmentationMetrics
+from mistudy.metrics import (SegmentationMetrics, ece_from_calibration, information_from_confmat,
+                             miou_from_confmat)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29, 100, 2.5])
@@ -78,67 +79,122 @@ def test_miou_from_counts_agrees_with_the_confusion_matrix():
 
 
 def _runs(rng, seeds, images, classes, quality):
-    """Per-image counts of a method whose predictions are right with probability `quality`."""
-    out = {"tp": [], "fp": [], "fn": []}
+    """Per-image confusion matrices [S, N, C, C] of a method whose predictions are right with probability
+    `quality` (each seed its own noise, the same validation images)."""
+    targets = rng.integers(0, classes, (images, 6, 6))
+    out = []
     for _ in range(seeds):
-        targets = rng.integers(0, classes, (images, 6, 6))
         preds = np.where(rng.random(targets.shape) < quality, targets, rng.integers(0, classes, targets.shape))
-        for k, v in zip(("tp", "fp", "fn"), _counts_from_masks(preds, targets, classes)):
-            out[k].append(v)
-    return {k: np.stack(v) for k, v in out.items()}
+        cms = np.zeros((images, classes, classes))
+        for i, (p, t) in enumerate(zip(preds, targets)):
+            np.add.at(cms[i], (t.ravel(), p.ravel()), 1)
+        out.append(cms)
+    return np.stack(out)
 
 
-def test_paired_bootstrap_point_estimate_is_the_mean_per_seed_difference():
+def test_paired_difference_point_estimate_is_the_mean_per_seed_difference():
     rng = np.random.default_rng(1)
     a, b = _runs(rng, 3, 10, 3, 0.9), _runs(rng, 3, 10, 3, 0.6)
-    diff = stats.paired_bootstrap(a, b, resamples=200)
-    by_hand = np.mean([stats.miou_from_counts(*(a[k][s].sum(0) for k in ("tp", "fp", "fn")))
-                       - stats.miou_from_counts(*(b[k][s].sum(0) for k in ("tp", "fp", "fn"))) for s in range(3)])
-    assert diff.estimate == pytest.approx(by_hand)
+    diff, images_only = stats.paired_difference(a, b, miou_from_confmat)
+    tp = lambda cm: np.diagonal(cm, axis1=-2, axis2=-1)  # noqa: E731
+    by_hand = np.mean([stats.miou_from_counts(tp(a[s].sum(0)), a[s].sum(0).sum(0) - tp(a[s].sum(0)),
+                                              a[s].sum(0).sum(1) - tp(a[s].sum(0)))
+                       - miou_from_confmat(b[s].sum(0)) for s in range(3)])
+    assert diff.estimate == pytest.approx(by_hand) and images_only.estimate == pytest.approx(by_hand)
     assert diff.low <= diff.estimate <= diff.high and diff.n == 3
     assert stats.verdict(diff) == "better"
-    assert stats.verdict(stats.paired_bootstrap(b, a, resamples=200)) == "worse"
+    assert stats.verdict(stats.paired_difference(b, a, miou_from_confmat)[0]) == "worse"
+    # the seed-level interval is never narrower than the images-only one: it holds the seed variance too
+    assert diff.high - diff.low >= images_only.high - images_only.low
 
 
-def test_paired_bootstrap_of_identical_methods_is_exactly_zero():
+def test_paired_difference_of_identical_methods_is_exactly_zero():
     rng = np.random.default_rng(2)
     a = _runs(rng, 2, 8, 3, 0.7)
-    diff = stats.paired_bootstrap(a, a, resamples=100)
+    diff, images_only = stats.paired_difference(a, a, miou_from_confmat)
     assert (diff.estimate, diff.low, diff.high) == (0.0, 0.0, 0.0)
     assert stats.verdict(diff) == "no detectable difference at n = 2"
 
 
-def test_paired_bootstrap_one_seed_one_image_reduces_to_the_single_difference():
-    a = {"tp": [[[3.0, 1.0]]], "fp": [[[1.0, 0.0]]], "fn": [[[0.0, 1.0]]]}
-    b = {"tp": [[[2.0, 1.0]]], "fp": [[[1.0, 1.0]]], "fn": [[[1.0, 1.0]]]}
-    diff = stats.paired_bootstrap(a, b, resamples=50)
-    expected = (3 / 4 + 1 / 2) / 2 - (2 / 4 + 1 / 3) / 2
-    assert diff.estimate == pytest.approx(expected) and diff.low == pytest.approx(expected)
-    assert diff.high == pytest.approx(expected)
-
-
-def test_paired_bootstrap_interval_covers_like_an_image_bootstrap():
-    # One seed: the interval is a percentile bootstrap over images; compare with a direct, slow loop.
+def test_one_seed_gives_no_seed_interval_but_an_images_only_one():
     rng = np.random.default_rng(3)
     a, b = _runs(rng, 1, 12, 3, 0.8), _runs(rng, 1, 12, 3, 0.7)
-    fast = stats.paired_bootstrap(a, b, resamples=4000, seed=5)
+    diff, images_only = stats.paired_difference(a, b, miou_from_confmat)
+    assert math.isnan(diff.low) and stats.verdict(diff) == "no interval at n = 1"
+    assert images_only.low < images_only.estimate < images_only.high
+
+
+def test_jackknife_image_variance_agrees_with_a_brute_force_image_bootstrap():
+    """The image part of the interval: the jackknife variance of the mean paired difference against the variance
+    of a direct, slow bootstrap loop over images (every seed resampled with the same images)."""
+    rng = np.random.default_rng(4)
+    a, b = _runs(rng, 2, 40, 4, 0.8), _runs(rng, 2, 40, 4, 0.7)
+    diff, images_only = stats.paired_difference(a, b, miou_from_confmat)
     draws = np.random.default_rng(9)
     slow = []
-    for _ in range(4000):
-        idx = draws.integers(0, 12, 12)
-        slow.append(stats.miou_from_counts(*(a[k][0][idx].sum(0) for k in ("tp", "fp", "fn")))
-                    - stats.miou_from_counts(*(b[k][0][idx].sum(0) for k in ("tp", "fp", "fn"))))
-    low, high = np.quantile(slow, [0.025, 0.975])
-    assert fast.low == pytest.approx(low, abs=0.02) and fast.high == pytest.approx(high, abs=0.02)
+    for _ in range(3000):
+        idx = draws.integers(0, 40, 40)
+        slow.append(np.mean([miou_from_confmat(a[s][idx].sum(0)) - miou_from_confmat(b[s][idx].sum(0))
+                             for s in range(2)]))
+    assert images_only.se ** 2 == pytest.approx(np.var(slow), rel=0.15)
+    assert images_only.components == ((pytest.approx(images_only.se ** 2), 39.0),)
 
 
-def test_paired_bootstrap_rejects_mismatched_runs():
-    a = {"tp": np.ones((2, 3, 4)), "fp": np.ones((2, 3, 4)), "fn": np.ones((2, 3, 4))}
-    b = {"tp": np.ones((3, 3, 4)), "fp": np.ones((3, 3, 4)), "fn": np.ones((3, 3, 4))}
+def test_jackknife_of_a_per_image_mean_is_the_textbook_variance_of_a_mean():
+    rng = np.random.default_rng(5)
+    values = rng.normal(0.5, 0.1, (3, 25))
+    values[1, 4] = np.nan  # an image without a score in one seed
+    base = rng.normal(0.45, 0.1, (3, 25))
+    diff, images_only = stats.paired_difference(stats.per_image_mean(values), stats.per_image_mean(base),
+                                                stats.mean_of_sums)
+    per_seed = np.nanmean(values, axis=1) - base.mean(axis=1)
+    assert diff.estimate == pytest.approx(per_seed.mean())
+    clean = stats.paired_difference(stats.per_image_mean(values[[0, 2]]), stats.per_image_mean(base[[0, 2]]),
+                                    stats.mean_of_sums)[1]
+    d = (values[[0, 2]] - base[[0, 2]]).mean(axis=0)  # seed-averaged per-image differences
+    assert clean.se ** 2 == pytest.approx(d.var(ddof=1) / 25)
+
+
+def test_seed_and_image_interval_by_hand():
+    # d = (0.1, 0.2, 0.3): s^2 / S = 0.01 / 3 (2 df); image variance 0.002 over 50 images (49 df).
+    a, b = 0.01 / 3, 0.002
+    critical = (a * sps.t.ppf(0.975, 2) + b * sps.t.ppf(0.975, 49)) / (a + b)  # Cochran and Cox
+    ci = stats.seed_and_image_interval([0.1, 0.2, 0.3], 0.002, 50)
+    half = critical * math.sqrt(a + b)
+    assert (ci.low, ci.high) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert ci.se == pytest.approx(math.sqrt(a + b))
+    # the p-value is the level at which the interval's bound reaches 0
+    at_p = stats.seed_and_image_interval([0.1, 0.2, 0.3], 0.002, 50, confidence=1 - ci.p_value)
+    assert at_p.low == pytest.approx(0.0, abs=1e-6)
+    # without image variance it is the t-interval of the per-seed differences
+    plain = stats.seed_and_image_interval([0.1, 0.2, 0.3], 0.0, 50)
+    assert plain.low == pytest.approx(stats.t_interval([0.1, 0.2, 0.3]).low)
+    assert plain.p_value == pytest.approx(2 * sps.t.sf(0.2 / math.sqrt(a), 2))
+    with pytest.raises(ValueError, match="image_variance"):
+        stats.seed_and_image_interval([0.1, 0.2], -1.0, 5)
+
+
+def test_paired_difference_rejects_mismatched_runs():
     with pytest.raises(ValueError, match="same seeds"):
-        stats.paired_bootstrap(a, b)
-    with pytest.raises(ValueError, match="one shape"):
-        stats.paired_bootstrap({"tp": np.ones((2, 3)), "fp": np.ones((2, 3)), "fn": np.ones((2, 3))}, a)
+        stats.paired_difference(np.ones((2, 3, 4)), np.ones((3, 3, 4)), stats.mean_of_sums)
+    with pytest.raises(ValueError, match="seeds, images"):
+        stats.paired_difference(np.ones(3), np.ones(3), stats.mean_of_sums)
+
+
+@pytest.mark.parametrize("x,df", [(0.3, 2), (2.0, 2.5), (4.3, 2), (1.96, 1e6), (12.0, 3), (0.0, 5)])
+def test_two_sided_t_tail_matches_scipy(x, df):
+    assert stats.t_sf_two_sided(x, df) == pytest.approx(2 * sps.t.sf(x, df), rel=1e-9, abs=1e-14)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted p: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> monotone 0.06)
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = stats.holm([0.2, float("nan"), 0.01])
+    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+    ci = stats.Interval(0.1, 0.01, 0.2, 3)
+    assert stats.verdict(ci) == "better"
+    assert stats.adjusted_verdict(ci, 0.09) == "no detectable difference at n = 3"
+    assert stats.adjusted_verdict(stats.Interval(-0.1, -0.2, -0.01, 3), 0.01) == "worse"
 
 
 def test_verdict_words_follow_the_interval():
@@ -146,3 +202,152 @@ def test_verdict_words_follow_the_interval():
     assert stats.verdict(stats.Interval(-0.01, -0.02, -0.001, 3)) == "worse"
     assert stats.verdict(stats.Interval(0.05, -0.01, 0.11, 3)) == "no detectable difference at n = 3"
     assert stats.Interval(0.0123, -0.01, 0.03, 3).format(signed=True) == "+0.012 [-0.010, +0.030]"
+
+
+# ----------------------------------------------------------------------------------- coverage (issue 15)
+# Simulated studies whose true difference is known.  Each study draws, for both methods, a quality per seed (the
+# seed-to-seed spread of training), a method x image interaction shared by every seed of that method (what makes
+# one validation set favour one method), and noise per seed and image.  Under the null both methods have one law,
+# so the expected difference over new seeds and new images is exactly 0, and a 95% interval must exclude 0 in
+# about 5% of the studies.  The spreads resemble the committed runs': the image part of the variance of the mean
+# difference is about as large as the seed part at S = 3.
+
+STUDIES = 300
+SEED_SD, IMAGE_SD, NOISE_SD = 0.05, 0.12, 0.04
+
+
+def _qualities(rng, seeds, images, classes, effect):
+    """Per (method, seed, image, class) the share of a class's true pixels predicted right, [2, S, N, C]."""
+    base = np.linspace(0.75, 0.55, classes)
+    seed = rng.normal(0, SEED_SD, (2, seeds, 1, 1))
+    image = rng.normal(0, IMAGE_SD, (2, 1, images, classes))
+    noise = rng.normal(0, NOISE_SD, (2, seeds, images, classes))
+    q = base + seed + image + noise
+    q[0] += effect
+    return np.clip(q, 0.02, 0.98)
+
+
+def _simulated_confmats(rng, seeds, images=64, classes=4, effect=0.0):
+    """Per-image confusion matrices [2, S, N, C, C] (method, baseline): the true pixels of each class in each image
+    (the same for both methods and every seed; class 0 always present), of which a share q is right and the rest
+    is predicted as the next class."""
+    truth = rng.integers(100, 600, (images, classes)) * (rng.random((images, classes)) < 0.75)
+    truth[:, 0] = rng.integers(800, 2000, images)
+    q = _qualities(rng, seeds, images, classes, effect)
+    right = np.round(q * truth)
+    cm = np.zeros((2, seeds, images, classes, classes))
+    for c in range(classes):
+        cm[..., c, c] = right[..., c]
+        cm[..., c, (c + 1) % classes] = truth[:, c] - right[..., c]
+    return cm
+
+
+def _simulated_calibration(rng, seeds, images=64, bins=15, effect=0.0):
+    """Per-image reliability histograms [2, S, N, 3, bins]: confidences spread over the upper bins, accuracy equal to
+    the confidence shifted by each (method, seed, image)'s miscalibration."""
+    pixels = rng.integers(200, 1000, images)
+    q = _qualities(rng, seeds, images, 1, effect)[..., 0] - 0.65  # miscalibration around 0
+    centres = (np.arange(bins) + 0.5) / bins
+    share = np.where(centres > 0.4, np.exp(centres * 3), 0.0)
+    count = np.round(pixels[:, None] * share / share.sum())  # [N, bins]
+    hist = np.zeros((2, seeds, images, 3, bins))
+    hist[..., 0, :] = count
+    hist[..., 1, :] = count * centres
+    hist[..., 2, :] = count * np.clip(centres + q[..., None], 0, 1)
+    return hist
+
+
+def _simulated_per_image_scores(rng, seeds, images=64, effect=0.0):
+    """A per-image score [2, S, N] (e.g. boundary F): quality of the image's single class, NaN for 5% of images."""
+    values = _qualities(rng, seeds, images, 1, effect)[..., 0]
+    values[:, :, rng.random(images) < 0.05] = np.nan
+    return values
+
+
+def _mi_bits(cm):
+    return information_from_confmat(cm)[0]
+
+
+SCENARIOS = {  # name: (simulate one study -> (method, baseline) statistics, score of summed statistics)
+    "mIoU": (lambda rng, s, e=0.0: _simulated_confmats(rng, s, effect=e), miou_from_confmat),
+    "I(Y;Y_hat)": (lambda rng, s, e=0.0: _simulated_confmats(rng, s, effect=e), _mi_bits),
+    "ECE": (lambda rng, s, e=0.0: _simulated_calibration(rng, s, effect=e), ece_from_calibration),
+    "boundary F": (lambda rng, s, e=0.0: np.stack([stats.per_image_mean(v) for v in
+                                                     _simulated_per_image_scores(rng, s, effect=e)]),
+                   stats.mean_of_sums),
+}
+
+
+def _false_positive_rate(scenario, seeds, interval=lambda a, b, score: stats.paired_difference(a, b, score)[0]):
+    simulate, score = SCENARIOS[scenario]
+    rng = np.random.default_rng(1000 + seeds)
+    hits = 0
+    for _ in range(STUDIES):
+        method, baseline = simulate(rng, seeds)
+        ci = interval(method, baseline, score)
+        hits += not ci.contains(0.0)
+    return hits / STUDIES
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_seed_and_image_interval_keeps_its_95_percent_promise_under_the_null(scenario, seeds):
+    # 300 studies: a true 5% rate lands in [0.02, 0.085] with probability > 0.99
+    assert 0.02 <= _false_positive_rate(scenario, seeds) <= 0.085
+
+
+def _seeds_only_t(method, baseline, score):
+    """The t-interval over the per-seed differences alone (what the issue recomputed): no image variance."""
+    return stats.t_interval(score(method.sum(1)) - score(baseline.sum(1)))
+
+
+def _bootstrap_over_seeds_and_images(method, baseline, score, resamples=400):
+    """The interval the project reported before: a percentile bootstrap resampling seeds and images."""
+    rng = np.random.default_rng(0)
+    seeds, images = method.shape[:2]
+    estimate = float(np.mean(score(method.sum(1)) - score(baseline.sum(1))))
+    reps = []
+    for _ in range(resamples):
+        s, n = rng.integers(0, seeds, seeds), rng.integers(0, images, images)
+        reps.append(np.mean(score(method[s][:, n].sum(1)) - score(baseline[s][:, n].sum(1))))
+    low, high = np.quantile(reps, [0.025, 0.975])
+    return stats.Interval(estimate, float(low), float(high), seeds)
+
+
+def _welch(method, baseline, score):
+    """The same two variance parts with Welch-Satterthwaite degrees of freedom instead of Cochran and Cox's value."""
+    ci = stats.paired_difference(method, baseline, score)[0]
+    (a, df_a), (b, df_b) = ci.components
+    df = (a + b) ** 2 / (a * a / df_a + b * b / df_b)
+    half = sps.t.ppf(0.975, df) * ci.se
+    return stats.Interval(ci.estimate, ci.estimate - half, ci.estimate + half, ci.n)
+
+
+def test_the_simulation_catches_intervals_that_are_too_narrow():
+    """The coverage test has teeth: in the same simulated studies the old percentile bootstrap over seeds and
+    images, a t-interval that ignores the image variance, and Welch-Satterthwaite degrees of freedom at two seeds
+    all exclude a true 0 far more often than 5%."""
+    assert _false_positive_rate("mIoU", 3, _bootstrap_over_seeds_and_images) > 0.15
+    assert _false_positive_rate("boundary F", 5, _seeds_only_t) > 0.09
+    assert _false_positive_rate("boundary F", 2, _welch) > 0.09
+
+
+def test_a_known_effect_is_detected_at_the_expected_rate():
+    """Alternative: a per-image score better by 0.09 for the method, with a seed-to-seed spread that dominates the
+    image noise.  The mean paired difference over S = 5 seeds divided by its standard error is then a noncentral t
+    with S - 1 degrees of freedom and noncentrality 0.09 / (sqrt(2) SEED_SD / sqrt(S)), so the rate at which the
+    interval excludes 0 is known in advance."""
+    seeds, images, effect, seed_sd, noise_sd = 5, 64, 0.09, 0.05, 0.02
+    ncp = effect / math.sqrt(2 * (seed_sd ** 2 + noise_sd ** 2 / images) / seeds)
+    crit = sps.t.ppf(0.975, seeds - 1)
+    expected = sps.nct.sf(crit, seeds - 1, ncp) + sps.nct.cdf(-crit, seeds - 1, ncp)
+    rng = np.random.default_rng(77)
+    hits = 0
+    for _ in range(STUDIES):
+        values = 0.6 + rng.normal(0, seed_sd, (2, seeds, 1)) + rng.normal(0, noise_sd, (2, seeds, images))
+        values[0] += effect
+        ci = stats.paired_difference(stats.per_image_mean(values[0]), stats.per_image_mean(values[1]),
+                                     stats.mean_of_sums)[0]
+        hits += not ci.contains(0.0)
+    assert 0.3 < expected < 0.8  # a test of power, not of a foregone conclusion
+    assert hits / STUDIES == pytest.approx(expected, abs=0.08)

@@ -4,8 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -480,3 +478,70 @@ def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions
     union = counts["tp"] + counts["fp"] + counts["fn"]
     by_hand = [np.mean([t / u for t, u in zip(counts["tp"][i], union[i]) if u]) for i in range(6)]
     assert per_image_miou(*(torch.as_tensor(counts[k]) for k in ("tp", "fp", "fn"))).tolist() == pytest.approx(by_hand)
+
+
+def test_learning_rate_factors_by_hand():
+    from mistudy.engine import LRFactor
+
+    linear = LRFactor("constant", total=100, warmup_steps=4, warmup_mode="linear", warmup_factor=0.2)
+    assert [linear(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    slow = LRFactor("poly", total=12, warmup_steps=2, warmup_mode="constant", warmup_factor=0.01)
+    # the RMI authors' slow start: constant 0.01 x lr, then (1 - u)^0.9 over the remaining 10 steps
+    assert [slow(t) for t in (0, 1, 2, 7, 12)] == pytest.approx([0.01, 0.01, 1.0, 0.5 ** 0.9, 0.0])
+    cosine = LRFactor("cosine", total=10)
+    assert [cosine(t) for t in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+@pytest.mark.slow
+def test_scheduled_training_records_each_epochs_rate_and_resumes_exactly(tmp_path, monkeypatch):
+    kw = dict(lr=0.01, warmup_steps=3, warmup_factor=0.5, lr_schedule="cosine")  # 3 steps per epoch
+    full = train(tiny(tmp_path, "full", **kw))
+    lrs = [row["lr"] for row in runs.load_history(tmp_path / "full")]
+    # the last step of each epoch: step 2 (warm-up 0.5 + 0.5 * 2/3), step 5 and 8 (cosine over the 6 steps after it)
+    assert lrs == pytest.approx([0.01 * (0.5 + 0.5 * 2 / 3), 0.01 * 0.5 * (1 + np.cos(np.pi * 2 / 6)),
+                                 0.01 * 0.5 * (1 + np.cos(np.pi * 5 / 6))])
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, "cut", **kw))
+    monkeypatch.setattr(engine, "train_step", real_step)
+    resumed = train(tiny(tmp_path, "cut", resume=True, **kw))
+    assert resumed["networks"] == full["networks"]
+    assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
+
+
+@pytest.mark.slow
+def test_a_metric_failure_keeps_the_epoch_and_resume_scores_it(tmp_path, monkeypatch):
+    """A failure while scoring an epoch (once: a probability range check on a single-class prediction) must not
+    lose the epoch: its weights are saved before the error, and --resume scores it and finishes the run exactly as
+    an uninterrupted one."""
+    from mistudy import metrics
+    from mistudy.train import EvaluationError
+
+    full = train(tiny(tmp_path, "full"))
+    real = metrics.SegmentationMetrics.compute
+    calls = {"n": 0}
+
+    def failing(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2: select split scored, then the validation split fails
+            raise ValueError("p has entries greater than 1")
+        return real(self)
+
+    monkeypatch.setattr(metrics.SegmentationMetrics, "compute", failing)
+    with pytest.raises(EvaluationError, match="scoring epoch 2 failed.*--resume"):
+        train(tiny(tmp_path, "cut"))
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["unevaluated"] == 2
+    monkeypatch.setattr(metrics.SegmentationMetrics, "compute", real)
+    resumed = train(tiny(tmp_path, "cut", resume=True))
+    assert resumed["networks"] == full["networks"]
+    assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
