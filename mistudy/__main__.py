@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import fields
 
-from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
+from mistudy.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_float, positive_int
 from mistudy.config import CHECKPOINTS, PROFILES, TrainConfig, default_of, study_config, type_name
 
 
@@ -30,7 +30,7 @@ def add_config_options(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
         if kind_name.startswith("int"):
             kind = positive_int if meta.get("low") == 1 else non_negative_int
         elif kind_name.startswith("float"):
-            kind = non_negative_float
+            kind = positive_float if meta.get("positive") else non_negative_float
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text)
 
 
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
     for name, text in (("demo", "every model, loss and metric on one synthetic batch; saves a sample figure"),
                        ("study", "run the numbered notebooks headless with papermill"),
-                       ("levels", "learning curves of the baseline on each synthetic difficulty level")):
+                       ("levels", "learning curves of the baseline on each synthetic difficulty level"),
+                       ("pretrain", "local stand-ins for ImageNet/COCO weights: a U-Net and a DeepLabV3 pretrained on "
+                                    "a disjoint synthetic corpus")):
         sub.add_parser(name, help=text, add_help=False)
     return parser
 
@@ -72,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         from mistudy.levels import main as levels_main
 
         return levels_main(argv[1:])
+    if argv[:1] == ["pretrain"]:
+        from mistudy.pretrain import main as pretrain_main
+
+        return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        from mistudy.train import NonFiniteLossError, train
+        from mistudy.train import RUN_ERRORS, train
 
         opts = {k: v for k, v in vars(args).items() if k not in ("command", "profile")}
         try:
@@ -85,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             summary = train(cfg)
-        except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as e:
-            print(f"mistudy train: error: {e}", file=sys.stderr)
+        except RUN_ERRORS as e:
+            print(f"mistudy train: error: {error_line(e)}", file=sys.stderr)
             return 1
         if int(os.environ.get("RANK", "0")) != 0:
             return 0
@@ -97,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         from mistudy.runs import is_run_dir
-        from mistudy.train import evaluate_run
+        from mistudy.train import RUN_ERRORS, evaluate_run
 
         if not is_run_dir(args.run):
             print(f"mistudy evaluate: error: {args.run} is not a run directory (no config.json)", file=sys.stderr)
             return 2
         try:
             result = evaluate_run(args.run, args.checkpoint, args.protocol, args.root, args.device, args.batch_size)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"mistudy evaluate: error: {e}", file=sys.stderr)
+        except RUN_ERRORS as e:
+            print(f"mistudy evaluate: error: {error_line(e)}", file=sys.stderr)
             return 2
         print(json.dumps(result, indent=2))
         return 0

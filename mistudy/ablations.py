@@ -13,27 +13,67 @@ verdicts adjusted for the number of settings compared (Holm).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mistudy import report, runs, stats
-from mistudy.config import PRIMARY_NETWORK, study_config
+from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
 
-# name: (use-case, changes to the paper's setting of that use-case)
+PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
+SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
+BASELINE = "baseline (CE)"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a grid: a use-case, the changes to its paper setting, and the setting its "vs baseline"
+    difference is taken against (the plain baseline unless the setting changes what a fair baseline is)."""
+
+    use_case: str
+    changes: dict = field(default_factory=dict)
+    baseline: str = BASELINE
+
+
 ABLATIONS = {
-    "rmi λ=0.25": ("rmi", {"rmi_bce_weight": 0.25}),
-    "rmi λ=0.75": ("rmi", {"rmi_bce_weight": 0.75}),
-    "rmi radius 2": ("rmi", {"rmi_radius": 2}),
-    "rmi radius 5": ("rmi", {"rmi_radius": 5}),
-    "rmi avg-pool 2": ("rmi", {"rmi_pool": "avg", "rmi_pool_size": 2}),
-    "rmi max-pool 2": ("rmi", {"rmi_pool": "max", "rmi_pool_size": 2}),
-    "mutual KL weight 0.5": ("mutual", {"kl_weight": 0.5}),
-    "mutual KL weight 2": ("mutual", {"kl_weight": 2.0}),
-    "mutual T=2": ("mutual", {"kl_temperature": 2.0}),
-    "mutual T=4": ("mutual", {"kl_temperature": 4.0}),
-    "mutual simultaneous": ("mutual", {"mutual_schedule": "simultaneous"}),
-    "mutual two U-Nets": ("mutual", {"mutual_partner": "unet"}),
+    # RMI: the paper's "unknown hyperparameter"?
+    "rmi λ=0.25": Setting("rmi", {"rmi_bce_weight": 0.25}),
+    "rmi λ=0.75": Setting("rmi", {"rmi_bce_weight": 0.75}),
+    "rmi radius 2": Setting("rmi", {"rmi_radius": 2}),
+    "rmi radius 5": Setting("rmi", {"rmi_radius": 5}),
+    "rmi avg-pool 2": Setting("rmi", {"rmi_pool": "avg", "rmi_pool_size": 2}),
+    "rmi max-pool 2": Setting("rmi", {"rmi_pool": "max", "rmi_pool_size": 2}),
+    # controls that separate RMI's parts: the switch from softmax CE to sigmoid BCE, and the RMI term itself
+    "rmi λ=1 (BCE alone)": Setting("rmi", {"rmi_bce_weight": 1.0}),
+    "rmi added to softmax CE": Setting("rmi", {"rmi_base": "ce"}),
+    # the RMI authors' recipe, with the baseline given the same slow start
+    "baseline, slow start": Setting("baseline", SLOW_START),
+    "rmi, RMI authors' recipe (avg-pool 4, slow start)": Setting(
+        "rmi", {"rmi_pool": "avg", "rmi_pool_size": 4, **SLOW_START}, baseline="baseline, slow start"),
+    # mutual learning: mutual information, or distillation from a larger network?
+    "mutual KL weight 0.5": Setting("mutual", {"kl_weight": 0.5}),
+    "mutual KL weight 2": Setting("mutual", {"kl_weight": 2.0}),
+    "mutual T=2": Setting("mutual", {"kl_temperature": 2.0}),
+    "mutual T=4": Setting("mutual", {"kl_temperature": 4.0}),
+    "mutual simultaneous": Setting("mutual", {"mutual_schedule": "simultaneous"}),
+    "mutual two U-Nets": Setting("mutual", {"mutual_partner": "unet"}),
+    # the partner's head start: pretrained (the paper's COCO DeepLabV3, here `mistudy pretrain`) or from scratch
+    "mutual, pretrained DeepLabV3 partner": Setting("mutual", {"deeplab_weights": PRETRAINED}),
+    # the regime where the methods' authors showed gains: fine-tuning pretrained networks
+    "baseline, pretrained U-Net": Setting("baseline", {"unet_weights": PRETRAINED}),
+    "rmi, pretrained U-Net": Setting("rmi", {"unet_weights": PRETRAINED}, baseline="baseline, pretrained U-Net"),
+    "mutual, both pretrained": Setting("mutual", {"deeplab_weights": PRETRAINED, "unet_weights": PRETRAINED},
+                                       baseline="baseline, pretrained U-Net"),
 }
-REFERENCES = {"baseline": "baseline (CE)", "rmi": "rmi (paper: λ 0.5, radius 3, no pooling)",
+GRIDS = {
+    # notebook 06's default: the paper's open questions and the controls of each method's parts
+    "ablations": [n for n in ABLATIONS if n not in ("baseline, pretrained U-Net", "rmi, pretrained U-Net",
+                                                    "mutual, both pretrained")],
+    # the pretrained regime: RMI fine-tuning a pretrained U-Net against CE fine-tuning it; the authors' mutual set-up
+    # (a pretrained DeepLabV3, a U-Net from scratch) against the from-scratch baseline; both networks pretrained
+    "pretrained": ["baseline, pretrained U-Net", "rmi, pretrained U-Net", "mutual, pretrained DeepLabV3 partner",
+                   "mutual, both pretrained"],
+}
+REFERENCES = {"baseline": BASELINE, "rmi": "rmi (paper: λ 0.5, radius 3, no pooling)",
               "mutual": "mutual (paper: DeepLabV3, KL 1, T=1, sequential)"}
 DIRECTORY = "ablations"  # under the profile's results directory
 
@@ -44,21 +84,44 @@ def _run_name(name: str, seed: int) -> str:
     return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "=._-" else "_" for ch in name) + f"-seed{seed}"
 
 
-def default_grid(profile: str, names=None, seeds=None) -> tuple[list[str], list[int]]:
-    """The grid's names and seeds where the caller gave None: every ablation and seeds 0 1 2, except for the tiny
-    smoke-test profile (two ablations, seeds 0 1: the notebook test runs in seconds)."""
+def default_grid(profile: str, names=None, seeds=None, grid: str = "ablations") -> tuple[list[str], list[int]]:
+    """The grid's names and seeds where the caller gave None: the ``grid``'s settings (GRIDS) and seeds 0 1 2, except
+    for the tiny smoke-test profile (two ablations, seeds 0 1: the notebook test runs in seconds)."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid: {list(GRIDS)}")
     tiny = profile == "tiny"
-    names = list(names) if names is not None else (["rmi radius 2", "mutual two U-Nets"] if tiny else list(ABLATIONS))
+    names = list(names) if names is not None else (["rmi radius 2", "mutual two U-Nets"] if tiny else GRIDS[grid])
     return names, list(seeds) if seeds is not None else ([0, 1] if tiny else [0, 1, 2])
 
 
-def settings(names=None) -> dict[str, tuple[str, dict]]:
-    """The references (baseline, rmi, mutual at the paper's settings) and the chosen ablations, in order."""
-    names = list(ABLATIONS) if names is None else list(names)
+def settings(names=None) -> dict[str, Setting]:
+    """The references (baseline, rmi, mutual at the paper's settings), the baselines the chosen ablations are
+    compared with, and the chosen ablations, in order."""
+    names = GRIDS["ablations"] if names is None else list(names)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; valid: {list(ABLATIONS)}")
-    return {**{label: (uc, {}) for uc, label in REFERENCES.items()}, **{n: ABLATIONS[n] for n in names}}
+    chosen = {n: ABLATIONS[n] for n in names}
+    extra = {b: ABLATIONS[b] for s in chosen.values() for b in [s.baseline] if b != BASELINE and b not in chosen}
+    return {**{label: Setting(uc) for uc, label in REFERENCES.items()}, **extra, **chosen}
+
+
+def _resolve(changes: dict, base, profile: str) -> dict:
+    """The markers of a setting's changes made concrete: PRETRAINED -> the profile's weights file of that network,
+    the slow start's length -> 10% of the run's optimisation steps."""
+    from mistudy import pretrain
+
+    out = {}
+    for key, value in changes.items():
+        if value == PRETRAINED:
+            value = str(pretrain.weights_path(profile, "unet" if key == "unet_weights" else "deeplabv3"))
+        elif value == SLOW_START["warmup_steps"]:
+            from mistudy import engine
+
+            images = base.train_samples or len(engine.build_datasets(base)["train"])
+            value = max(1, round(0.1 * base.epochs * (images // base.resolved_batch_size)))
+        out[key] = value
+    return out
 
 
 def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict | None = None,
@@ -70,15 +133,18 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     study's own runs of notebooks 02-04 (``<results_dir>/<dataset>/<use-case>/seed<k>``, reused when finished);
     with overrides they are trained beside the ablations.
     """
-    results = Path(results_dir or runs.project_path("results") / (profile or "quick"))
+    profile = resolve_profile(profile)
+    results = Path(results_dir or runs.project_path("results") / profile)
     out = []
-    for name, (use_case, changes) in settings(names).items():
+    for name, setting in settings(names).items():
         shared = name in REFERENCES.values() and not overrides
         for seed in seeds:
             where = dict(results_dir=str(results)) if shared else \
                 dict(results_dir=str(results / DIRECTORY), run_name=_run_name(name, seed))
-            cfg = study_config(use_case, profile, {**(overrides or {}), **changes}, seed=seed, **where, **fields)
-            out.append((name, cfg))
+            base = study_config(setting.use_case, profile, overrides, seed=seed, **where, **fields)
+            changes = _resolve(setting.changes, base, profile)
+            out.append((name, study_config(setting.use_case, profile, {**(overrides or {}), **changes}, seed=seed,
+                                           **where, **fields)))
     return out
 
 
@@ -111,11 +177,12 @@ def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[
     for name, group in grid.items():
         use_case = group[0]["config"]["use_case"]
         reference = grid[REFERENCES[use_case]] if name not in REFERENCES.values() else None
+        baseline = ABLATIONS[name].baseline if name in ABLATIONS else BASELINE
         scores = [r["metrics"]["networks"][PRIMARY_NETWORK][checkpoint] for r in group]
         miou = stats.t_interval([s["miou"] for s in scores])
-        row = {"setting": name, "use_case": use_case, "n": len(group), "miou": miou}
+        row = {"setting": name, "use_case": use_case, "n": len(group), "miou": miou, "baseline": baseline}
         if use_case != "baseline":
-            row["vs_baseline"] = _difference(group, grid[REFERENCES["baseline"]], checkpoint=checkpoint)
+            row["vs_baseline"] = _difference(group, grid[baseline], checkpoint=checkpoint)
         if reference is not None:
             row["vs_paper_setting"] = _difference(group, reference, checkpoint=checkpoint)
             for metric in report.EXTRA_METRICS:
@@ -133,7 +200,8 @@ def effect_table(rows: list[dict]) -> list[dict]:
     number of settings compared in the column."""
     out = []
     for r in rows:
-        cell = {"setting": r["setting"], "n": r["n"], "mIoU [95% CI]": r["miou"].format(3)}
+        cell = {"setting": r["setting"], "n": r["n"], "mIoU [95% CI]": r["miou"].format(3),
+                "baseline": r["baseline"] if r.get("vs_baseline") else "–"}
         for key, label in FAMILIES.items():
             d = r.get(key)
             cell[f"Δ mIoU vs {label}"] = d.format(3, signed=True) if d else "–"
@@ -174,9 +242,10 @@ def answer_lines(rows: list[dict]) -> list[str]:
 
 
 def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, dataset: str, profile: str,
-                  checkpoint: str = "best_miou", overrides: dict | None = None, results_dir=None):
-    """Notebook 06's table and forest plot, written to ``<figures_dir>/<dataset>_06_ablations.{csv,md,png}`` with
-    their provenance; returns (table rows, figure)."""
+                  checkpoint: str = "best_miou", overrides: dict | None = None, results_dir=None,
+                  name: str = "ablations"):
+    """Notebook 06's table and forest plot, written to ``<figures_dir>/<dataset>_06_<name>.{csv,md,png}`` (name: the
+    grid's) with their provenance; returns (table rows, figure)."""
     from mistudy import viz
 
     found = [r for g in grid.values() for r in g]
@@ -185,13 +254,13 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
                 checkpoint=checkpoint, notebook="06_ablations.ipynb", results_dir=str(results_dir))
     reference = grid[REFERENCES["baseline"]][0]
     table = effect_table(rows)
-    report.write_table(table, Path(figures_dir) / f"{dataset}_06_ablations", prov, title="\n".join([
-        f"Ablations on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "
+    report.write_table(table, Path(figures_dir) / f"{dataset}_06_{name}", prov, title="\n".join([
+        f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "
         f"mIoU mean over seeds [95% t-interval]; Δ: paired differences [{stats.PAIRED_INTERVAL_TEXT}]. Holm: the "
         "verdict once the column's comparisons are counted together (family-wise 5%).",
         f"Protocol (every setting alike, the named change aside): "
         f"{report.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
     fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs baseline", "vs_paper_setting": "Δ mIoU vs the paper's setting"},
                            title=f"Ablations on {dataset}: effects with 95% intervals ({len(seeds)} seeds)")
-    viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_ablations.png", prov)
+    viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_{name}.png", prov)
     return table, fig

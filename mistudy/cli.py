@@ -33,6 +33,24 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def error_line(error: BaseException) -> str:
+    """One line for an error a user must act on.  An error raised in a DataLoader worker arrives wrapped in a
+    traceback ("Caught ValueError in DataLoader worker process 1 ... Original Traceback ..."): its own message is
+    shown, as it would be without workers."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def positive_float(text: str) -> float:
+    v = _parse(float, text, "a number")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
 def non_negative_float(text: str) -> float:
     v = _parse(float, text, "a number")
     if not v >= 0:

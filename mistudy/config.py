@@ -36,8 +36,10 @@ CHECKPOINT_RULES = {
 }
 
 
-def _opt(default, help: str, *, choices=None, low=None, kind: str | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "kind": kind})
+def _opt(default, help: str, *, choices=None, low=None, positive: bool = False, kind: str | None = None):
+    """A field with its metadata: ``low`` the smallest allowed number, ``positive`` numbers must be > 0."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "positive": positive,
+                                            "kind": kind})
 
 
 @dataclass
@@ -62,7 +64,7 @@ class TrainConfig:
     batch_size: int | None = _opt(None, "training batch size (default: the paper's, baseline 8, rmi 2, mutual 10)",
                                   low=1)
     lr: float | None = _opt(None, "Adam learning rate (default: the paper's, baseline 1e-3, rmi and mutual 1e-4)",
-                            low=0)
+                            positive=True)
     weight_decay: float = _opt(0.0, "Adam weight decay", low=0)
     lr_schedule: str = _opt("constant", "learning rate after the warm-up: constant (the paper), cosine (to 0 at the "
                             "last step) or poly ((1 - t/T)^0.9, the RMI authors' and DeepLab's)",
@@ -71,7 +73,7 @@ class TrainConfig:
     warmup_mode: str = _opt("linear", "warm-up: linear (from warmup_factor x lr up to lr) or constant (warmup_factor x "
                             "lr throughout, the RMI authors' slow start)", choices=("linear", "constant"))
     warmup_factor: float = _opt(0.1, "learning-rate factor at the start of the warm-up (RMI authors' slow start: "
-                                "1e-4 against their lr 1e-2)", low=0)
+                                "1e-4 against their lr 1e-2)", positive=True)
     # data
     resize_size: int = _opt(234, "shorter side after resizing, before cropping (the authors' Resize(234))", low=1)
     crop_size: int = _opt(224, "training crop and 'paper' evaluation centre crop (paper: 224)", low=1)
@@ -104,9 +106,13 @@ class TrainConfig:
     rmi_pool: str = _opt("none", "RMI down-sampling before the neighbourhoods: none (paper), max or avg (RMI "
                          "authors: avg)", choices=("none", "max", "avg"))
     rmi_pool_size: int = _opt(2, "RMI pooling kernel = stride (RMI authors: 2)", low=1)
-    rmi_bce_weight: float = _opt(0.5, "lambda in lambda*BCE + (1-lambda)*RMI (paper: 0.5)", low=0)
+    rmi_bce_weight: float = _opt(0.5, "lambda in lambda*BCE + (1-lambda)*RMI (paper: 0.5); 1: BCE alone", low=0)
+    rmi_base: str = _opt("bce", "the rmi use-case's per-pixel loss and probabilities: bce (the paper and the RMI "
+                         "authors: sigmoid BCE, RMI of sigmoid probabilities) or ce (softmax cross-entropy, RMI of "
+                         "softmax probabilities)", choices=("bce", "ce"))
     kl_weight: float = _opt(1.0, "weight of KL(p_other || p_self) in each mutual-learning loss", low=0)
-    kl_temperature: float = _opt(1.0, "softmax temperature of the mutual-learning KL (1 = Zhang et al.)", low=0)
+    kl_temperature: float = _opt(1.0, "softmax temperature of the mutual-learning KL (1 = Zhang et al.)",
+                                 positive=True)
     mutual_partner: str = _opt("deeplabv3", "the U-Net's partner in mutual learning: deeplabv3 (the paper: "
                                "DeepLabV3-ResNet50) or unet (a second U-Net, as Zhang et al.'s peers: mutual learning "
                                "without a larger network)", choices=("deeplabv3", "unet"))
@@ -114,6 +120,12 @@ class TrainConfig:
                                 "simultaneous (one pair)", choices=("sequential", "simultaneous"))
     # models
     unet_features: int = _opt(32, "U-Net width of the first level (Buda et al.: 32)", low=1)
+    network: str = _opt("unet", "the network the baseline and rmi use-cases train: unet (the paper) or deeplabv3 "
+                        "(e.g. to pretrain the mutual-learning partner)", choices=("unet", "deeplabv3"))
+    unet_weights: str | None = _opt(None, "local U-Net state dict (or a run's best_*.pt) to start the U-Net from, e.g. "
+                                    "written by `mistudy pretrain` (never downloaded)")
+    unet_head: str = _opt("keep", "with --unet-weights: keep (every layer; the last one new only if the number of "
+                          "classes differs) or replace (the last 1x1 layer always new)", choices=("keep", "replace"))
     deeplab_weights: str | None = _opt(None, "local DeepLabV3-ResNet50 state dict to start from, e.g. torchvision's "
                                        "COCO checkpoint as the authors did (never downloaded)")
     deeplab_head: str = _opt("replace", "with --deeplab-weights: replace (a new DeepLabHead, as the authors) or "
@@ -149,6 +161,9 @@ class TrainConfig:
             value, meta = getattr(self, f.name), f.metadata
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise ValueError(f"{f.name} must be one of {list(meta['choices'])}, got {value!r}")
+            if meta["positive"] and value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not value > 0):
+                raise ValueError(f"{f.name} must be a number > 0, got {value!r}")
             if meta["low"] is not None and value is not None:
                 integer = type_name(f).startswith("int")
                 if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
@@ -157,13 +172,9 @@ class TrainConfig:
                     raise ValueError(f"{f.name} must be {what}, got {value!r}")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.kl_temperature > 0:
-            raise ValueError(f"kl_temperature must be > 0, got {self.kl_temperature}")
         if not 0.0 <= self.rmi_bce_weight <= 1.0:
             raise ValueError(f"rmi_bce_weight must be in [0, 1], got {self.rmi_bce_weight}")
-        if not 0.0 < self.warmup_factor <= 1.0:
+        if self.warmup_factor > 1.0:
             raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
         if not 0.0 <= self.select_fraction < 1.0:
             raise ValueError(f"select_fraction must be in [0, 1), got {self.select_fraction}")
@@ -192,6 +203,8 @@ class TrainConfig:
         """Names of the trained networks; "unet" is the one the paper reports (mutual: the student, updated second)."""
         if self.use_case == "mutual" and self.mutual_partner == "unet":
             return ("unet_peer", "unet")
+        if self.use_case != "mutual":
+            return (self.network,)
         return USE_CASES[self.use_case]["networks"]
 
     @property

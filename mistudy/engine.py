@@ -30,7 +30,7 @@ from mistudy.config import CHECKPOINTS, TrainConfig
 from mistudy.distributed import Context, resolve_device, unwrap
 from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
 from mistudy.metrics import SegmentationMetrics
-from mistudy.models import build_model
+from mistudy.models import build_model, load_unet_weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -150,6 +150,8 @@ def build_networks(cfg: TrainConfig, num_classes: int | None = None,
     for name in names or cfg.networks:
         if name in ("unet", "unet_peer"):  # the peer is built first: another initialisation from the same seed
             nets[name] = build_model("unet", num_classes, init_features=cfg.unet_features)
+            if name == "unet" and cfg.unet_weights:
+                load_unet_weights(nets[name], cfg.unet_weights, cfg.unet_head)
         else:
             nets[name] = build_model("deeplabv3_resnet50", num_classes, weights_path=cfg.deeplab_weights,
                                      backbone_weights_path=cfg.deeplab_backbone_weights, head=cfg.deeplab_head)
@@ -351,12 +353,16 @@ class Objective:
         self.rmi = None
         if cfg.use_case == "rmi":
             self.rmi = RMILoss(num_classes, radius=cfg.rmi_radius, pool=cfg.rmi_pool, pool_size=cfg.rmi_pool_size,
-                               bce_weight=cfg.rmi_bce_weight, ignore_index=data.IGNORE_INDEX, check_target=False)
+                               bce_weight=cfg.rmi_bce_weight, ignore_index=data.IGNORE_INDEX, check_target=False,
+                               base=cfg.rmi_base)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, other_logits: torch.Tensor | None = None):
         if self.rmi is not None:
-            loss = self.rmi(logits, target)  # (target values were checked when the masks were read)
-            return loss, {"rmi_total": loss}
+            parts = self.rmi.parts(logits, target)  # (target values were checked when the masks were read)
+            base = parts[self.cfg.rmi_base]
+            loss = base if "rmi" not in parts else \
+                self.cfg.rmi_bce_weight * base + (1.0 - self.cfg.rmi_bce_weight) * parts["rmi"]
+            return loss, parts
         ce = self.ce(logits.float(), target)
         if other_logits is None:
             return ce, {"ce": ce}

@@ -246,12 +246,16 @@ def rmi_loss_term(
 
 
 class RMILoss(nn.Module):
-    """Region Mutual Information loss, sigmoid form: bce_weight * BCE + (1 - bce_weight) * RMI.
+    """Region Mutual Information loss: bce_weight * BCE + (1 - bce_weight) * RMI (sigmoid form, ``base="bce"``).
 
     BCE is the per-class sigmoid binary cross-entropy summed over classes and labelled pixels,
     divided by (labelled pixels + 1); RMI is `rmi_loss_term` of the one-hot labels and
     sigmoid(logits), both zeroed at ignored pixels (the probabilities then + 1e-6).
     The paper ran radius=3, pool="none"; the RMI authors' default is pool="avg", pool_size=2.
+    ``base="ce"`` replaces the sigmoid by a softmax: softmax cross-entropy averaged over labelled pixels (the
+    baseline's loss) and RMI of the softmax probabilities (zeroed at ignored pixels, + 1e-6), so that RMI can be
+    added to the baseline without the switch to BCE.  ``bce_weight`` (lambda) then weighs that cross-entropy.
+    `parts` returns both terms; ``bce_weight=1`` skips the RMI term (its weight is 0).
 
     forward(logits [N, C, H, W] any float dtype, target [N, H, W] integer) -> float32 scalar
     (float64 for float64 logits). Autocast is switched off inside: logits are cast to float32
@@ -271,6 +275,7 @@ class RMILoss(nn.Module):
         bce_weight: float = 0.5,
         ignore_index: int = 255,
         check_target: bool = True,
+        base: str = "bce",
     ):
         super().__init__()
         for name, value, low in (("num_classes", num_classes, 1), ("radius", radius, 1),
@@ -283,6 +288,9 @@ class RMILoss(nn.Module):
             raise ValueError(f"bce_weight must be in [0, 1], got {bce_weight!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+        if base not in ("bce", "ce"):
+            raise ValueError(f"base must be 'bce' or 'ce', got {base!r}")
+        self.base = base
         self.num_classes = num_classes
         self.radius = radius
         self.pool = pool
@@ -294,7 +302,7 @@ class RMILoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, radius={self.radius}, pool={self.pool!r}, "
                 f"pool_size={self.pool_size}, bce_weight={self.bce_weight}, "
-                f"ignore_index={self.ignore_index}")
+                f"ignore_index={self.ignore_index}, base={self.base!r}")
 
     def _check_inputs(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
@@ -328,20 +336,31 @@ class RMILoss(nn.Module):
                 f"ignore_index={self.ignore_index}"
             )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"bce" (or "ce"): the per-pixel loss, "rmi": the RMI term} (unweighted; "rmi" absent when
+        bce_weight = 1)."""
         self._check_inputs(logits, target)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype)  # [N, 1, H, W]
             class_ids = torch.where(target != self.ignore_index, target, 0).long().unsqueeze(1)
             onehot = torch.zeros_like(logits).scatter_(1, class_ids, 1.0) * valid
+            if self.base == "bce":
+                out = {"bce": F.binary_cross_entropy_with_logits(
+                    logits, onehot, weight=valid.expand_as(logits), reduction="sum") / (valid.sum() + 1.0)}
+                probs = torch.sigmoid(logits)
+            else:
+                out = {"ce": F.cross_entropy(logits, target.long(), ignore_index=self.ignore_index, reduction="sum")
+                       / valid.sum().clamp(min=1)}
+                probs = torch.softmax(logits, dim=1)
+            if self.bce_weight < 1.0:
+                out["rmi"] = rmi_loss_term(onehot, probs * valid + _CLIP_MIN, self.radius, self.pool, self.pool_size)
+            return out
 
-            bce = F.binary_cross_entropy_with_logits(
-                logits, onehot, weight=valid.expand_as(logits), reduction="sum"
-            ) / (valid.sum() + 1.0)
-            probs = torch.sigmoid(logits) * valid + _CLIP_MIN
-            rmi = rmi_loss_term(onehot, probs, self.radius, self.pool, self.pool_size)
-            return self.bce_weight * bce + (1.0 - self.bce_weight) * rmi
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        parts = self.parts(logits, target)
+        base = parts["bce" if self.base == "bce" else "ce"]
+        return base if "rmi" not in parts else self.bce_weight * base + (1.0 - self.bce_weight) * parts["rmi"]
 
 
 # --------------------------------------------------------------------------- mutual learning

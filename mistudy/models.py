@@ -136,27 +136,53 @@ class DeepLabV3(nn.Module):
         if backbone_weights_path is not None:
             state = _load_state_dict(backbone_weights_path)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = self.net.backbone.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"{backbone_weights_path} is not a ResNet-50 state dict: missing keys "
-                                 f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+            _load_into(self.net.backbone, state, backbone_weights_path, "ResNet-50 backbone")
         if weights_path is not None:
             state = _load_state_dict(weights_path)
             state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("aux_classifier.")}
             own = self.net.state_dict()
-            if head == "replace":
-                fresh = [k for k in own if k.startswith("classifier.")]
+            if head == "replace":  # the whole DeepLabHead new: its keys are neither loaded nor required
+                fresh = {k for k in own if k.startswith("classifier.")}
+                state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
             else:  # a last layer trained for another number of classes stays random
-                fresh = [k for k in state if k.startswith("classifier.4.") and state[k].shape != own.get(k, state[k]).shape]
-            state = {k: v for k, v in state.items() if k not in fresh and not (head == "replace" and k.startswith("classifier."))}
-            missing, unexpected = self.net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if k not in fresh]
-            if missing or unexpected:
-                raise ValueError(f"{weights_path} is not a DeepLabV3-ResNet50 state dict: missing keys "
-                                 f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+                fresh = {k for k in own if k.startswith("classifier.4.") and k in state
+                         and state[k].shape != own[k].shape}
+            _load_into(self.net, state, weights_path, "DeepLabV3-ResNet50", fresh)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["out"]
+
+
+def _load_into(module: nn.Module, state: dict, path, what: str, fresh: set[str] = frozenset()) -> None:
+    """Load ``state`` into ``module`` except the keys in ``fresh`` (left as initialised); a file of another
+    architecture raises ValueError naming the file and listing the missing, unexpected and mismatched keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and k not in fresh]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in own
+                  if k in state and k not in fresh and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{name} {keys[:6]}{' ...' if len(keys) > 6 else ''} ({len(keys)})"
+                 for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("mismatched shapes", mismatched)) if keys]
+        raise ValueError(f"weights file {path} does not fit a {what}: " + "; ".join(parts))
+    module.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+
+
+def load_unet_weights(net: "UNet", path: str | os.PathLike, head: str = "keep") -> None:
+    """Start a U-Net from a local weights file (a state dict, or a run's best_*.pt).
+
+    head: "keep" loads every layer, except that the last 1x1 layer stays new when the file was trained for another
+    number of classes (as the authors replaced DeepLabV3's head); "replace" always keeps the last layer new.
+    """
+    if head not in ("keep", "replace"):
+        raise ValueError(f"head must be 'keep' or 'replace', got {head!r}")
+    state = _load_state_dict(path)
+    own = net.state_dict()
+    last = {"head.weight", "head.bias"}
+    fresh = last if head == "replace" else {k for k in last if k in state and state[k].shape != own[k].shape
+                                            and state[k].shape[1:] == own[k].shape[1:]}
+    _load_into(net, state, path, f"U-Net of width {net.encoder1.conv1.out_channels}", fresh)
 
 
 def _load_state_dict(path: str | os.PathLike) -> dict:

@@ -126,15 +126,15 @@ def _data_roots(datasets: list[str], values: list[str]) -> dict[str, Path]:
     return {name: roots[name].resolve() for name in real}
 
 
-def _check_dataset(name: str, root: Path) -> None:
-    """Open the real dataset's splits now, so a wrong layout fails before hours of notebooks."""
-    from mistudy import data
+def _check_dataset(cfg) -> None:
+    """Open the real dataset's splits as the study's runs will (sizes, selection split, every file's header), so a
+    wrong layout, a bad file or too few images fail before hours of notebooks."""
+    from mistudy import engine
 
-    for split, train in (("train", True), ("val", False)):
-        try:
-            data.build_dataset(name, split, root, train=train)
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"{name} at {root}: {e}") from None
+    try:
+        engine.build_datasets(cfg, check=True)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{cfg.dataset} at {cfg.root}: {e}") from None
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
@@ -247,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as e:  # torch.device's message for an unknown device type
             raise UsageError(f"--device {args.device!r}: {e}") from None
         steps = plan(args)
-        for name, root in sorted({(s.parameters["dataset"], s.parameters["data_root"]) for s in steps
-                                  if s.parameters.get("data_root")}):
-            _check_dataset(name, Path(root))
+        checked = set()
+        for s in steps:
+            if s.key in PER_RUN and s.parameters.get("data_root") and s.parameters["dataset"] not in checked:
+                checked.add(s.parameters["dataset"])
+                _check_dataset(study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
+                                            dataset=s.parameters["dataset"], root=s.parameters["data_root"],
+                                            device=args.device))
         _check_kernel(args.kernel)
     except (UsageError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

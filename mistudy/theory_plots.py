@@ -286,5 +286,15 @@ def kl_widget(k: int = 8) -> widgets.interactive:
 
 
 def _draw(plot, *args) -> None:
-    # Return nothing: `interactive` would display a returned figure a second time.
-    plot(*args)
+    """Draw a figure into the widget's output area: displayed explicitly, then closed.
+
+    ipywidgets' `interactive` shows pyplot figures only under the backend's full module name
+    ("module://matplotlib_inline.backend_inline"); after ``%matplotlib inline`` matplotlib reports the alias
+    "inline", and a figure left to the backend was never shown: the sliders moved and nothing redrew.  Returning
+    nothing keeps `interactive` from displaying the figure a second time.
+    """
+    from IPython.display import display
+
+    fig = plot(*args)
+    display(fig)
+    plt.close(fig)

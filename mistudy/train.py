@@ -33,16 +33,22 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = cfg.resolved_run_dir()
     if cfg.resume and not runs.is_run_dir(run_dir):
         runs.check_writable(cfg, run_dir)  # raises: a mistyped --resume directory is refused before it is created
-    with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
-        mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
-        if ctx.is_main:
-            _remove_debris(run_dir)
-        try:
-            return _train_locked(cfg, ctx, run_dir, mode)
-        except BaseException:
-            if ctx.is_main and mode in ("new", "restart"):
-                _clean_failed_start(run_dir)
-            raise
+    created = not run_dir.exists()
+    try:
+        with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
+            mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
+            if ctx.is_main:
+                _remove_debris(run_dir)
+            try:
+                return _train_locked(cfg, ctx, run_dir, mode)
+            except BaseException:
+                if ctx.is_main and mode in ("new", "restart"):
+                    _clean_failed_start(run_dir)
+                raise
+    except BaseException:
+        if ctx.is_main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the directory this run created, left empty
+        raise
 
 
 def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dict:
@@ -81,21 +87,29 @@ def _remove_debris(run_dir: Path) -> None:
 
 
 def _clean_failed_start(run_dir: Path) -> None:
-    """A run that failed before saving its first epoch leaves nothing behind but what it found; say what is left."""
+    """A run that failed before saving its first epoch (last.pt) has nothing to continue from: what it wrote
+    (config.json, a best checkpoint written before last.pt failed) is removed, and what is left is said."""
     if (run_dir / "last.pt").exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return
-    (run_dir / "config.json").unlink(missing_ok=True)
+    for path in [run_dir / "config.json", *run_dir.glob("best_*-*.pt"), *run_dir.glob("history.*")]:
+        path.unlink(missing_ok=True)
     left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
     if not left:
         print(f"The run stopped before its first epoch was saved; nothing was kept in {run_dir}.")
     else:
-        print(f"The run stopped before its first epoch was saved; {run_dir} keeps only what was there before: "
+        print(f"The run stopped before its first epoch was saved; {run_dir} keeps only files it did not write: "
               f"{', '.join(left)}.")
 
 
 class EvaluationError(RuntimeError):
     """Scoring an epoch failed; the epoch's training state was saved first, so --resume re-scores and continues."""
+
+
+# What a training run raises for a user to act on (bad data, files, options, a full disk, another writer): the
+# command line prints these as one line (`mistudy.cli.error_line`); anything else is a bug and keeps its traceback.
+RUN_ERRORS = (NonFiniteLossError, EvaluationError, runs.RunLockedError, atomic.DiskFullError, safeload.CheckpointError,
+              FileExistsError, FileNotFoundError, ValueError)
 
 
 def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int) -> dict:

@@ -64,7 +64,8 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
     fig, (ax_loss, ax_iou, ax_acc) = plt.subplots(1, 3, figsize=(14, 3.8))
     keys = list(dict.fromkeys(k for row in history for k in row))
     networks = list(dict.fromkeys(s[0] for s in map(_split_key, keys) if s))
-    # loss parts per network; a single part (baseline: ce, rmi: rmi_total) equals the total: draw the total only
+    # loss parts per network (rmi: bce and rmi; mutual: ce and kl); a single part (baseline: ce) equals the total:
+    # draw the total only
     train_keys = [s for s in map(_split_key, keys) if s and s[1] == "train" and s[2] != "loss"]
     parts = {n: [metric for net, _, metric in train_keys if net == n] for n in networks}
     colors = dict(zip(networks, plt.rcParams["axes.prop_cycle"].by_key()["color"]))

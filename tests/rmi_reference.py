@@ -29,8 +29,10 @@ def rmi_loss_reference(
     pool_size: int = 2,
     bce_weight: float = 0.5,
     ignore_index: int = 255,
+    probabilities: str = "sigmoid",
 ) -> torch.Tensor:
-    """bce_weight * BCE + (1 - bce_weight) * RMI lower bound.
+    """bce_weight * BCE + (1 - bce_weight) * RMI lower bound; with probabilities="softmax" the RMI lower bound of
+    the softmax probabilities alone (no BCE: the caller adds its own cross-entropy).
 
     logits: [N, C, H, W] float; target: [N, H, W] long (ignore_index = unlabelled).
     Returns a float32 scalar. No input validation: this is a test oracle.
@@ -52,7 +54,8 @@ def rmi_loss_reference(
     bce = bce / (mask_flat.sum() + 1.0)
 
     # Part II: RMI lower bound.
-    probs = torch.sigmoid(logits) * valid.unsqueeze(1).float() + CLIP_MIN
+    activation = torch.sigmoid(logits) if probabilities == "sigmoid" else torch.softmax(logits, dim=1)
+    probs = activation * valid.unsqueeze(1).float() + CLIP_MIN
     labels = onehot
     if pool == "max":
         labels = F.max_pool2d(labels, pool_size, stride=pool_size, padding=pool_size // 2)
@@ -88,4 +91,6 @@ def rmi_loss_reference(
     rmi_per_class = (0.5 * logdet).mean(dim=0).float() / float(half_d)  # [C]
     rmi = rmi_per_class.sum()
 
+    if probabilities == "softmax":
+        return rmi
     return bce_weight * bce + (1.0 - bce_weight) * rmi

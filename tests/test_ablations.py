@@ -12,9 +12,11 @@ from fakes import fake_run, scores, statistics
 def test_grid_is_one_factor_at_a_time_around_the_papers_settings():
     grid = ablations.settings()
     assert list(grid)[:3] == list(ablations.REFERENCES.values())
-    assert len(grid) == 3 + 12
-    for name, (use_case, changes) in list(grid.items())[3:]:
-        assert len(changes) in (1, 2) and use_case in ("rmi", "mutual"), name  # pooling sets kind and size
+    assert len(grid) == 3 + len(ablations.GRIDS["ablations"])
+    for name, setting in list(grid.items())[3:]:
+        # one factor: pooling sets kind and size; the authors' recipe is pooling plus the slow start (3 fields)
+        assert 1 <= len(setting.changes) <= 5, name
+        assert setting.baseline in grid, (name, setting.baseline)  # its baseline is trained in the same grid
     cfgs = dict(ablations.configs(["rmi λ=0.25", "mutual two U-Nets"], seeds=[0, 1], profile="tiny",
                                   results_dir="/r", device="cpu"))
     assert len(ablations.configs(["rmi λ=0.25"], seeds=[0, 1], profile="tiny", results_dir="/r", device="cpu")) == 8
@@ -34,7 +36,28 @@ def test_runs_go_beside_the_study_and_references_are_the_studys_own():
                                    results_dir="/r", device="cpu"))
     assert str(other["baseline (CE)"].resolved_run_dir()).startswith("/r/ablations/")
     assert ablations.default_grid("tiny") == (["rmi radius 2", "mutual two U-Nets"], [0, 1])
-    assert ablations.default_grid("quick") == (list(ablations.ABLATIONS), [0, 1, 2])
+    assert ablations.default_grid("quick") == (ablations.GRIDS["ablations"], [0, 1, 2])
+    assert set(ablations.GRIDS["pretrained"]) <= set(ablations.ABLATIONS)
+
+
+def test_markers_become_the_profiles_pretrained_weights_and_a_slow_start_of_a_tenth_of_the_steps(tmp_path,
+                                                                                               monkeypatch):
+    from mistudy import pretrain
+
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(FileNotFoundError, match="mistudy pretrain --profile tiny"):
+        ablations.configs(["rmi, pretrained U-Net"], seeds=[0], profile="tiny", results_dir="/r", device="cpu")
+    weights = pretrain.weights_dir("tiny")
+    weights.mkdir(parents=True)
+    for net in ("unet", "deeplabv3"):
+        (weights / f"{net}.pt").write_bytes(b"")
+    cfgs = dict(ablations.configs(["rmi, pretrained U-Net", "rmi, RMI authors' recipe (avg-pool 4, slow start)"],
+                                  seeds=[0], profile="tiny", results_dir="/r", device="cpu"))
+    assert cfgs["rmi, pretrained U-Net"].unet_weights == str(weights / "unet.pt")
+    assert "baseline, pretrained U-Net" in cfgs and "baseline, slow start" in cfgs  # their fair baselines
+    slow = cfgs["baseline, slow start"]  # tiny: 16 images, batch 4, 2 epochs = 8 steps -> 1
+    assert (slow.warmup_steps, slow.warmup_mode, slow.warmup_factor) == (1, "constant", 0.1)
+    assert cfgs["rmi, RMI authors' recipe (avg-pool 4, slow start)"].rmi_pool_size == 4
 
 
 def _run(tmp_path, name, use_case, seed, miou, counts, boundary_f=None):

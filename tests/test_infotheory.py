@@ -428,20 +428,27 @@ def test_plot_functions_draw_the_numbers():
         tp.plot_coin(1.0)
 
 
-def test_widgets_have_sliders_and_redraw():
+def test_widgets_have_sliders_and_redraw(monkeypatch):
+    """Each slider move displays a new figure into the widget's output (explicitly: the backend's own flush never
+    runs under ``%matplotlib inline``, so a figure left to it is not shown) and closes it."""
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda fig: shown.append(fig))
     w = tp.coin_widget()
     assert w.kwargs == {"p": 0.3}
     w.children[0].value = 0.5
     assert w.kwargs == {"p": 0.5}
-    assert "H(0.50) = 1.000 bits" in plt.gcf().axes[0].get_title()
+    assert "H(0.50) = 1.000 bits" in shown[-1].axes[0].get_title()
+    assert not plt.fignum_exists(shown[-1].number), "closed after display: shown once"
     w = tp.gaussian_joint_widget()
     w.children[0].value = -0.5
-    assert "rho = -0.50" in plt.gcf().axes[0].get_title()
+    assert "rho = -0.50" in shown[-1].axes[0].get_title()
     w = tp.kl_widget()
     assert set(w.kwargs) == {"p_mean", "p_width", "q_mean", "q_width"}
     w.children[2].value = 2.0   # Q centre onto P's centre
     w.children[3].value = 1.0   # and Q width equal to P's: identical distributions
-    legend = " ".join(t.get_text() for t in plt.gcf().axes[1].get_legend().get_texts())
+    legend = " ".join(t.get_text() for t in shown[-1].axes[1].get_legend().get_texts())
     assert "D(P||Q) = 0.000" in legend
 
 

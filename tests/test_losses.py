@@ -373,3 +373,52 @@ def test_mutual_kl_bad_arguments():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             mutual_kl(logits, logits, target, temperature=bad)
+
+
+# --------------------------------------------------------------------------- controls of the RMI use-case
+
+def _softmax_ce_by_hand(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over labelled pixels of -log softmax(logits)[target], with scipy."""
+    z = logits.double().permute(0, 2, 3, 1).reshape(-1, logits.shape[1]).numpy()
+    t = target.reshape(-1).numpy()
+    keep = t != IGNORE
+    return float(-log_softmax(z[keep], axis=1)[np.arange(keep.sum()), t[keep]].mean())
+
+
+@pytest.mark.parametrize("bce_weight", [0.5, 0.25])
+def test_rmi_added_to_softmax_cross_entropy_matches_an_independent_computation(bce_weight):
+    logits, target = make_batch(2, 4, 12, 11, seed=3, confident=1.0)
+    loss = RMILoss(4, radius=3, bce_weight=bce_weight, base="ce")
+    parts = loss.parts(logits, target)
+    assert set(parts) == {"ce", "rmi"}
+    assert parts["ce"].item() == pytest.approx(_softmax_ce_by_hand(logits, target), rel=1e-5)
+    ref_rmi = rmi_loss_reference(logits, target, 4, radius=3, probabilities="softmax")
+    assert parts["rmi"].item() == pytest.approx(ref_rmi.item(), rel=1e-5)
+    a = logits.clone().requires_grad_()
+    loss(a, target).backward()
+    b = logits.clone().requires_grad_()
+    (bce_weight * F.cross_entropy(b, target, ignore_index=IGNORE)
+     + (1 - bce_weight) * rmi_loss_reference(b, target, 4, radius=3, probabilities="softmax")).backward()
+    assert rel_diff(a.grad, b.grad) < 1e-4
+
+
+def test_bce_alone_is_lambda_one_and_skips_the_rmi_term(monkeypatch):
+    logits, target = make_batch(2, 3, 9, 9, seed=4)
+    called = {"rmi": 0}
+    real = losses.rmi_loss_term
+
+    def counting(*a, **k):
+        called["rmi"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(losses, "rmi_loss_term", counting)
+    value = RMILoss(3, bce_weight=1.0)(logits, target)
+    assert called["rmi"] == 0
+    z, t = logits.double().numpy(), target.numpy()
+    keep = t != IGNORE
+    onehot = np.eye(3)[np.where(keep, t, 0)].transpose(0, 3, 1, 2)
+    p = expit(z)
+    bce = -(onehot * np.log(p) + (1 - onehot) * np.log(1 - p)) * keep[:, None]
+    assert value.item() == pytest.approx(bce.sum() / (keep.sum() + 1), rel=1e-5)
+    with pytest.raises(ValueError, match="base"):
+        RMILoss(3, base="focal")

@@ -113,3 +113,69 @@ def test_deeplab_bad_weights(tmp_path):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="out_channels"):
         UNet(3, 0)
+
+
+def test_unet_weights_load_and_a_new_head_replaces_another_class_count(tmp_path):
+    from mistudy.models import load_unet_weights
+
+    torch.manual_seed(0)
+    source = build_model("unet", 7, init_features=8)
+    path = tmp_path / "unet.pt"
+    torch.save(source.state_dict(), path)
+    same = build_model("unet", 7, init_features=8)
+    load_unet_weights(same, path)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), source.state_dict().values()))
+    torch.manual_seed(1)
+    other = build_model("unet", 21, init_features=8)
+    head_before = other.head.weight.clone()
+    load_unet_weights(other, path)
+    for k, v in other.state_dict().items():
+        if k.startswith("head."):
+            continue
+        assert torch.equal(v, source.state_dict()[k]), k
+    assert torch.equal(other.head.weight, head_before) and other.head.weight.shape[0] == 21
+    replaced = build_model("unet", 7, init_features=8)
+    fresh_head = replaced.head.weight.clone()
+    load_unet_weights(replaced, path, head="replace")
+    assert torch.equal(replaced.head.weight, fresh_head)
+    # a checkpoint of a run (best_*.pt) holds the state dict under "model"
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "best.pt")
+    load_unet_weights(build_model("unet", 7, init_features=8), tmp_path / "best.pt")
+
+
+def test_weights_of_another_architecture_name_the_mismatched_keys(tmp_path):
+    from mistudy.models import load_unet_weights
+
+    torch.save(build_model("unet", 7, init_features=16).state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"wide.pt does not fit a U-Net of width 8: mismatched shapes "
+                                         r"\['encoder1.conv1.weight \(file \(16, 3, 3, 3\), model \(8, 3, 3, 3\)\)"):
+        load_unet_weights(build_model("unet", 7, init_features=8), tmp_path / "wide.pt")
+    torch.save(build_model("deeplabv3", 7).state_dict(), tmp_path / "deeplab.pt")
+    with pytest.raises(ValueError, match="deeplab.pt does not fit a U-Net of width 8: missing keys .*unexpected keys"):
+        load_unet_weights(build_model("unet", 7, init_features=8), tmp_path / "deeplab.pt")
+    torch.save(build_model("unet", 7, init_features=8).state_dict(), tmp_path / "unet.pt")
+    with pytest.raises(ValueError, match="unet.pt does not fit a DeepLabV3-ResNet50"):
+        build_model("deeplabv3", 7, weights_path=tmp_path / "unet.pt")
+
+
+@pytest.mark.parametrize("size", [64, 40, 160])
+def test_deeplab_skipping_padding_taps_equals_torchvisions_network(size):
+    """At 64x64 the ASPP rates see only zero padding outside their centre tap (and at 40x40 layer 4's dilation 4
+    does on 5x5 maps); at 160x160 nothing is skipped.  Outputs and gradients equal torchvision's DeepLabV3."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    torch.manual_seed(0)
+    ours = build_model("deeplabv3", 5).train()
+    reference = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=5, aux_loss=False).train()
+    reference.load_state_dict(ours.net.state_dict())
+    x = torch.randn(2, 3, size, size)
+    torch.manual_seed(1)  # the head's dropout draws the same mask in both
+    a = ours(x)
+    torch.manual_seed(1)
+    b = reference(x)["out"]
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    a.square().mean().backward()
+    b.square().mean().backward()
+    grads = dict(ours.net.named_parameters())
+    for name, p in reference.named_parameters():
+        assert (grads[name].grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + 1e-12, name

@@ -1,0 +1,98 @@
+"""`python -m mistudy pretrain`: local stand-ins for the ImageNet/COCO weights that cannot be downloaded here.
+
+The RMI authors fine-tuned an ImageNet-pretrained ResNet and the paper's DeepLabV3 partner started COCO-pretrained;
+neither is possible without a download.  This command trains a U-Net and a DeepLabV3-ResNet50 with cross-entropy on
+a pretraining corpus disjoint from the study's data -- the synthetic generator at the ``medium`` level (all six
+shapes, the study's three among them, like COCO's classes around VOC's) with its own data seed, and many more
+images than a study trains on -- and writes their weights as plain state dicts:
+
+    <out>/unet.pt, <out>/deeplabv3.pt           (+ .provenance.json); runs in <out>/runs/<network>/
+
+The weights kept are each network's best_miou checkpoint on the pretraining corpus' own selection split: nothing of
+the study's train, selection or validation images is ever seen.  Pretraining runs once per profile (the authors
+used one checkpoint for every run): the study's pretrained settings read ``results/<profile>/pretrain/*.pt``.
+Finished runs are reused, so running the command again only writes what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mistudy import atomic, runs, safeload
+from mistudy.cli import OneLineParser, error_line, positive_int
+from mistudy.config import PROFILES, TrainConfig, profile_settings
+
+NETWORKS = ("unet", "deeplabv3")
+PRETRAIN_DATA_SEED = 1_000  # the study's synthetic data use data_seed 0: another seed, other images
+PRETRAIN_LEVEL = "medium"
+DEFAULTS = {"samples": 2048, "epochs": 12}
+
+
+def weights_dir(profile: str) -> Path:
+    """Where a profile's pretrained weights live (results/<profile>/pretrain/)."""
+    return runs.project_path("results") / profile / "pretrain"
+
+
+def weights_path(profile: str, network: str, directory=None) -> Path:
+    """The weights file of ``network`` for ``profile``; FileNotFoundError naming the command that writes it."""
+    path = Path(directory or weights_dir(profile)) / f"{network}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained {network} weights {path} do not exist: run `python -m mistudy pretrain "
+                                f"--profile {profile}` first")
+    return path
+
+
+def pretrain_config(network: str, profile: str, out: Path, samples: int, epochs: int, device: str) -> TrainConfig:
+    """The pretraining run of one network: the profile's image size and optimiser, CE, the pretraining corpus."""
+    settings = profile_settings(profile, device)
+    settings.update(use_case="baseline", network=network, synthetic_level=PRETRAIN_LEVEL,
+                    data_seed=PRETRAIN_DATA_SEED, train_samples=samples, val_samples=256, select_fraction=0.0625,
+                    epochs=epochs, device=device, run_dir=str(out / "runs" / network), seed=0)
+    return TrainConfig.from_dict(settings)
+
+
+def export(run_dir: Path, network: str, path: Path, profile: str) -> Path:
+    """The run's best_miou weights as a plain state dict, written atomically with its provenance."""
+    ckpt = safeload.load(runs.checkpoint_path(run_dir, "best_miou", network), "checkpoint")
+    with atomic.atomic_path(path, suffix=".pt") as tmp:
+        torch.save(ckpt["model"], tmp)
+    metrics = runs.load_metrics(run_dir)
+    runs.write_provenance(path, runs.provenance(
+        network=network, profile=profile, run_dir=str(run_dir), epoch=ckpt["epoch"],
+        corpus=f"synthetic {PRETRAIN_LEVEL} level, data_seed {PRETRAIN_DATA_SEED}",
+        pretraining_val_miou=metrics["networks"][network]["best_miou"]["miou"]))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(prog="mistudy pretrain", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="image size and optimiser of the "
+                   "profile whose pretrained settings will use the weights")
+    p.add_argument("--samples", type=positive_int, default=DEFAULTS["samples"], help="pretraining images")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="pretraining epochs")
+    p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    p.add_argument("--out", default=None, help="output folder (default: the project's results/<profile>/pretrain)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    from mistudy.train import RUN_ERRORS, train_or_load
+
+    out = Path(args.out or weights_dir(args.profile))
+    for network in args.networks:
+        try:
+            cfg = pretrain_config(network, args.profile, out, args.samples, args.epochs, args.device)
+            t0 = time.perf_counter()
+            summary = train_or_load(cfg)
+            path = export(Path(summary["run_dir"]), network, out / f"{network}.pt", args.profile)
+        except RUN_ERRORS as e:
+            print(f"mistudy pretrain: error: {error_line(e)}", file=sys.stderr)
+            return 1
+        best = summary["networks"][network]["best_miou"]
+        print(f"{network}: {path} (epoch {best['epoch']}, pretraining validation mIoU {best['miou']:.3f}, "
+              f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0

@@ -1,0 +1,350 @@
+"""Nothing lost, nothing mixed, every failure named (issue 21): one writer per run directory, resumes that never
+overwrite a finished run, safe and named loading of checkpoints, a full disk, debris of killed writers, early
+checks of the data and one-line errors from loader workers."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datatrees import VOC_SPLITS, write_voc_mask
+from mistudy import atomic, engine, runs
+from mistudy.cli import error_line
+from mistudy.config import TrainConfig
+from mistudy.safeload import CheckpointError
+from mistudy.train import train, train_or_load
+
+TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36, crop_size=32, unet_features=4,
+            epochs=2, batch_size=4, device="cpu", progress="none", seed=3)
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MISTUDY_PROGRESS": "none"}
+
+
+def tiny(run_dir, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "run_dir": str(run_dir), **kw})
+
+
+def cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mistudy", *args], capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+def cli_train_args(run_dir, **kw) -> list[str]:
+    options = {**TINY, "run_dir": str(run_dir), **kw}
+    out = ["train"]
+    for k, v in options.items():
+        if v is None:
+            continue
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [f"--no-{k.replace('_', '-')}"] if v is False else [flag, str(v)]
+    return out
+
+
+# ----------------------------------------------------------------------------------- 2. one writer per run
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_naming_the_first_and_a_killed_lock_is_not_stale(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "mistudy", *cli_train_args(run_dir, epochs=400, seed=0)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    lock = run_dir / runs.LOCK_FILE
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert lock.read_text().startswith(f"pid {first.pid} "), "the lock names its holder"
+    second = cli(*cli_train_args(run_dir, epochs=400, seed=1))
+    assert second.returncode == 1
+    assert f"being written by another process (pid {first.pid} " in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    first.send_signal(signal.SIGKILL)  # kill -9: the OS releases the lock, which cannot go stale
+    first.wait(timeout=60)
+    resumed = cli(*cli_train_args(run_dir, epochs=2, seed=0, resume=True))  # whatever epoch it reached
+    if resumed.returncode != 0:  # killed after more than 2 epochs: refused as such, not blocked by the lock
+        assert "already trained" in resumed.stderr, resumed.stderr
+    else:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["seed"] == 0 and metrics["config"]["seed"] == 0
+    assert not lock.exists()
+
+
+def test_the_lock_is_exclusive_within_one_machine(tmp_path):
+    with runs.RunLock(tmp_path / "run"):
+        with pytest.raises(runs.RunLockedError, match=f"pid {os.getpid()} "):
+            with runs.RunLock(tmp_path / "run"):
+                pass
+    with runs.RunLock(tmp_path / "run"):  # released on exit
+        pass
+    assert not (tmp_path / "run" / runs.LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------- 3. safe resume
+
+
+def test_resume_never_overwrites_a_finished_run_whose_last_checkpoint_was_deleted(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir))
+    (run_dir / "last.pt").unlink()  # to save space
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    for changes in ({}, {"lr": 0.5, "seed": 7}, {"epochs": 3}):
+        with pytest.raises((FileExistsError, ValueError)) as e:
+            train(tiny(run_dir, resume=True, **changes))
+        assert ("last.pt was deleted" in str(e.value)) or ("different configuration" in str(e.value))
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, "nothing was written"
+
+
+def test_resume_into_a_mistyped_directory_is_refused_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no run to continue"):
+        train(tiny(tmp_path / "no-such-run", resume=True))
+    assert not (tmp_path / "no-such-run").exists()
+
+
+def test_a_failed_resume_leaves_the_finished_run_as_it_was(tmp_path, monkeypatch):
+    """A resume to more epochs that fails before saving one: config.json still says 2 epochs, so the 2-epoch
+    results are never taken for 3-epoch ones."""
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir))
+    config_before = (run_dir / "config.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(engine, "train_step", broken)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tiny(run_dir, epochs=3, resume=True))
+    assert (run_dir / "config.json").read_text() == config_before
+    with pytest.raises(FileExistsError, match="epochs: saved 2, now 3"):
+        train_or_load(tiny(run_dir, epochs=3))
+    assert train_or_load(tiny(run_dir))["epochs"] == 2  # the finished run is reused as what it is
+
+
+def test_an_extension_interrupted_after_an_epoch_is_no_longer_a_finished_run(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir))
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(run_dir, epochs=4, resume=True))
+    assert not (run_dir / "metrics.json").exists(), "the 2-epoch results no longer describe last.pt (epoch 3)"
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 4
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_or_load(tiny(run_dir, epochs=4))
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert train(tiny(run_dir, epochs=4, resume=True))["epochs"] == 4
+    with pytest.raises(ValueError, match="already trained 4"):
+        train(tiny(run_dir, epochs=3, resume=True))
+
+
+def test_a_schedule_that_depends_on_the_length_cannot_be_stretched(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="cosine learning-rate schedule depends on the number of epochs"):
+        train(tiny(run_dir, epochs=2, lr_schedule="cosine", resume=True))
+
+
+# ------------------------------------------------------------------- 4. corrupt, truncated, hostile files
+
+
+def _hostile_pickle(path: Path, marker: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Payload()}, path)
+
+
+@pytest.mark.slow
+def test_bad_weight_and_checkpoint_files_give_one_named_line_and_never_run_code(tmp_path):
+    random_bytes = tmp_path / "random.bin"
+    random_bytes.write_bytes(os.urandom(4096))
+    hostile, marker = tmp_path / "hostile.pt", tmp_path / "PWNED"
+    _hostile_pickle(hostile, marker)
+    cases = {random_bytes: "is not a PyTorch file", hostile: "refused, since unpickling it could run code",
+             tmp_path: "does not exist (it is a directory)"}
+    for path, words in cases.items():
+        out = cli(*cli_train_args(tmp_path / f"run-{path.name}", use_case="mutual", batch_size=2,
+                                  deeplab_weights=path))
+        assert out.returncode == 1 and words in out.stderr and str(path) in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "weights_only=False" not in out.stderr and "weights_only` set to `False`" not in out.stderr
+    assert not marker.exists(), "the pickle's payload ran"
+    # a truncated last.pt, then --resume
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+    out = cli(*cli_train_args(run_dir, epochs=2, resume=True))
+    assert out.returncode == 1 and f"checkpoint {last} is truncated or corrupt" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_hostile_best_checkpoint_is_refused_when_a_run_is_evaluated(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    marker = tmp_path / "PWNED"
+    _hostile_pickle(run_dir / "best_miou-unet.pt", marker)
+    with pytest.raises(CheckpointError, match="best_miou-unet.pt holds a Python object"):
+        engine.load_network(run_dir, "unet")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------ 5. loader workers and the data
+
+
+def _bad_mask(voc_root: Path, image_id: str) -> Path:
+    path = voc_root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{image_id}.png"
+    labels = np.asarray(Image.open(path)).copy()
+    labels[0, 0] = 77  # not a VOC class, not 255
+    write_voc_mask(path, labels)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_training_file_gives_the_same_one_line_error_with_or_without_workers(voc_root, tmp_path, workers):
+    path = _bad_mask(voc_root, VOC_SPLITS["train"][1])
+    out = cli(*cli_train_args(tmp_path / "run", dataset="voc", root=voc_root, train_samples=None, val_samples=None,
+                              select_fraction=0, num_workers=workers, epochs=1))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"mistudy train: error: mask {path} has values [77] outside [0, 21) other than 255"
+    assert not (tmp_path / "run").exists(), "a run that failed before its first epoch leaves nothing behind"
+
+
+def test_error_line_unwraps_a_dataloader_worker_error():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise ValueError(f"cannot read image /data/{i}.jpg: truncated")
+
+    with pytest.raises(ValueError) as e:
+        list(torch.utils.data.DataLoader(Broken(), num_workers=2))
+    assert "Caught ValueError in DataLoader worker" in str(e.value)
+    assert error_line(e.value).startswith("cannot read image /data/") and error_line(e.value).endswith("truncated")
+
+
+def test_a_bad_validation_mask_stops_the_run_before_it_trains(voc_root, tmp_path, monkeypatch):
+    path = _bad_mask(voc_root, VOC_SPLITS["val"][0])
+    trained = {"steps": 0}
+    real = engine.train_step
+
+    def counting(*a, **k):
+        trained["steps"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", counting)
+    with pytest.raises(ValueError, match=f"mask {path} has values \\[77\\]"):
+        train(tiny(tmp_path / "run", dataset="voc", root=str(voc_root), train_samples=None, val_samples=None,
+                   select_fraction=0))
+    assert trained["steps"] == 0
+
+
+def test_truncated_files_are_found_by_their_end_marker_before_training(voc_root, tmp_path):
+    jpeg = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][0]}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])
+    with pytest.raises(ValueError, match=f"image {jpeg} is truncated"):
+        train(tiny(tmp_path / "run", dataset="voc", root=str(voc_root), train_samples=None, val_samples=None,
+                   select_fraction=0))
+
+
+@pytest.mark.slow
+def test_study_checks_sample_counts_before_any_notebook(voc_root, tmp_path):
+    out = cli("study", "--dataset", "voc", "--data-root", str(voc_root), "--profile", "tiny", "--results-dir",
+              str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"), "--notebooks", "02")
+    assert out.returncode == 2 and "num_samples=16 but voc 'train' has" in out.stderr, out.stderr
+    assert not (tmp_path / "r" / "notebooks").exists()
+
+
+# ------------------------------------------------------------------------------------------ 6. full disk
+
+
+def _small_filesystem(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
+    """On a real 3 MiB filesystem where one can be mounted (root), else with ENOSPC simulated in torch.save."""
+    disk = tmp_path / "disk"
+    mounted = _small_filesystem(disk, "3m")
+    try:
+        run_dir = disk / "run"
+        cfg = dict(unet_features=4, epochs=3)  # last.pt 1.4 MiB, best checkpoints 0.5 MiB: only epoch 1 fits
+        if not mounted:
+            real_save = torch.save
+            calls = {"n": 0}
+
+            def save(obj, f, *a, **k):
+                calls["n"] += 1
+                if calls["n"] > 3:  # epoch 1's best_loss, best_miou and last.pt are written
+                    raise RuntimeError("[enforce fail at inline_container.cc] . basic_ios::clear: iostream error")
+                return real_save(obj, f, *a, **k)
+
+            monkeypatch.setattr(torch, "save", save)
+            monkeypatch.setattr(atomic, "_NEARLY_FULL", 1 << 62)  # "nearly full": whatever is free
+        with pytest.raises(atomic.DiskFullError) as e:
+            train(tiny(run_dir, **cfg))
+        message = str(e.value)
+        assert f"the disk holding {run_dir} is full" in message and "nothing was lost" in message
+        assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1, "the previous checkpoint is kept"
+        assert not list(run_dir.glob(f".*{atomic.TEMPORARY_MARK}*")), "no partial file left"
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_errors_are_recognised():
+    assert atomic._disk_full(OSError(errno.ENOSPC, "No space left on device"), Path("/"))
+    assert not atomic._disk_full(ValueError("bad"), Path("/"))
+
+
+# ------------------------------------------------------------------------------------------- 7. debris
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_on_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    debris = run_dir / f".last.pt{atomic.TEMPORARY_MARK}abc123.pt"
+    debris.write_bytes(b"\0" * 2 ** 20)
+    train(tiny(run_dir, epochs=2, resume=True))
+    assert not debris.exists()
+    assert "Removed 1 temporary file(s) (1 MiB)" in capsys.readouterr().out
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def broken(*a, **k):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(engine, "train_step", broken)
+    with pytest.raises(RuntimeError):
+        train(tiny(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert "nothing was kept" in capsys.readouterr().out
+
+
+def test_lr_must_be_positive_says_so():
+    out = cli("train", "--lr", "-1")
+    assert out.returncode == 2 and "must be > 0, got -1.0" in out.stderr
+    out = cli("train", "--lr", "0")
+    assert out.returncode == 2 and "must be > 0, got 0.0" in out.stderr
