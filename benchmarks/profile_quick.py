@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 
-from mistudy import engine
+from mistudy import engine, networks
 from mistudy.config import parse_assignments, study_config
 from mistudy.distributed import Context
 
@@ -70,7 +70,7 @@ def timed_step(s, images, target, timer):
     with timer("loss"):
         loss1, _ = objective(logits1, target, logits2)
     timed_update(timer, s.optims[first], loss1)
-    with timer("forward"), torch.no_grad(), engine.frozen_bn_stats(nets[first]), s.autocast():
+    with timer("forward"), torch.no_grad(), networks.frozen_bn_stats(nets[first]), s.autocast():
         logits1 = nets[first](images)
     with timer("loss"):
         loss2, _ = objective(logits2, target, logits1)

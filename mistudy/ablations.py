@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mistudy import report, runs, stats
+from mistudy import comparison, runs, stats
+from mistudy.tables import write_table
 from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
 
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
@@ -116,9 +117,9 @@ def _resolve(changes: dict, base, profile: str) -> dict:
         if value == PRETRAINED:
             value = str(pretrain.weights_path(profile, "unet" if key == "unet_weights" else "deeplabv3"))
         elif value == SLOW_START["warmup_steps"]:
-            from mistudy import engine
+            from mistudy import loaders
 
-            images = base.train_samples or len(engine.build_datasets(base)["train"])
+            images = base.train_samples or len(loaders.build_datasets(base)["train"])
             value = max(1, round(0.1 * base.epochs * (images // base.resolved_batch_size)))
         out[key] = value
     return out
@@ -134,7 +135,7 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     with overrides they are trained beside the ablations.
     """
     profile = resolve_profile(profile)
-    results = Path(results_dir or runs.project_path("results") / profile)
+    results = Path(results_dir or runs.default_results_dir(profile))
     out = []
     for name, setting in settings(names).items():
         shared = name in REFERENCES.values() and not overrides
@@ -164,7 +165,7 @@ FAMILIES = {"vs_baseline": "baseline", "vs_paper_setting": "paper's setting"}  #
 
 
 def _difference(method, reference, metric="miou", checkpoint="best_miou"):
-    found = report.paired_difference(method, reference, metric, checkpoint=checkpoint)
+    found = comparison.paired_difference(method, reference, metric, checkpoint=checkpoint)
     return found[0] if found else None
 
 
@@ -185,7 +186,7 @@ def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[
             row["vs_baseline"] = _difference(group, grid[baseline], checkpoint=checkpoint)
         if reference is not None:
             row["vs_paper_setting"] = _difference(group, reference, checkpoint=checkpoint)
-            for metric in report.EXTRA_METRICS:
+            for metric in comparison.EXTRA_METRICS:
                 row[f"{metric}_vs_paper_setting"] = _difference(group, reference, metric, checkpoint)
         rows.append(row)
     for key in FAMILIES:
@@ -250,16 +251,16 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
 
     found = [r for g in grid.values() for r in g]
     seeds = sorted({r["config"]["seed"] for r in found})
-    prov = dict(dataset=dataset, profile=profile, **report.runs_provenance(found), overrides=overrides or {},
+    prov = dict(dataset=dataset, profile=profile, **comparison.runs_provenance(found), overrides=overrides or {},
                 checkpoint=checkpoint, notebook="06_ablations.ipynb", results_dir=str(results_dir))
     reference = grid[REFERENCES["baseline"]][0]
     table = effect_table(rows)
-    report.write_table(table, Path(figures_dir) / f"{dataset}_06_{name}", prov, title="\n".join([
+    write_table(table, Path(figures_dir) / f"{dataset}_06_{name}", prov, title="\n".join([
         f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "
         f"mIoU mean over seeds [95% t-interval]; Δ: paired differences [{stats.PAIRED_INTERVAL_TEXT}]. Holm: the "
         "verdict once the column's comparisons are counted together (family-wise 5%).",
         f"Protocol (every setting alike, the named change aside): "
-        f"{report.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
+        f"{comparison.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
     fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs baseline", "vs_paper_setting": "Δ mIoU vs the paper's setting"},
                            title=f"Ablations on {dataset}: effects with 95% intervals ({len(seeds)} seeds)")
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_{name}.png", prov)

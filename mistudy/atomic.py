@@ -26,11 +26,12 @@ class DiskFullError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", keep_if_same: bool = False):
     """Yield a temporary path in ``path``'s folder that becomes ``path`` when the block succeeds.
 
     For writers that want a file name (``torch.save``, ``fig.savefig``, ``np.savez``); ``suffix`` keeps the
     extension such writers look at.  Files are made readable by everyone (results are meant to be shared).
+    keep_if_same: leave ``path`` untouched when the new file holds the same bytes (`replace_if_changed`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
     os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if keep_if_same:
+            replace_if_changed(Path(tmp), path)
+        else:
+            os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if _disk_full(e, path.parent):
@@ -78,6 +82,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` unless ``path`` already holds exactly it; returns whether the file changed."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True
+
+
+def replace_if_changed(tmp: Path, path: Path) -> bool:
+    """Move a finished temporary file onto ``path`` unless both hold the same bytes (then drop it); returns whether
+    ``path`` changed.  Figures and tables regenerated unchanged leave the checkout clean."""
+    if path.is_file() and path.stat().st_size == tmp.stat().st_size and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+        return False
+    os.replace(tmp, path)
+    return True
 
 
 def remove_temporaries(folder: str | os.PathLike) -> tuple[int, int]:

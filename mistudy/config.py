@@ -54,16 +54,16 @@ class TrainConfig:
     root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/; Cityscapes: the folder "
                             "holding leftImg8bit/ and gtFine/", kind="runtime")
     # where
-    run_dir: str | None = _opt(None, "run directory (default: <results-dir>/<dataset>/<use-case>/<run-name>)",
+    run_dir: str | None = _opt(None, "run directory (none: <results-dir>/<dataset>/<use-case>/<run-name>)",
                                kind="where")
     results_dir: str = _opt("results", "parent of the default run directories", kind="where")
-    run_name: str | None = _opt(None, "name of the run directory (default: seed<seed>)", kind="where")
+    run_name: str | None = _opt(None, "name of the run directory (none: seed<seed>)", kind="where")
     resume: bool = _opt(False, "continue the run in run_dir from its last checkpoint", kind="where")
     # optimisation
     epochs: int = _opt(200, "training epochs (paper: 200)", low=1, kind="length")
-    batch_size: int | None = _opt(None, "training batch size (default: the paper's, baseline 8, rmi 2, mutual 10)",
+    batch_size: int | None = _opt(None, "training batch size (none: the paper's, baseline 8, rmi 2, mutual 10)",
                                   low=1)
-    lr: float | None = _opt(None, "Adam learning rate (default: the paper's, baseline 1e-3, rmi and mutual 1e-4)",
+    lr: float | None = _opt(None, "Adam learning rate (none: the paper's, baseline 1e-3, rmi and mutual 1e-4)",
                             positive=True)
     weight_decay: float = _opt(0.0, "Adam weight decay", low=0)
     lr_schedule: str = _opt("constant", "learning rate after the warm-up: constant (the paper), cosine (to 0 at the "
@@ -87,19 +87,19 @@ class TrainConfig:
                                   "its own, this share of train_samples); 0: no selection split, no best_miou", low=0)
     cache_dir: str | None = _opt(None, "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding "
                                  "after the first epoch", kind="runtime")
-    num_workers: int | None = _opt(None, "DataLoader worker processes (default: 0 on CPU, where they compete with "
+    num_workers: int | None = _opt(None, "DataLoader worker processes (none: 0 on CPU, where they compete with "
                                    "training for the cores; min(8, cores / GPUs) on CUDA)", low=0, kind="runtime")
     # evaluation
     eval_protocol: str = _opt("paper", "paper: resize + deterministic centre crop; full: the network sees the "
                               "image resized as in training, scored at the mask's own resolution; random-crop: "
                               "resize + random crops as the authors evaluated (seeded)", choices=data.PROTOCOLS)
     eval_passes: int | None = _opt(None, "passes over the validation split pooled into one confusion matrix "
-                                   "(default: 5 for random-crop, as the authors' scripts; 1 otherwise)", low=1)
+                                   "(none: 5 for random-crop, as the authors' scripts; 1 otherwise)", low=1)
     boundary_tolerance: float | None = _opt(None, "pixels within which a predicted class boundary matches a true one "
-                                            "(boundary F-score); default: 0.75 percent of the image diagonal, as Csurka et al. "
-                                            "2013", low=0)
+                                            "(boundary F-score) (none: 0.75 percent of the image diagonal, as Csurka et al. "
+                                            "2013)", low=0)
     eval_every: int = _opt(1, "validate every N epochs (and always after the last)", low=1, kind="length")
-    eval_batch_size: int | None = _opt(None, "validation batch size (default: the training batch size; 1 for "
+    eval_batch_size: int | None = _opt(None, "validation batch size (none: the training batch size; 1 for "
                                        "full-resolution real data)", low=1, kind="runtime")
     # losses
     rmi_radius: int = _opt(3, "RMI neighbourhood side (paper: 3)", low=1)
@@ -139,14 +139,14 @@ class TrainConfig:
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N", kind="runtime")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
                     choices=("auto", "bf16", "fp16", "off"))
-    channels_last: bool | None = _opt(None, "channels-last memory format (default: on for CUDA)")
+    channels_last: bool | None = _opt(None, "channels-last memory format (none: on for CUDA)")
     compile: bool = _opt(False, "torch.compile the networks (worth it on a GPU for runs longer than a few minutes)",
                          kind="runtime")
     compile_mode: str = _opt("default", "torch.compile mode: default, reduce-overhead (CUDA graphs: fewer launches, "
                              "for small batches such as rmi's 2) or max-autotune; needs --compile",
                              choices=("default", "reduce-overhead", "max-autotune"), kind="runtime")
     finite_check_every: int | None = _opt(None, "steps between NaN/inf checks of the training loss, each a "
-                                          "GPU-to-host read-back (default: 1 on CPU, 50 on CUDA; the epoch's last "
+                                          "GPU-to-host read-back (none: 1 on CPU, 50 on CUDA; the epoch's last "
                                           "step is always checked)", low=1, kind="runtime")
     sync_bn: bool = _opt(False, "SyncBatchNorm under torchrun")
     progress: str = _opt("auto", "auto (bars; env MISTUDY_PROGRESS overrides), bar, log (one line per epoch) or "
@@ -171,7 +171,7 @@ class TrainConfig:
                     what = "a positive integer" if meta["low"] == 1 else ("an integer >= 0" if integer else ">= 0")
                     raise ValueError(f"{f.name} must be {what}, got {value!r}")
         if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
         if not 0.0 <= self.rmi_bce_weight <= 1.0:
             raise ValueError(f"rmi_bce_weight must be in [0, 1], got {self.rmi_bce_weight}")
         if self.warmup_factor > 1.0:
@@ -189,14 +189,22 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
-        if self.dataset != "synthetic":
-            if self.root is None:
-                raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
-            if not Path(self.root).is_dir():
-                raise FileNotFoundError(f"dataset root {self.root} is not a directory")
+        if self.dataset != "synthetic" and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
         if self.use_case == "mutual" and self.resolved_batch_size == 1 and self.mutual_partner == "deeplabv3":
             raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
                              "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")
+
+    def check_paths(self) -> None:
+        """The files a run reads exist (validate() checks values only, so a saved run's configuration loads on a
+        machine without its data): FileNotFoundError naming the first missing one."""
+        if self.dataset != "synthetic" and not Path(self.root).is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} is not a directory")
+        for name in ("unet_weights", "deeplab_weights", "deeplab_backbone_weights"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{name} {path} does not exist" + (" (it is a directory)"
+                                                                             if Path(path).is_dir() else ""))
 
     @property
     def networks(self) -> tuple[str, ...]:

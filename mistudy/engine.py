@@ -1,6 +1,7 @@
-"""The training engine: data loaders, networks and optimisers, one step per use-case, one epoch, evaluation.
+"""The training engine: the set-up of a run, one optimisation step per use-case, one epoch.
 
-`mistudy.train.train` strings these together; `benchmarks/bench_train.py` times the same `setup` and
+`mistudy.train.train` strings these together with the loaders (`mistudy.loaders`), the networks
+(`mistudy.networks`) and the scoring (`mistudy.inference`); `benchmarks/bench_train.py` times the same `setup` and
 `train_step`.  The three use-cases (paper section 3.2):
 
     baseline  U-Net, cross-entropy
@@ -10,275 +11,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from mistudy import data, distributed, runs, safeload
-from mistudy.config import CHECKPOINTS, TrainConfig
-from mistudy.distributed import Context, resolve_device, unwrap
+from mistudy import data, distributed, inference
+from mistudy.config import TrainConfig
+from mistudy.distributed import Context, unwrap
+from mistudy.loaders import build_datasets, make_loader, to_device
 from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
-from mistudy.metrics import SegmentationMetrics
-from mistudy.models import build_model, load_unet_weights
+from mistudy.networks import (amp_dtype, autocast_for, build_networks, build_optimizers, build_schedulers,
+                              compile_networks, finite_check_interval, frozen_bn_stats, place_networks,
+                              seed_everything, use_channels_last)
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
-
-
-# ------------------------------------------------------------------------------------------------- data
-
-class EpochSampler(Sampler):
-    """Shuffled order fixed by (seed, epoch), sharded over ranks, indices tagged with the epoch.
-
-    The yielded index is `epoch * n + i`, so `SeededItems` can seed each item's augmentation from (seed, epoch, i):
-    the same crops whatever the use-case, batch size, worker count or resume point.  A last per-rank batch that
-    would hold a single sample is dropped in training (BatchNorm needs >= 2 samples).  Evaluation passes use the
-    epoch number as the pass number (new random crops per pass, the same ones every time).
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0, world_size: int = 1,
-                 drop_single: bool = True):
-        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
-        self.rank, self.world_size, self.drop_single = rank, world_size, drop_single
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-            order += order[: (-self.n) % self.world_size]  # equal shards so DDP ranks step together
-        else:
-            order = list(range(self.n))  # evaluation: no padding, every sample exactly once
-        mine = order[self.rank :: self.world_size]
-        if self.drop_single and len(mine) % self.batch_size == 1 and len(mine) > 1:
-            mine = mine[:-1]
-        return mine
-
-    def __iter__(self):
-        return iter([self.epoch * self.n + i for i in self._indices()])
-
-    def __len__(self) -> int:
-        return len(self._indices())
-
-
-class SeededItems(Dataset):
-    """Item i of epoch (or evaluation pass) e, with its random transform seeded by (seed, e, i): (image, mask, i)."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, tagged_index: int):
-        epoch, i = divmod(int(tagged_index), len(self.dataset))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF)
-            image, mask = self.dataset[i]
-        return image, mask, i
-
-
-def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
-    """{"train", "select" (only if select_fraction > 0), "val"} with the configured transforms.
-
-    check: VOC/Cityscapes files are checked now (`data.check_files`: every file complete and of matching size; the
-    masks of the scored splits decoded unless a cache holds them), so that a bad file stops the run before it
-    trains, not an epoch later.
-    """
-    common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
-                  normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed,
-                  synthetic_level=cfg.synthetic_level, select_fraction=cfg.select_fraction)
-    evaluation = dict(train=False, protocol=cfg.eval_protocol)
-    sizes = {"train": cfg.train_samples, "val": cfg.val_samples, "select": None}
-    if cfg.dataset == "synthetic":  # generated at resize_size x resize_size; the selection split is its own
-        n_train = cfg.train_samples or data.SYNTHETIC_DEFAULT_SIZES["train"]
-        sizes = {"train": n_train, "val": cfg.val_samples, "select": max(2, round(cfg.select_fraction * n_train))}
-    splits = ["train", "val"] + (["select"] if cfg.select_fraction > 0 else [])
-    sets = {split: data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
-                                      **(dict(train=True) if split == "train" else evaluation), **common)
-            for split in splits}
-    if check and cfg.dataset != "synthetic":
-        for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
-            cached = isinstance(dataset, data.ResizedCache)
-            data.check_files(dataset.source if cached else dataset, decode_masks=split != "train" and not cached)
-    return sets
-
-
-def evaluation_batch_size(cfg: TrainConfig) -> int:
-    if cfg.eval_batch_size:
-        return cfg.eval_batch_size
-    if cfg.eval_protocol == "full" and cfg.dataset != "synthetic":
-        return 1  # whole images of different sizes cannot be stacked
-    return cfg.resolved_batch_size
-
-
-def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torch.device, rank: int = 0,
-                world_size: int = 1) -> DataLoader:
-    batch_size = cfg.resolved_batch_size if train else evaluation_batch_size(cfg)
-    sampler = EpochSampler(len(dataset), cfg.seed, shuffle=train, batch_size=batch_size, rank=rank,
-                           world_size=world_size, drop_single=train)
-    workers = cfg.num_workers
-    if workers is None:  # on CPU workers compete with training for the same cores (measured: slower)
-        workers = min(8, (os.cpu_count() or 1) // world_size) if device.type == "cuda" else 0
-    return DataLoader(SeededItems(dataset, cfg.seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-
-
-# --------------------------------------------------------------------------------- networks and precision
-
-def build_networks(cfg: TrainConfig, num_classes: int | None = None,
-                   names: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
-    """The use-case's networks (or those of ``names``), untrained (DeepLabV3 from a local weights file if cfg
-    names one)."""
-    num_classes = num_classes or data.dataset_info(cfg.dataset).num_classes
-    nets = {}
-    for name in names or cfg.networks:
-        if name in ("unet", "unet_peer"):  # the peer is built first: another initialisation from the same seed
-            nets[name] = build_model("unet", num_classes, init_features=cfg.unet_features)
-            if name == "unet" and cfg.unet_weights:
-                load_unet_weights(nets[name], cfg.unet_weights, cfg.unet_head)
-        else:
-            nets[name] = build_model("deeplabv3_resnet50", num_classes, weights_path=cfg.deeplab_weights,
-                                     backbone_weights_path=cfg.deeplab_backbone_weights, head=cfg.deeplab_head)
-    return nets
-
-
-def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-
-
-def place_networks(nets: dict[str, nn.Module], cfg: TrainConfig, ctx: Context) -> dict[str, nn.Module]:
-    """SyncBatchNorm (under torchrun, if asked), the device and the memory format."""
-    out = {}
-    for name, net in nets.items():
-        if cfg.sync_bn and ctx.distributed:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = net.to(ctx.device)
-        out[name] = net.to(memory_format=torch.channels_last) if use_channels_last(cfg, ctx.device) else net
-    return out
-
-
-def build_optimizers(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device) -> dict[str, torch.optim.Adam]:
-    # fused Adam: a few kernels for all parameters instead of several per tensor (on CPU 4x faster than foreach
-    # for DeepLabV3's 40M parameters: 27 ms against 111 ms per step, measured)
-    return {name: torch.optim.Adam(net.parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay, fused=True)
-            for name, net in nets.items()}
-
-
-class LRFactor:
-    """The learning-rate factor of optimisation step t (0-based) of a run of ``total`` steps: a warm-up of
-    ``warmup_steps`` (linear from ``warmup_factor`` to 1, or constant at ``warmup_factor``), then the schedule
-    (constant 1; cosine from 1 to 0 at the last step; poly (1 - u)^0.9 with u the share of the post-warm-up steps
-    done).  A picklable object, so the scheduler's state resumes from a checkpoint."""
-
-    def __init__(self, schedule: str, total: int, warmup_steps: int = 0, warmup_mode: str = "linear",
-                 warmup_factor: float = 0.1):
-        self.schedule, self.total, self.warmup_steps = schedule, int(total), int(warmup_steps)
-        self.warmup_mode, self.warmup_factor = warmup_mode, float(warmup_factor)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            if self.warmup_mode == "constant":
-                return self.warmup_factor
-            return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
-        if self.schedule == "constant":
-            return 1.0
-        u = min(1.0, (step - self.warmup_steps) / max(1, self.total - self.warmup_steps))
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * u))
-        return (1.0 - u) ** 0.9
-
-
-def build_schedulers(cfg: TrainConfig, optims: dict, steps_per_epoch: int) -> dict:
-    """One LambdaLR per optimiser, stepped after every optimisation step (`LRFactor`)."""
-    factor = LRFactor(cfg.lr_schedule, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.warmup_mode,
-                      cfg.warmup_factor)
-    return {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optims.items()}
-
-
-def compile_networks(cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device):
-    """(nets, whether CUDA graphs replay them): torch.compile'd when cfg.compile, else unchanged."""
-    if not cfg.compile:
-        return nets, False
-    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-    # reduce-overhead and max-autotune record CUDA graphs on CUDA (nothing to record on CPU)
-    return {n: torch.compile(net, mode=mode) for n, net in nets.items()}, mode is not None and device.type == "cuda"
-
-
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
-        return None
-    return torch.float16 if cfg.amp == "fp16" else torch.bfloat16
-
-
-def autocast_for(dtype: torch.dtype | None, device: torch.device) -> Callable:
-    """A function returning the autocast context of every forward pass (a null context without AMP)."""
-    return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-
-
-def finite_check_interval(cfg: TrainConfig, device: torch.device) -> int:
-    return cfg.finite_check_every or (50 if device.type == "cuda" else 1)
-
-
-@contextlib.contextmanager
-def frozen_bn_stats(model: nn.Module):
-    """BatchNorm uses batch statistics (train mode) but does not update its running estimates.
-
-    Used for the recomputed prediction of Zhang et al.'s Algorithm 1, so that a network's running statistics see
-    each mini-batch once, as in plain training.
-    """
-    saved = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    # numpy's key array stored as a tensor: checkpoints load with weights_only=True
-    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                       gauss], "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------- the set-up
@@ -304,15 +56,12 @@ class Setup:
     check_every: int
 
     def to_device(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.ctx.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, target.to(self.ctx.device, non_blocking=True)
+        return to_device(images, target, self.ctx.device, self.channels_last)
 
     def evaluate(self, split: str, nets: dict[str, nn.Module] | None = None) -> dict[str, dict]:
-        return evaluate(nets or {n: unwrap(net) for n, net in self.train_nets.items()}, self.loaders[split],
-                        self.num_classes, self.ctx, self.autocast, self.channels_last, self.cfg.resolved_eval_passes,
-                        self.cfg.boundary_tolerance)
+        return inference.evaluate(nets or {n: unwrap(net) for n, net in self.train_nets.items()}, self.loaders[split],
+                                  self.num_classes, self.ctx, self.autocast, self.channels_last,
+                                  self.cfg.resolved_eval_passes, self.cfg.boundary_tolerance)
 
 
 def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = None,
@@ -510,89 +259,3 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
             "images_per_second": round(meter.seen * s.ctx.world_size / seconds, 3), **meter.means(s.ctx)}
 
 
-# ------------------------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, ctx: Context,
-             autocast: Callable = contextlib.nullcontext, channels_last: bool = False, passes: int = 1,
-             boundary_tolerance: float | None = None) -> dict[str, dict]:
-    """Scores of every network on ``loader``'s split: {net: `SegmentationMetrics.compute()` + "per_image": every
-    image's statistics (`SegmentationMetrics.per_image`)}.
-
-    ``passes`` passes are pooled into one confusion matrix (new random crops per pass under the random-crop
-    protocol, seeded); an image's counts add up over its passes.  Predictions whose size differs from the mask's
-    ("full" protocol: the network saw the image at the training scale) are resized bilinearly to the mask, so scores
-    are at the mask's resolution.  Every count is summed over DDP ranks.
-    """
-    n = len(loader.dataset)
-    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n)
-               for name in nets}
-    for net in nets.values():
-        net.eval()
-    for p in range(passes):
-        loader.sampler.set_epoch(p)
-        for images, target, index in loader:
-            images = images.to(ctx.device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            target, index = target.to(ctx.device, non_blocking=True), index.to(ctx.device)
-            for name, net in nets.items():
-                with autocast():
-                    logits = net(images)
-                logits = logits.float()
-                if logits.shape[-2:] != target.shape[-2:]:
-                    logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-                metrics[name].update(logits, target, index=index)  # class ids, boundaries, calibration, entropy
-    result = {}
-    for name, m in metrics.items():
-        m.all_reduce()
-        result[name] = {**m.compute(), "per_image": m.per_image()}
-    return result
-
-
-def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="cpu") -> nn.Module:
-    """A trained network of a run, in eval mode. checkpoint: best_miou | best_loss | last."""
-    cfg = runs.load_config(run_dir)
-    if network not in cfg.networks:
-        raise ValueError(f"run {run_dir} trained {list(cfg.networks)}, not {network!r}")
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
-    path = runs.checkpoint_path(Path(run_dir), checkpoint, network)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
-                                "split)")
-    ckpt = safeload.load(path, "checkpoint")
-    net = build_networks(cfg, names=(network,))[network]
-    net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
-    return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
-
-
-def predict_samples(run_dir, indices, checkpoint: str = "best_miou", networks: list[str] | None = None,
-                    device: str = "cpu") -> dict:
-    """Validation samples of a run and its networks' predictions, for prediction figures.
-
-    Returns {"images": [H, W, 3] display arrays in [0, 1], "targets": masks [H, W], "predictions": {network:
-    masks}} for the validation items ``indices`` of the run's own data configuration (protocol, sizes, seed).
-    Predictions are at the mask's resolution (the "full" protocol's images are resized for the network).
-    """
-    cfg = runs.load_config(run_dir)
-    val_set = build_datasets(cfg)["val"]
-    indices = [int(i) for i in indices]
-    bad = [i for i in indices if not 0 <= i < len(val_set)]
-    if bad:
-        raise ValueError(f"validation indices {bad} out of range: the run's validation split has {len(val_set)} items")
-    items = [SeededItems(val_set, cfg.seed)[i] for i in indices]  # pass 0: the crops the run was scored on
-    out = {"images": [data.display_image(img, cfg.normalize) for img, _, _ in items],
-           "targets": [mask.numpy() for _, mask, _ in items], "predictions": {}}
-    dev = resolve_device(device)
-    for network in networks or list(cfg.networks):
-        net = load_network(run_dir, network, checkpoint, dev)
-        masks = []
-        with torch.no_grad():
-            for img, mask, _ in items:  # one at a time: "full" images may differ in size
-                logits = net(img[None].to(dev))
-                if logits.shape[-2:] != mask.shape:
-                    logits = F.interpolate(logits, size=tuple(mask.shape), mode="bilinear", align_corners=False)
-                masks.append(logits.argmax(1)[0].cpu().numpy())
-        out["predictions"][network] = masks
-    return out

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mistudy import data, report, runs, stats, viz
+from mistudy import data, runs, stats, viz
+from mistudy.tables import Table, write_table
 from mistudy.cli import OneLineParser, non_negative_int, positive_int
 from mistudy.config import PROFILES, study_config
 
@@ -58,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     ax.axvline(budget, color="0.4", linestyle=":", linewidth=1)
     ax.text(budget, 0.02, f" {args.profile} budget", fontsize=8, color="0.3")
     viz.save_figure(fig, figures / "synthetic_levels_curves.png", prov)
-    report.write_table(rows, figures / "synthetic_levels", prov, title=title + " (95% t-intervals over seeds)")
-    print(report.markdown_table(rows))
+    write_table(rows, figures / "synthetic_levels", prov, title=title + " (95% t-intervals over seeds)")
+    print(Table(rows))
     return 0

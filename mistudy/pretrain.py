@@ -35,7 +35,7 @@ DEFAULTS = {"samples": 2048, "epochs": 12}
 
 def weights_dir(profile: str) -> Path:
     """Where a profile's pretrained weights live (results/<profile>/pretrain/)."""
-    return runs.project_path("results") / profile / "pretrain"
+    return runs.default_results_dir(profile) / "pretrain"
 
 
 def weights_path(profile: str, network: str, directory=None) -> Path:

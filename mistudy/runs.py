@@ -53,6 +53,17 @@ def project_path(name: str) -> Path:
     return root / name
 
 
+def default_results_dir(profile: str) -> Path:
+    """Where a profile's runs go by default, for every entry point (train, study, the notebooks): results/<profile>/."""
+    return project_path("results") / profile
+
+
+def default_figures_dir(profile: str | None) -> Path:
+    """Where a profile's figures and tables go: figures/<profile>/; None: figures/ (notebook 01's theory figures,
+    which no profile changes)."""
+    return project_path("figures") / profile if profile else project_path("figures")
+
+
 # ------------------------------------------------------------------------------------------------ writing
 
 def checkpoint_path(run_dir: Path, rule: str, network: str) -> Path:
@@ -271,8 +282,20 @@ def provenance(**fields) -> dict:
     return info
 
 
-def write_provenance(path, prov: dict) -> Path:
-    """Write `<path>.provenance.json` beside a figure or table."""
+def write_provenance(path, prov: dict, content_changed: bool = True) -> Path:
+    """Write `<path>.provenance.json` beside a figure or table.  When the file itself did not change and the old
+    provenance differs from ``prov`` in its date only, it is kept: regenerating an unchanged figure changes
+    nothing in the checkout."""
     side = Path(str(path) + ".provenance.json")
-    atomic.write_text(side, json.dumps(prov, indent=2, default=str) + "\n")
+    text = json.dumps(prov, indent=2, default=str) + "\n"
+    if not content_changed and side.is_file():
+        try:
+            old = json.loads(side.read_text())
+        except ValueError:
+            old = None
+        new = json.loads(text)
+        if old is not None and {k: v for k, v in old.items() if k != "date"} == \
+                {k: v for k, v in new.items() if k != "date"}:
+            return side
+    atomic.write_text(side, text)
     return side

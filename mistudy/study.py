@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mistudy.cli import OneLineParser, non_negative_int, positive_int
 from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, parse_assignments, study_config
-from mistudy.runs import PROJECT_ROOT, project_path
+from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
 NOTEBOOKS = {
     "01": "01_information_theory.ipynb",
@@ -129,10 +129,10 @@ def _data_roots(datasets: list[str], values: list[str]) -> dict[str, Path]:
 def _check_dataset(cfg) -> None:
     """Open the real dataset's splits as the study's runs will (sizes, selection split, every file's header), so a
     wrong layout, a bad file or too few images fail before hours of notebooks."""
-    from mistudy import engine
+    from mistudy import loaders
 
     try:
-        engine.build_datasets(cfg, check=True)
+        loaders.build_datasets(cfg, check=True)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"{cfg.dataset} at {cfg.root}: {e}") from None
 
@@ -150,9 +150,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
         raise UsageError(f"notebooks {missing} not found in {nb_dir}")
     # Each profile has its own runs and figures (results/<profile>/, figures/<profile>/), so that runs of another
     # size never meet; the theory figures of 01 do not depend on the profile (figures/).
-    results = Path(args.results_dir or project_path("results") / args.profile).resolve()
-    figures = Path(args.figures_dir or project_path("figures") / args.profile).resolve()
-    theory_figures = Path(args.figures_dir or project_path("figures")).resolve()
+    results, figures = _folders(args)
+    theory_figures = Path(args.figures_dir or default_figures_dir(None)).resolve()
     executed = results / "notebooks"
 
     def step(key: str, parameters: dict, subdir: str = "", label: str = "") -> Step:
@@ -190,6 +189,12 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 params["config"] = overrides
             steps.append(step("06", params, dataset, f" ({dataset})"))
     return steps
+
+
+def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(results, figures): the study's folders, by default the profile's (`runs.default_results_dir`)."""
+    return (Path(args.results_dir or default_results_dir(args.profile)).resolve(),
+            Path(args.figures_dir or default_figures_dir(args.profile)).resolve())
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("MISTUDY_PROGRESS", None)
         else:
             os.environ["MISTUDY_PROGRESS"] = saved_progress
+    results, figures = _folders(args)
     print(f"study finished: {len(steps)} notebooks in {time.perf_counter() - start:.0f} s; figures and tables in "
-          f"{Path(args.figures_dir or project_path('figures') / args.profile).resolve()}, executed notebooks in "
-          f"{Path(args.results_dir or project_path('results') / args.profile).resolve() / 'notebooks'}")
+          f"{figures}, executed notebooks in {results / 'notebooks'}")
     return 0

@@ -1,5 +1,6 @@
-"""Train one use-case: the recipe, top to bottom.  The pieces are in `mistudy.engine` (data, networks, steps,
-evaluation), the files in `mistudy.runs` (the run-directory contract), the collectives in `mistudy.distributed`.
+"""Train one use-case: the recipe, top to bottom.  The pieces are in `mistudy.engine` (set-up, steps, epochs),
+`mistudy.loaders`, `mistudy.networks` and `mistudy.inference` (scoring), the files in `mistudy.runs` (the
+run-directory contract), the collectives in `mistudy.distributed`.
 
 `train(TrainConfig(...))` writes a run directory and returns its metrics; `train_or_load` reuses a finished run
 of the same configuration (the notebooks call it); `evaluate_run` re-scores a saved run.
@@ -13,7 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from mistudy import atomic, data, distributed, engine, runs, safeload
+import torch
+
+from mistudy import atomic, data, distributed, engine, inference, loaders, networks, runs, safeload
 from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig
 from mistudy.engine import NonFiniteLossError, Setup
 from mistudy.metrics import nan_to_none
@@ -28,7 +31,7 @@ def train(cfg: TrainConfig) -> dict:
     The run directory has one writer (`runs.RunLock`); what would overwrite or mix up an existing run is refused
     before anything is written (`runs.check_writable`).  A kill at any point loses at most the epoch in progress.
     """
-    cfg.validate()
+    cfg.check_paths()  # values were checked when cfg was made
     ctx = distributed.init(cfg.device)
     run_dir = cfg.resolved_run_dir()
     if cfg.resume and not runs.is_run_dir(run_dir):
@@ -151,7 +154,7 @@ def resume_state(s: Setup, run_dir: Path) -> dict:
         if "schedulers" in ckpt:
             s.schedulers[name].load_state_dict(ckpt["schedulers"][name])
     s.scaler.load_state_dict(ckpt["scaler"])
-    engine.set_rng_state(ckpt["rng"])
+    networks.set_rng_state(ckpt["rng"])
     return {"epoch": ckpt["epoch"], "best": ckpt["best"], "history": ckpt["history"],
             "unevaluated": ckpt.get("unevaluated")}
 
@@ -180,7 +183,7 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
                           "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
                           "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
                           "history": state["history"], "unevaluated": state.get("unevaluated"),
-                          "rng": engine.rng_state(), "config": config},
+                          "rng": networks.rng_state(), "config": config},
                          run_dir / "last.pt")
     runs.write_config(s.cfg, run_dir)  # what last.pt holds (a resume may have extended the run)
     runs.write_history(run_dir, state["history"])
@@ -192,7 +195,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
     cfg, ctx = s.cfg, s.ctx
     distributed.barrier(ctx)  # rank 0 has written the best checkpoints
     last = last_val or s.evaluate("val")
-    networks, counts = {n: {} for n in s.nets}, {}
+    by_network, counts = {n: {} for n in s.nets}, {}
     for rule in ("last", "best_loss", "best_miou"):
         for name in s.nets:
             if rule == "last":
@@ -206,10 +209,10 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
                 if epoch == state["epoch"]:  # the last weights: already scored
                     m = last[name]
                 else:
-                    net = engine.place_networks(engine.build_networks(cfg, s.num_classes, (name,)), cfg, ctx)[name]
+                    net = networks.place_networks(networks.build_networks(cfg, s.num_classes, (name,)), cfg, ctx)[name]
                     net.load_state_dict(ckpt["model"])
                     m = s.evaluate("val", {name: net})[name]
-            networks[name][rule] = {"epoch": epoch, **json_metrics(m)}
+            by_network[name][rule] = {"epoch": epoch, **json_metrics(m)}
             counts[f"{name}/{rule}"] = m["per_image"]
     select = s.datasets.get("select")
     summary = {
@@ -218,7 +221,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
         "eval_protocol": cfg.eval_protocol, "eval_passes": cfg.resolved_eval_passes,
         "primary_network": PRIMARY_NETWORK, "train_samples": len(s.datasets["train"]),
         "select_samples": len(select) if select is not None else 0, "val_samples": len(s.datasets["val"]),
-        "networks": networks, "config": asdict(cfg) | {"resume": False},
+        "networks": by_network, "config": asdict(cfg) | {"resume": False},
     }
     if ctx.is_main:
         runs.write_per_image(run_dir, counts, image_ids(s.datasets["val"]))
@@ -284,11 +287,13 @@ def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = 
         overrides["eval_passes"] = None  # the new protocol's default number of passes
     cfg = cfg.replace(**overrides, device=device)
     ctx = distributed.Context(0, 1, distributed.resolve_device(device))
-    val = engine.build_datasets(cfg)["val"]
-    loader = engine.make_loader(val, cfg, train=False, device=ctx.device)
-    nets = {n: engine.load_network(run_dir, n, checkpoint, ctx.device) for n in cfg.networks}
-    dtype = engine.amp_dtype(cfg, ctx.device)
-    result = engine.evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx,
-                             engine.autocast_for(dtype, ctx.device), passes=cfg.resolved_eval_passes,
-                             boundary_tolerance=cfg.boundary_tolerance)
+    val = loaders.build_datasets(cfg)["val"]
+    loader = loaders.make_loader(val, cfg, train=False, device=ctx.device)
+    channels_last = networks.use_channels_last(cfg, ctx.device)
+    nets = {n: inference.load_network(run_dir, n, checkpoint, ctx.device) for n in cfg.networks}
+    if channels_last:
+        nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
+    autocast = networks.autocast_for(networks.amp_dtype(cfg, ctx.device), ctx.device)
+    result = inference.evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx, autocast, channels_last,
+                                passes=cfg.resolved_eval_passes, boundary_tolerance=cfg.boundary_tolerance)
     return {n: json_metrics(m) for n, m in result.items()}

@@ -24,13 +24,15 @@ from mistudy.runs import provenance, write_provenance
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, prov: dict | None = None,
                 dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG at ``path`` (atomically) with a provenance sidecar; returns the path."""
+    """Save ``fig`` as PNG at ``path`` (atomically) with a provenance sidecar; returns the path.  A figure whose
+    image is unchanged is left as it is, its provenance too (only its date would change)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG; got file name {path.name!r}")
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    write_provenance(path, provenance(**(prov or {})))
+    before = path.read_bytes() if path.is_file() else None
+    with atomic_path(path, suffix=".png", keep_if_same=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    write_provenance(path, provenance(**(prov or {})), content_changed=before is None or path.read_bytes() != before)
     return path
 
 

@@ -27,15 +27,21 @@ def _sample(f) -> str:
     return "x" if kind == "str" else SAMPLE_VALUES[kind]
 
 
-def test_every_field_is_a_cli_option_with_its_help():
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    options = {a.dest: a for a in train._actions}
-    for f in fields(TrainConfig):
-        assert f.name in options, f.name
-        assert f.metadata["help"] and f.metadata["help"] in options[f.name].help
-        assert f"(default: {config.default_of(f)})" in options[f.name].help
-        if f.metadata["choices"]:
-            assert list(options[f.name].choices) == list(f.metadata["choices"])
+def test_every_field_is_a_cli_option_with_its_help_and_the_profiles_default():
+    for profile in ("quick", "tiny"):
+        train = build_parser(profile)._subparsers._group_actions[0].choices["train"]
+        options = {a.dest: a for a in train._actions}
+        settings = config.profile_settings(profile)
+        for f in fields(TrainConfig):
+            assert f.name in options, f.name
+            assert f.metadata["help"] and f.metadata["help"] in options[f.name].help
+            shown = settings.get(f.name, config.default_of(f)) if f.name != "results_dir" else "<project>/results/" + profile
+            text = options[f.name].help
+            assert text.count("(default:") + text.count("(none:") >= 1 and text.count("(default:") <= 1, (f.name, text)
+            if shown is not None or "(none:" not in f.metadata["help"]:
+                assert text.endswith(f"(default: {shown})"), (f.name, text)
+            if f.metadata["choices"]:
+                assert list(options[f.name].choices) == list(f.metadata["choices"])
 
 
 def test_every_field_can_be_set_in_the_study_and_the_notebooks():
@@ -56,7 +62,7 @@ def test_a_new_field_reaches_the_cli_and_the_assignments_without_edits():
         new_knob: int = _opt(3, "a knob added later", low=1)
 
     p = argparse.ArgumentParser()
-    add_config_options(p, Extended)
+    add_config_options(p, {}, Extended)
     assert p.parse_args(["--new-knob", "5"]).new_knob == 5
     with pytest.raises(SystemExit):
         p.parse_args(["--new-knob", "0"])  # the bound comes from the metadata
@@ -72,7 +78,7 @@ def test_use_case_notebooks_take_any_field_through_config():
         params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         assert "config = {}" in params.source and 'profile = None' in params.source
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-        assert "study_config(" in code and "TrainConfig(" not in code  # no field list kept in the notebook
+        assert "UseCaseReport.for_notebook(" in code and "TrainConfig(" not in code  # no field list in the notebook
 
 
 def test_profiles_and_overrides_in_order():
@@ -116,5 +122,45 @@ def test_train_cli_starts_from_a_profile_and_options_override_it(tmp_path, capsy
     saved = json.loads((run / "config.json").read_text())
     assert (saved["use_case"], saved["epochs"], saved["train_samples"], saved["crop_size"]) == ("rmi", 1, 16, 32)
     parsed = build_parser().parse_args(["train", "--lr", "0.01"])
-    assert vars(parsed) == {"command": "train", "profile": None, "lr": 0.01}  # options not given stay absent
+    assert vars(parsed) == {"command": "train", "profile": None, "assignments": [], "lr": 0.01}  # others absent
     assert "run written to" in capsys.readouterr().out
+
+
+def test_train_cli_shares_the_notebooks_defaults_and_layout(tmp_path, monkeypatch, capsys):
+    """`mistudy train` with no options is notebook 02's run: the same profile's settings and the same run
+    directory, so either reuses the other's finished run."""
+    from mistudy.__main__ import main
+    from mistudy.usecase import UseCaseReport
+
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MISTUDY_PROFILE", "tiny")
+    assert main(["train", "--set", "epochs=1", "--device", "cpu", "--progress", "none", "--set", "use_case=rmi"]) == 0
+    run = tmp_path / "results" / "tiny" / "synthetic" / "rmi" / "seed0"
+    assert (run / "metrics.json").is_file()
+    report = UseCaseReport.for_notebook("rmi", None, {"epochs": 1}, device="cpu", progress="none")
+    assert report.cfg.resolved_run_dir() == run
+    report.train()
+    assert "Reusing the finished run" in capsys.readouterr().out
+
+
+def test_the_command_line_introduces_itself(capsys):
+    from mistudy.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: mistudy" in out and "Does mutual information help semantic segmentation?" in out
+    for command in ("study", "train", "evaluate", "pretrain", "levels", "demo"):
+        assert command in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("mistudy 0.")
+
+
+def test_cli_errors_name_flags_not_fields(capsys):
+    from mistudy.__main__ import cli_words, main
+
+    assert cli_words("pass resume=True to continue") == "pass --resume to continue"
+    assert cli_words("warmup_factor must be in (0, 1]") == "--warmup-factor must be in (0, 1]"
+    assert cli_words("the dataset voc needs root") == "the dataset voc needs root"  # prose is left alone
+    assert main(["train", "--dataset", "voc", "--device", "cpu"]) == 2
+    assert "needs --root" in capsys.readouterr().err

@@ -42,7 +42,8 @@ def test_no_import_cycles():
 
 def test_lower_layers_do_not_import_the_top():
     graph = _imports()
-    top = {"train", "engine", "report", "study", "ablations", "levels", "viz", "demo", "__main__"}
+    top = {"train", "engine", "inference", "comparison", "comparison_figures", "usecase", "study", "ablations", "levels",
+           "pretrain", "viz", "demo", "__main__"}
     for low in ("atomic", "config", "data", "models", "losses", "metrics", "infotheory", "stats", "runs",
-                "distributed", "progress"):
+                "distributed", "progress", "safeload", "tables", "loaders", "networks"):
         assert not graph[low] & top, (low, graph[low] & top)

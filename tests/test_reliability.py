@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from datatrees import VOC_SPLITS, write_voc_mask
-from mistudy import atomic, engine, runs
+from mistudy import atomic, engine, inference, runs
 from mistudy.cli import error_line
 from mistudy.config import TrainConfig
 from mistudy.safeload import CheckpointError
@@ -202,7 +202,7 @@ def test_a_hostile_best_checkpoint_is_refused_when_a_run_is_evaluated(tmp_path):
     marker = tmp_path / "PWNED"
     _hostile_pickle(run_dir / "best_miou-unet.pt", marker)
     with pytest.raises(CheckpointError, match="best_miou-unet.pt holds a Python object"):
-        engine.load_network(run_dir, "unet")
+        inference.load_network(run_dir, "unet")
     assert not marker.exists()
 
 

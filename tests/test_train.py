@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mistudy import engine, runs
+from mistudy import engine, inference, loaders, networks, runs
 from mistudy.config import TrainConfig
-from mistudy.engine import EpochSampler, NonFiniteLossError
+from mistudy.engine import NonFiniteLossError
+from mistudy.loaders import EpochSampler
 from mistudy.train import evaluate_run, train
 
 TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36,
@@ -43,7 +44,7 @@ def test_run_directory_and_determinism(tmp_path):
     # the last weights' mIoU, recomputed with scikit-learn from the saved network's predictions
     from sklearn.metrics import jaccard_score
 
-    samples = engine.predict_samples(run, range(6), "last")
+    samples = inference.predict_samples(run, range(6), "last")
     y_true = np.concatenate([t.ravel() for t in samples["targets"]])
     y_pred = np.concatenate([p.ravel() for p in samples["predictions"]["unet"]])
     present = sorted(set(y_true) | set(y_pred))
@@ -165,8 +166,8 @@ def test_compiled_training_matches_eager(tmp_path):
 
 def test_same_data_order_and_crops_across_use_cases(tmp_path):
     def targets(cfg):
-        train_set = engine.build_datasets(cfg)["train"]
-        loader = engine.make_loader(train_set, cfg, train=True, device=torch.device("cpu"))
+        train_set = loaders.build_datasets(cfg)["train"]
+        loader = loaders.make_loader(train_set, cfg, train=True, device=torch.device("cpu"))
         loader.sampler.set_epoch(2)
         return torch.cat([t for _, t, _ in loader])
 
@@ -182,11 +183,11 @@ def test_sampler_drops_only_a_single_sample_last_batch(n, batch, expected):
 
 def test_default_loader_workers(tmp_path):
     cfg = tiny(tmp_path)
-    train_set = engine.build_datasets(cfg)["train"]
-    assert engine.make_loader(train_set, cfg, train=True, device=torch.device("cpu")).num_workers == 0
-    cuda = engine.make_loader(train_set, cfg, train=True, device=torch.device("cuda"), rank=1, world_size=2)
+    train_set = loaders.build_datasets(cfg)["train"]
+    assert loaders.make_loader(train_set, cfg, train=True, device=torch.device("cpu")).num_workers == 0
+    cuda = loaders.make_loader(train_set, cfg, train=True, device=torch.device("cuda"), rank=1, world_size=2)
     assert cuda.num_workers == min(8, os.cpu_count() // 2) and cuda.pin_memory  # built, not iterated
-    assert engine.make_loader(train_set, tiny(tmp_path, num_workers=1), train=False,
+    assert loaders.make_loader(train_set, tiny(tmp_path, num_workers=1), train=False,
                               device=torch.device("cpu")).num_workers == 1
 
 
@@ -199,7 +200,7 @@ def test_sampler_shards_cover_the_data():
 @pytest.mark.slow
 def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
     counts = {"deeplabv3": 0, "unet": 0}
-    real_build = engine.build_networks
+    real_build = networks.build_networks
 
     def counting(cfg, num_classes=None, names=None):
         nets = real_build(cfg, num_classes, names)
@@ -221,7 +222,7 @@ def test_mutual_sequential_runs_three_forward_passes(tmp_path, monkeypatch):
 def test_frozen_bn_stats_keeps_running_estimates():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with torch.no_grad(), engine.frozen_bn_stats(net):
+    with torch.no_grad(), networks.frozen_bn_stats(net):
         net(torch.randn(4, 1, 3, 3) * 5 + 2)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -249,8 +250,8 @@ def test_evaluate_run_matches_metrics_json(tmp_path):
     full = evaluate_run(tmp_path / "run", "last", protocol="full", device="cpu")["unet"]
     # "full" on synthetic data: the whole 36x36 images, every pixel labelled; checked against a direct prediction
     assert full["labelled_pixels"] == 6 * 36 * 36
-    net = engine.load_network(tmp_path / "run", "unet", "last")
-    whole = engine.build_datasets(runs.load_config(tmp_path / "run").replace(eval_protocol="full"))["val"]
+    net = inference.load_network(tmp_path / "run", "unet", "last")
+    whole = loaders.build_datasets(runs.load_config(tmp_path / "run").replace(eval_protocol="full"))["val"]
     with torch.no_grad():
         correct = sum(int((net(image[None]).argmax(1)[0] == mask).sum()) for image, mask in (whole[i] for i in range(6)))
     assert full["pixel_accuracy"] == pytest.approx(correct / (6 * 36 * 36))
@@ -268,9 +269,17 @@ def test_config_rejects_bad_values(kw, match):
         TrainConfig(**{**TINY, **kw})
 
 
-def test_config_rejects_missing_root(tmp_path):
+def test_a_missing_root_is_found_before_training_not_when_a_config_is_read(tmp_path):
+    """Values are checked when a config is made; files when a run starts: a saved VOC run's config loads on a
+    machine without the data (to tabulate it), and training it there fails at once, naming the path."""
+    cfg = TrainConfig(dataset="voc", root=str(tmp_path / "nowhere"), run_dir=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        TrainConfig(dataset="voc", root=str(tmp_path / "nowhere"))
+        cfg.check_paths()
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match="unet_weights .*missing.pt does not exist"):
+        TrainConfig(unet_weights=str(tmp_path / "missing.pt")).check_paths()
 
 
 def _cli(*args, env=None):
@@ -287,7 +296,7 @@ def _cli(*args, env=None):
     (["train", "--dataset", "cityscapes"], "root"),
     (["train", "--dataset", "voc", "--root", "/does/not/exist"], "/does/not/exist"),
     (["train", "--use-case", "mutual", "--batch-size", "1"], "ASPP"),
-    (["train", "--compile-mode", "reduce-overhead"], "needs compile=True"),
+    (["train", "--compile-mode", "reduce-overhead"], "needs --compile"),
     (["train", "--finite-check-every", "0"], "positive integer"),
     (["evaluate", "--run", "/tmp"], "not a run directory"),
 ])
@@ -392,23 +401,23 @@ def _digests(dataset):
 
 def test_synthetic_selection_split_is_its_own_and_sized_by_the_fraction(tmp_path):
     cfg = tiny(tmp_path, train_samples=20, val_samples=8, select_fraction=0.25, eval_protocol="full")
-    sets = engine.build_datasets(cfg)
+    sets = loaders.build_datasets(cfg)
     assert len(sets["select"]) == 5 and len(sets["val"]) == 8
-    raw = {k: engine.build_datasets(cfg.replace(eval_protocol="full"))[k] for k in ("select", "val")}
+    raw = {k: loaders.build_datasets(cfg.replace(eval_protocol="full"))[k] for k in ("select", "val")}
     assert not _digests(raw["select"]) & _digests(raw["val"])
-    assert "select" not in engine.build_datasets(cfg.replace(select_fraction=0.0))
+    assert "select" not in loaders.build_datasets(cfg.replace(select_fraction=0.0))
 
 
 def test_voc_selection_split_is_held_out_of_train_and_never_the_validation_split(voc_root, tmp_path):
     cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
                          "select_fraction": 0.2, "run_dir": str(tmp_path / "r")})
-    sets = engine.build_datasets(cfg)
+    sets = loaders.build_datasets(cfg)
     stems = {k: [p[0].stem for p in ds.samples] for k, ds in sets.items()}
     # 2007_000032's hash is 0.125 < 0.2: held out; the other two train images (0.30, 0.81) stay
     assert stems == {"train": ["2007_000039", "2008_000123"], "select": ["2007_000032"],
                      "val": ["2007_000033", "2009_000456"]}
     with pytest.raises(ValueError, match="select_fraction=0.01 leaves voc split 'select' empty"):
-        engine.build_datasets(cfg.replace(select_fraction=0.01))
+        loaders.build_datasets(cfg.replace(select_fraction=0.01))
 
 
 def test_training_without_selection_split_has_no_best_miou(tmp_path):
@@ -416,7 +425,7 @@ def test_training_without_selection_split_has_no_best_miou(tmp_path):
     assert set(summary["networks"]["unet"]) == {"last", "best_loss"} and summary["select_samples"] == 0
     assert "unet/select_miou" not in runs.load_history(tmp_path / "run")[0]
     with pytest.raises(FileNotFoundError, match="best_miou needs a selection split"):
-        engine.load_network(tmp_path / "run", "unet", "best_miou")
+        inference.load_network(tmp_path / "run", "unet", "best_miou")
 
 
 @pytest.mark.slow
@@ -427,7 +436,7 @@ def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
     cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
                          "select_fraction": 0.2, "epochs": 1, "eval_protocol": "full", "resize_size": 36,
                          "crop_size": 32, "run_dir": str(tmp_path / "r")})
-    val = engine.build_datasets(cfg)["val"]
+    val = loaders.build_datasets(cfg)["val"]
     for i, (image_path, mask_path) in enumerate(val.samples):
         image, mask = val[i]
         original = np.array(Image.open(mask_path))
@@ -470,7 +479,7 @@ def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions
     last = summary["networks"]["unet"]["last"]
     assert miou_from_counts(*(counts[k].sum(0) for k in ("tp", "fp", "fn"))) == pytest.approx(last["miou"])
     assert counts["tp"].sum() / (counts["tp"] + counts["fn"]).sum() == pytest.approx(last["pixel_accuracy"])
-    samples = engine.predict_samples(tmp_path / "run", range(6), "last")
+    samples = inference.predict_samples(tmp_path / "run", range(6), "last")
     for i, (target, pred) in enumerate(zip(samples["targets"], samples["predictions"]["unet"])):
         tp = [int(((pred == c) & (target == c)).sum()) for c in range(7)]
         fp = [int(((pred == c) & (target != c)).sum()) for c in range(7)]
@@ -481,7 +490,7 @@ def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions
 
 
 def test_learning_rate_factors_by_hand():
-    from mistudy.engine import LRFactor
+    from mistudy.networks import LRFactor
 
     linear = LRFactor("constant", total=100, warmup_steps=4, warmup_mode="linear", warmup_factor=0.2)
     assert [linear(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from mistudy import engine, viz  # noqa: E402
+from mistudy import inference, loaders, viz  # noqa: E402
 from mistudy.config import TrainConfig  # noqa: E402
 from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info, display_image  # noqa: E402
 from mistudy.train import train  # noqa: E402
@@ -131,9 +131,9 @@ def test_predict_samples_are_the_runs_predictions(tmp_path):
                       unet_features=4, epochs=1, batch_size=3, device="cpu", progress="none",
                       run_dir=str(tmp_path / "run"))
     train(cfg)
-    out = engine.predict_samples(tmp_path / "run", [3, 1], "best_miou")
-    val_set = engine.build_datasets(cfg)["val"]
-    net = engine.load_network(tmp_path / "run", "unet", "best_miou")
+    out = inference.predict_samples(tmp_path / "run", [3, 1], "best_miou")
+    val_set = loaders.build_datasets(cfg)["val"]
+    net = inference.load_network(tmp_path / "run", "unet", "best_miou")
     for k, i in enumerate((3, 1)):
         image, mask = val_set[i]
         np.testing.assert_array_equal(out["targets"][k], mask.numpy())
@@ -142,7 +142,7 @@ def test_predict_samples_are_the_runs_predictions(tmp_path):
         np.testing.assert_array_equal(out["predictions"]["unet"][k], expected)
         assert out["images"][k].shape == (32, 32, 3) and 0 <= out["images"][k].min() <= out["images"][k].max() <= 1
     with pytest.raises(ValueError, match="out of range"):
-        engine.predict_samples(tmp_path / "run", [4])
+        inference.predict_samples(tmp_path / "run", [4])
 
 
 def test_save_figure_writes_png_and_provenance(tmp_path):

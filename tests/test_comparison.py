@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mistudy import report, stats
+from mistudy import comparison, comparison_figures, stats, tables, usecase
 from mistudy.metrics import miou_from_confmat
 from mistudy.config import TrainConfig
 from mistudy.train import train
@@ -29,9 +29,9 @@ def test_paper_numbers_are_the_papers_tables():
     expected = {("baseline", "cityscapes"): (0.5931, 0.9388), ("baseline", "voc"): (0.1965, 0.7367),
                 ("rmi", "cityscapes"): (0.5244, 0.9345), ("rmi", "voc"): (0.0607, 0.6893),
                 ("mutual", "cityscapes"): (0.5619, 0.9342), ("mutual", "voc"): (0.2203, 0.7539)}
-    got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in report.PAPER_RESULTS.items()}
+    got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in comparison.PAPER_RESULTS.items()}
     assert got == expected
-    assert report.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
+    assert comparison.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
 
 
 def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
@@ -42,7 +42,7 @@ def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
     fake_run(tmp_path, "synthetic", "mutual", 0, _scores(0.9, 0.4), networks=("deeplabv3", "unet"))
     fake_run(tmp_path, "voc", "baseline", 0, _scores(0.75, 0.21))
 
-    rows, notes = report.comparison(tmp_path)
+    rows, notes = comparison.comparison(tmp_path)
     base = _row(rows, "synthetic", "baseline")
     assert base["n_seeds"] == 3 and base["seeds"] == "0 1 2"
     assert base["pixel_accuracy_mean"] == pytest.approx(np.mean(accs))
@@ -70,11 +70,11 @@ def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
 
 
 def test_empty_results_dir_gives_paper_rows_and_notes(tmp_path):
-    rows, notes = report.comparison(tmp_path / "nothing-here", ["synthetic", "voc"])
+    rows, notes = comparison.comparison(tmp_path / "nothing-here", ["synthetic", "voc"])
     assert [(r["dataset"], r["use_case"]) for r in rows] == [("voc", "baseline"), ("voc", "rmi"), ("voc", "mutual")]
     assert all(r["n_seeds"] == 0 and r.get("miou_mean") is None for r in rows)
     assert len(notes) == 2
-    md = report.markdown_table(report.format_comparison(rows))
+    md = tables.markdown_table(comparison.format_comparison(rows))
     assert "0.1965" in md and "| – |" in md
 
 
@@ -82,47 +82,47 @@ def test_runs_differing_in_more_than_the_seed_are_not_averaged(tmp_path):
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.8, 0.3), epochs=2)
     fake_run(tmp_path, "synthetic", "baseline", 1, _scores(0.8, 0.5), epochs=2)
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.9, 0.6), epochs=10, name="long")
-    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
     by_epochs = {r["epochs"]: r for r in rows}
     assert by_epochs[2]["n_seeds"] == 2 and by_epochs[2]["miou_mean"] == pytest.approx(0.4)
     assert by_epochs[10]["n_seeds"] == 1 and by_epochs[10]["miou_mean"] == 0.6
     assert by_epochs[10]["setting"] == "epochs=10"
     # figures use the setting with the most seeds, lowest seed first
-    assert [r["config"]["seed"] for r in report.runs_for(tmp_path, "synthetic", "baseline")] == [0, 1]
-    assert report.runs_for(tmp_path, "synthetic", "rmi") == []
+    assert [r["config"]["seed"] for r in comparison.runs_for(tmp_path, "synthetic", "baseline")] == [0, 1]
+    assert comparison.runs_for(tmp_path, "synthetic", "rmi") == []
 
 
 def test_bad_arguments_and_broken_runs(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
-        report.comparison(tmp_path, checkpoint="best")
+        comparison.comparison(tmp_path, checkpoint="best")
     with pytest.raises(ValueError, match="imagenet"):
-        report.comparison(tmp_path, ["imagenet"])
+        comparison.comparison(tmp_path, ["imagenet"])
     run = fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.8, 0.3))
     (run / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        report.comparison(tmp_path, ["synthetic"])
+        comparison.comparison(tmp_path, ["synthetic"])
     (run / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
-        report.comparison(tmp_path, ["synthetic"])
+        comparison.comparison(tmp_path, ["synthetic"])
 
 
 def test_mean_per_class_iou_skips_absent_classes():
     found = [{"metrics": {"networks": {"unet": {"best_miou": {"iou_per_class": v}}}}}
              for v in ([0.5, None, None], [0.7, 0.2, None])]
-    assert report.mean_per_class_iou(found, "unet") == [pytest.approx(0.6), 0.2, None]
+    assert comparison_figures.mean_per_class_iou(found, "unet") == [pytest.approx(0.6), 0.2, None]
 
 
 def test_markdown_and_csv_cells():
     rows = [{"a": 0.123456, "b": None, "c": "x|y"}, {"a": float("nan"), "b": 3, "c": ""}]
-    md = report.markdown_table(rows).splitlines()
+    md = tables.markdown_table(rows).splitlines()
     assert md[0] == "| a | b | c |" and md[2] == "| 0.1235 | – | x\\|y |" and md[3] == "| – | 3 |  |"
-    back = list(csv.DictReader(io.StringIO(report.csv_text(rows))))
+    back = list(csv.DictReader(io.StringIO(tables.csv_text(rows))))
     assert back[0] == {"a": "0.123456", "b": "", "c": "x|y"}  # full precision, None empty
 
 
 def test_write_table_writes_csv_md_and_provenance(tmp_path):
     rows = [{"checkpoint": "last", "miou": 0.25}]
-    csv_path, md_path = report.write_table(rows, tmp_path / "out" / "t.csv", {"dataset": "synthetic", "seed": 3},
+    csv_path, md_path = tables.write_table(rows, tmp_path / "out" / "t.csv", {"dataset": "synthetic", "seed": 3},
                                             title="A title")
     assert (csv_path.name, md_path.name) == ("t.csv", "t.md")
     assert csv_path.read_text() == "checkpoint,miou\nlast,0.25\n"
@@ -140,16 +140,16 @@ def test_tables_of_a_real_run(tmp_path):
                       unet_features=4, epochs=2, batch_size=3, device="cpu", progress="none",
                       results_dir=str(tmp_path))
     summary = train(cfg)
-    rows = report.metrics_rows(summary)
+    rows = usecase.metrics_rows(summary)
     assert [r["checkpoint"] for r in rows] == ["last", "best_loss", "best_miou"]
     assert rows[2]["miou"] == summary["networks"]["unet"]["best_miou"]["miou"]
-    per_class = report.per_class_rows(summary, [f"c{i}" for i in range(7)])
+    per_class = usecase.per_class_rows(summary, [f"c{i}" for i in range(7)])
     assert [r["unet IoU"] for r in per_class] == summary["networks"]["unet"]["best_miou"]["iou_per_class"]
     with pytest.raises(ValueError, match="deeplabv3"):
-        report.metrics_rows(summary, "deeplabv3")
+        usecase.metrics_rows(summary, "deeplabv3")
     with pytest.raises(ValueError, match="class names"):
-        report.per_class_rows(summary, ["only", "two"])
-    table, _ = report.comparison(tmp_path, ["synthetic"], checkpoint="last")
+        usecase.per_class_rows(summary, ["only", "two"])
+    table, _ = comparison.comparison(tmp_path, ["synthetic"], checkpoint="last")
     row = _row(table, "synthetic", "baseline")
     assert row["n_seeds"] == 1 and row["pixel_accuracy_mean"] == summary["networks"]["unet"]["last"]["pixel_accuracy"]
     # the protocol sentence names what the numbers depend on
@@ -173,7 +173,7 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
         fake_run(tmp_path, "synthetic", "mutual", seed, _scores(0.5, 0.3), counts=base[seed],
                  networks=("deeplabv3", "unet"))
     fake_run(tmp_path, "synthetic", "rmi", 3, _scores(0.9, 0.8), counts=good[0])  # no baseline with seed 3
-    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
     rmi = _row(rows, "synthetic", "rmi")
     expected = np.mean([stats.miou_from_counts(*(good[s][k].sum(0) for k in ("tp", "fp", "fn")))
                         - stats.miou_from_counts(*(base[s][k].sum(0) for k in ("tp", "fp", "fn"))) for s in (0, 1, 2)])
@@ -184,12 +184,12 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     assert mutual["verdict"] == "no detectable difference at n = 3"
     assert _row(rows, "synthetic", "mutual", "deeplabv3")["miou_diff"] is None  # the teacher is not paired
     assert _row(rows, "synthetic", "baseline")["miou_diff"] is None
-    md = report.markdown_table(report.format_comparison(rows))
+    md = tables.markdown_table(comparison.format_comparison(rows))
     assert f"{expected:+.3f} [" in md and "| better |" in md
-    lines = report.summary_lines(rows)
+    lines = comparison.summary_lines(rows)
     assert any(line.startswith("synthetic, rmi vs baseline, n = 4 seeds: mIoU +") and "(better)" in line
                for line in lines)
-    title = report.comparison_title(rows, "best_miou")
+    title = comparison.comparison_title(rows, "best_miou")
     assert "Student-t" in title and "jackknife over validation images" in title and "Protocol, synthetic:" in title
     # the interval is the package's seed-and-image interval of the same per-image statistics
     cms = [np.stack([c[s]["confmat"] for s in (0, 1, 2)]) for c in (good, base)]
@@ -203,7 +203,7 @@ def test_runs_of_another_length_are_not_paired(tmp_path):
     counts = _counts(rng, 6, 0.7)
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.5, 0.3), epochs=2, counts=counts)
     fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.5, 0.3), epochs=5, counts=counts)
-    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
     assert _row(rows, "synthetic", "rmi")["miou_diff"] is None
 
 
@@ -220,7 +220,7 @@ def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
         stats_base["boundary_f"], stats_rmi["boundary_f"] = base_f[seed], rmi_f[seed]
         fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=stats_base)
         fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3), counts=stats_rmi)
-    rows, _ = report.comparison(tmp_path, ["synthetic"])
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
     rmi = _row(rows, "synthetic", "rmi")
     d = rmi_f - base_f
     seed_part, image_part = d.mean(1).var(ddof=1) / 3, d.mean(0).var(ddof=1) / images
@@ -231,12 +231,12 @@ def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
                                                                          pytest.approx(d.mean() + half))
     assert rmi["boundary_f_verdict"] == "better"
     assert rmi["ece_diff"] is None  # no probabilities in these statistics: no calibration to compare
-    extra = report.format_extra(rows)
+    extra = comparison.format_extra(rows)
     assert extra[1]["use-case"] == "rmi" and extra[1]["Δ boundary F"].startswith(f"{d.mean():+.3f} [")
-    report.write_comparison(rows, tmp_path / "figs" / "comparison_table")
+    comparison.write_comparison(rows, tmp_path / "figs" / "comparison_table")
     beyond = (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text()
     assert beyond.count("| synthetic |") == 2 and "Csurka" in beyond and "0.75% of the image diagonal" in beyond
-    assert any(f"boundary F {d.mean():+.3f} [" in line and "(better)" in line for line in report.summary_lines(rows))
+    assert any(f"boundary F {d.mean():+.3f} [" in line and "(better)" in line for line in comparison.summary_lines(rows))
 
 
 def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):
@@ -246,7 +246,7 @@ def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())
         (run / "metrics.json").write_text(json.dumps({**metrics, "device": device}))
     assert json.loads((tmp_path / "synthetic/baseline/seed0/config.json").read_text())["device"] == "auto"
-    prov = report.comparison_provenance(tmp_path, ["synthetic", "voc"], "best_miou")
+    prov = comparison.comparison_provenance(tmp_path, ["synthetic", "voc"], "best_miou")
     assert prov["device"] == ["cpu", "cuda:0"]
     assert (prov["epochs"], prov["seed"], prov["datasets"]) == ([3], [0, 1, 2], ["synthetic"])
     assert prov["amp"] == [TrainConfig(dataset="synthetic").amp]

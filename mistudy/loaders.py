@@ -1,0 +1,126 @@
+"""Data loaders of a run: the datasets of a configuration, samplers whose order and crops depend only on (seed,
+epoch, sample), and the move of a batch to the device.
+
+`EpochSampler` and `SeededItems` make the three use-cases with the same seed see exactly the same training data,
+whatever their batch sizes, worker counts or resume points: that is what makes the paired comparison paired.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mistudy import data
+from mistudy.config import TrainConfig
+
+class EpochSampler(Sampler):
+    """Shuffled order fixed by (seed, epoch), sharded over ranks, indices tagged with the epoch.
+
+    The yielded index is `epoch * n + i`, so `SeededItems` can seed each item's augmentation from (seed, epoch, i):
+    the same crops whatever the use-case, batch size, worker count or resume point.  A last per-rank batch that
+    would hold a single sample is dropped in training (BatchNorm needs >= 2 samples).  Evaluation passes use the
+    epoch number as the pass number (new random crops per pass, the same ones every time).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0, world_size: int = 1,
+                 drop_single: bool = True):
+        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
+        self.rank, self.world_size, self.drop_single = rank, world_size, drop_single
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            order += order[: (-self.n) % self.world_size]  # equal shards so DDP ranks step together
+        else:
+            order = list(range(self.n))  # evaluation: no padding, every sample exactly once
+        mine = order[self.rank :: self.world_size]
+        if self.drop_single and len(mine) % self.batch_size == 1 and len(mine) > 1:
+            mine = mine[:-1]
+        return mine
+
+    def __iter__(self):
+        return iter([self.epoch * self.n + i for i in self._indices()])
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+class SeededItems(Dataset):
+    """Item i of epoch (or evaluation pass) e, with its random transform seeded by (seed, e, i): (image, mask, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, tagged_index: int):
+        epoch, i = divmod(int(tagged_index), len(self.dataset))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF)
+            image, mask = self.dataset[i]
+        return image, mask, i
+
+
+def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
+    """{"train", "select" (only if select_fraction > 0), "val"} with the configured transforms.
+
+    check: VOC/Cityscapes files are checked now (`data.check_files`: every file complete and of matching size; the
+    masks of the scored splits decoded unless a cache holds them), so that a bad file stops the run before it
+    trains, not an epoch later.
+    """
+    common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
+                  normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed,
+                  synthetic_level=cfg.synthetic_level, select_fraction=cfg.select_fraction)
+    evaluation = dict(train=False, protocol=cfg.eval_protocol)
+    sizes = {"train": cfg.train_samples, "val": cfg.val_samples, "select": None}
+    if cfg.dataset == "synthetic":  # generated at resize_size x resize_size; the selection split is its own
+        n_train = cfg.train_samples or data.SYNTHETIC_DEFAULT_SIZES["train"]
+        sizes = {"train": n_train, "val": cfg.val_samples, "select": max(2, round(cfg.select_fraction * n_train))}
+    splits = ["train", "val"] + (["select"] if cfg.select_fraction > 0 else [])
+    sets = {split: data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
+                                      **(dict(train=True) if split == "train" else evaluation), **common)
+            for split in splits}
+    if check and cfg.dataset != "synthetic":
+        for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
+            cached = isinstance(dataset, data.ResizedCache)
+            data.check_files(dataset.source if cached else dataset, decode_masks=split != "train" and not cached)
+    return sets
+
+
+def evaluation_batch_size(cfg: TrainConfig) -> int:
+    if cfg.eval_batch_size:
+        return cfg.eval_batch_size
+    if cfg.eval_protocol == "full" and cfg.dataset != "synthetic":
+        return 1  # whole images of different sizes cannot be stacked
+    return cfg.resolved_batch_size
+
+
+def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torch.device, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
+    batch_size = cfg.resolved_batch_size if train else evaluation_batch_size(cfg)
+    sampler = EpochSampler(len(dataset), cfg.seed, shuffle=train, batch_size=batch_size, rank=rank,
+                           world_size=world_size, drop_single=train)
+    workers = cfg.num_workers
+    if workers is None:  # on CPU workers compete with training for the same cores (measured: slower)
+        workers = min(8, (os.cpu_count() or 1) // world_size) if device.type == "cuda" else 0
+    return DataLoader(SeededItems(dataset, cfg.seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+
+
+def to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device, channels_last: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the device: images [N, 3, H, W] (channels-last if asked), masks [N, H, W]."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, target.to(device, non_blocking=True)

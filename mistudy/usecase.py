@@ -1,0 +1,204 @@
+"""What a use-case notebook (02-04) shows, in a few calls: `UseCaseReport` trains (or reuses) the run, then draws its
+training curves, metrics table, reliability diagram, per-class IoU and predicted masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mistudy import data, runs, viz
+from mistudy.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
+from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
+from mistudy.inference import predict_samples
+from mistudy.tables import Table, Tables, write_table
+from mistudy.train import SCORES, train_or_load
+
+def metrics_rows(metrics: dict, network: str = PRIMARY_NETWORK) -> list[dict]:
+    """Rows last / best_loss / best_miou of one network of a run's metrics.json (the notebooks' table).
+
+    Columns: checkpoint, epoch, pixel_accuracy, iou_micro, miou, mean_class_accuracy and EXTRA_METRICS.
+    """
+    nets = metrics.get("networks", {})
+    if network not in nets:
+        raise ValueError(f"metrics hold networks {sorted(nets)}, not {network!r}")
+    return [{"checkpoint": rule, "epoch": nets[network][rule]["epoch"],
+             **{k: nets[network][rule].get(k) for k in (*SCORES, "mean_class_accuracy", *EXTRA_METRICS)}}
+            for rule in ("last", "best_loss", "best_miou") if rule in nets[network]]
+
+
+def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
+                   networks: list[str] | None = None) -> list[dict]:
+    """One row per class: {"class": name, "<network> IoU": value or None (class absent)}."""
+    rows = [{"class": name} for name in class_names]
+    for net in networks or list(metrics["networks"]):
+        ious = metrics["networks"][net][checkpoint]["iou_per_class"]
+        if len(ious) != len(class_names):
+            raise ValueError(f"{net} has {len(ious)} per-class IoUs but {len(class_names)} class names were given")
+        for row, v in zip(rows, ious):
+            row[f"{net} IoU"] = v
+    return rows
+
+
+NOTEBOOK_OF = {"baseline": "02_baseline", "rmi": "03_rmi", "mutual": "04_mutual_learning"}
+THIN_CLASSES = {"synthetic": ("ring", "bar")}  # the thin structures a structure-aware loss should help most
+
+
+class UseCaseReport:
+    """What a use-case notebook (02-04) shows, in a few calls: train (or load) the run, then its training curves,
+    metrics table, per-class IoU and predicted masks.  Each figure and table is written to ``figures_dir`` with a
+    provenance file beside it, and returned for the notebook to display (tables display as tables in JupyterLab
+    and as Markdown text headless)."""
+
+    def __init__(self, cfg, figures_dir, device: str | None = None):
+        self.cfg, self.figures_dir = cfg, Path(figures_dir)
+        self.device = device or ("cpu" if cfg.device == "auto" else cfg.device)
+        self.info = data.dataset_info(cfg.dataset)
+        self.title = USE_CASE_TITLES[cfg.use_case]
+        self.summary: dict | None = None
+
+    @classmethod
+    def for_notebook(cls, use_case: str, profile: str | None = None, config: dict | None = None, results_dir=None,
+                     figures_dir=None, **fields) -> "UseCaseReport":
+        """The report of a use-case notebook's parameters: the profile's settings, ``fields`` (dataset, root,
+        device, seed, resume), then ``config``; runs and figures in the profile's default folders unless given."""
+        profile = resolve_profile(profile)
+        cfg = study_config(use_case, profile, config, results_dir=str(results_dir or runs.default_results_dir(profile)),
+                           **fields)
+        return cls(cfg, figures_dir or runs.default_figures_dir(profile))
+
+    def describe(self) -> str:
+        c = self.cfg
+        level = f", {c.synthetic_level} level" if c.dataset == "synthetic" else ""
+        return (f"{self.title}: networks {', '.join(c.networks)} on {c.dataset}{level} ({self.info.num_classes} "
+                f"classes)\n{c.epochs} epochs, batch {c.resolved_batch_size}, Adam lr {c.resolved_lr:g}, crop "
+                f"{c.crop_size} after resize {c.resize_size}, {c.eval_protocol} evaluation protocol "
+                f"({c.resolved_eval_passes} pass{'es' if c.resolved_eval_passes > 1 else ''})\n"
+                f"samples: train {c.train_samples or 'all'}, validation {c.val_samples or 'all'}, selection split "
+                f"{c.select_fraction:g} of train; seed {c.seed}")
+
+    def train(self) -> dict:
+        """Train the run, or reuse it when finished; prints where the run and the figures go."""
+        self.summary = train_or_load(self.cfg)
+        self.run_dir = Path(self.summary["run_dir"])
+        self.prov = dict(dataset=self.cfg.dataset, device=self.summary.get("device"), epochs=self.cfg.epochs,
+                         seed=self.cfg.seed, notebook=f"{NOTEBOOK_OF[self.cfg.use_case]}.ipynb",
+                         run_dir=str(self.run_dir), protocol=protocol_text(self.summary.get("config") or
+                                                                           runs.load_run(self.run_dir)["config"],
+                                                                           self.summary))
+        self.stem = self.figures_dir / f"{self.cfg.dataset}_{NOTEBOOK_OF[self.cfg.use_case]}_{self.run_dir.name}"
+        print(f"run directory: {self.run_dir.resolve()}\nfigures and tables: {self.figures_dir.resolve()}")
+        return self.summary
+
+    def _need_run(self) -> None:
+        if self.summary is None:
+            raise RuntimeError("call train() first")
+
+    def _checkpoint(self, checkpoint: str) -> str:
+        """``checkpoint`` if the run kept it; else "last", said once (best_miou needs a selection split)."""
+        if checkpoint in self.summary["networks"][self.cfg.networks[-1]]:
+            return checkpoint
+        print(f"note: the run kept no {checkpoint} weights (no selection split): showing the last epoch's")
+        return "last"
+
+    def curves(self):
+        self._need_run()
+        fig = viz.plot_training_curves(runs.load_history(self.run_dir),
+                                       title=f"{self.title} on {self.cfg.dataset} ({self.run_dir.name})")
+        viz.save_figure(fig, f"{self.stem}_curves.png", self.prov)
+        return fig
+
+    def metrics(self) -> Tables:
+        """Validation scores of the weights kept by the three rules, one table per network."""
+        self._need_run()
+        rules = "last epoch, lowest training loss (paper), highest selection-split mIoU"
+        out = Tables()
+        for network in self.cfg.networks:
+            rows = metrics_rows(self.summary, network)
+            label = NETWORK_LABELS[network]
+            title = f"{self.title}, {label} on {self.cfg.dataset}: validation scores of the weights at the {rules}"
+            write_table(rows, f"{self.stem}_metrics_{network}", {**self.prov, "network": network}, title=title)
+            out.append(Table(rows, label))
+        return out
+
+    def per_class(self, checkpoint: str = "best_miou"):
+        """(table, figure) of the per-class IoU of every network."""
+        self._need_run()
+        checkpoint = self._checkpoint(checkpoint)
+        rows = per_class_rows(self.summary, self.info.class_names, checkpoint)
+        title = f"Per-class IoU ({checkpoint} weights), {self.title}, {self.cfg.dataset}"
+        write_table(rows, f"{self.stem}_per_class_iou", self.prov, title=title)
+        per_class = {NETWORK_LABELS[n]: [r[f"{n} IoU"] for r in rows] for n in self.cfg.networks}
+        fig = viz.plot_per_class_iou(per_class, self.info.class_names,
+                                     title=f"Per-class IoU, {self.title}, {self.cfg.dataset}")
+        viz.save_figure(fig, f"{self.stem}_per_class_iou.png", self.prov)
+        return Table(rows, title), fig
+
+    def reliability(self, checkpoint: str = "best_miou"):
+        """Reliability diagram (calibration) of every network."""
+        self._need_run()
+        checkpoint = self._checkpoint(checkpoint)
+        diagrams = {NETWORK_LABELS[n]: {**m[checkpoint]["reliability"], "ece": m[checkpoint]["ece"]}
+                    for n, m in self.summary["networks"].items()}
+        fig = viz.plot_reliability(diagrams, title=f"{self.title} on {self.cfg.dataset}: calibration ({checkpoint} "
+                                                   "weights)")
+        viz.save_figure(fig, f"{self.stem}_reliability.png", self.prov)
+        return fig
+
+    def predictions(self, num_examples: int = 4, checkpoint: str = "best_miou"):
+        self._need_run()
+        checkpoint = self._checkpoint(checkpoint)
+        samples = predict_samples(self.run_dir, range(min(num_examples, self.summary["val_samples"])), checkpoint,
+                                  device=self.device)
+        predictions = {NETWORK_LABELS[n]: masks for n, masks in samples["predictions"].items()}
+        fig = viz.plot_predictions(samples["images"], samples["targets"], predictions, self.cfg.dataset,
+                                   title=f"{self.title} on {self.cfg.dataset}: predicted masks ({checkpoint} weights)")
+        viz.save_figure(fig, f"{self.stem}_predictions.png", self.prov)
+        return fig
+
+    def reading(self, checkpoint: str = "best_miou") -> list[str]:
+        """What to look for in this method's results, worded from this run and the baseline run of the same seed
+        (when it has finished in the same results folder): single-seed observations, not verdicts -- notebook 05
+        pairs all seeds with intervals."""
+        self._need_run()
+        checkpoint = self._checkpoint(checkpoint)
+        lines = []
+        base_dir = Path(self.cfg.results_dir) / self.cfg.dataset / "baseline" / self.run_dir.name
+        base = runs.load_metrics(base_dir) if self.cfg.use_case != "baseline" else None
+        mine = self.summary["networks"][PRIMARY_NETWORK][checkpoint]
+        theirs = (base or {}).get("networks", {}).get(PRIMARY_NETWORK, {}).get(checkpoint)
+        if self.cfg.use_case == "rmi":
+            lines.append("RMI scores neighbourhoods, not pixels: where it helps, it should help at class boundaries "
+                         "and on thin structures first (boundary F, the thin classes' IoU), even before mIoU.")
+        if self.cfg.use_case == "mutual":
+            lines += self._partner_lines(checkpoint)
+        if theirs is None:
+            if self.cfg.use_case != "baseline":
+                lines.append(f"(no finished baseline run in {base_dir} to set this run beside)")
+            return lines
+        for key, label in (("miou", "mIoU"), ("boundary_f", "boundary F"), ("ece", "ECE")):
+            if mine.get(key) is not None and theirs.get(key) is not None:
+                lines.append(f"{label}: {mine[key]:.3f} here against {theirs[key]:.3f} for the baseline of the same "
+                             f"seed ({mine[key] - theirs[key]:+.3f}).")
+        names = list(self.info.class_names)
+        for cls in THIN_CLASSES.get(self.cfg.dataset, ()):
+            i = names.index(cls)
+            a, b = mine["iou_per_class"][i], theirs["iou_per_class"][i]
+            if a is not None and b is not None:
+                lines.append(f"thin class {cls!r}: IoU {a:.3f} here against {b:.3f} for the baseline ({a - b:+.3f}).")
+        return lines
+
+    def _partner_lines(self, checkpoint: str) -> list[str]:
+        """Mutual learning: how the partner learnt beside the U-Net, from the history and the final scores."""
+        partner = self.cfg.networks[0]
+        history = runs.load_history(self.run_dir)
+        curve = [r.get(f"{partner}/val_miou") for r in history if r.get(f"{partner}/val_miou") is not None]
+        student = [r.get(f"{PRIMARY_NETWORK}/val_miou") for r in history
+                   if r.get(f"{PRIMARY_NETWORK}/val_miou") is not None]
+        lines = [f"The U-Net learns from its partner's softened prediction: a partner that knows less than the U-Net "
+                 f"pulls it towards worse answers. The {NETWORK_LABELS[partner]} partner's validation mIoU went "
+                 f"{curve[0]:.3f} -> {curve[-1]:.3f} against the U-Net's {student[0]:.3f} -> {student[-1]:.3f}."
+                 if curve and student else "No per-epoch validation scores were kept for the partner."]
+        kl = [r.get(f"{PRIMARY_NETWORK}/train_kl") for r in history if r.get(f"{PRIMARY_NETWORK}/train_kl") is not None]
+        if len(kl) > 1:
+            lines.append(f"The U-Net's KL term went {kl[0]:.3f} -> {kl[-1]:.3f} nats: the two networks "
+                         f"{'came to agree' if kl[-1] < kl[0] else 'drifted apart'} over training.")
+        return lines
