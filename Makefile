@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 	# A kernel named after the project, inside the venv, so papermill/nbval/JupyterLab
 	# run notebooks with this environment (avoids NoSuchKernel / wrong interpreter).
 	$(BIN)/python -m ipykernel install --sys-prefix --name mistudy --display-name "Python (mistudy)"

@@ -8,6 +8,8 @@ A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
     best_loss-<net>.pt     weights at the lowest training loss of <net> (the paper's selection rule)
     best_miou-<net>.pt     weights at the highest selection-split mIoU of <net> (held out of train)
     metrics.json           validation metrics of every network at last / best_loss / best_miou
+    val_per_epoch.npz      per evaluated epoch and network, every validation image's confusion matrix ("<net>/<epoch>",
+                           int32 [images, C, C]): paired intervals along the training budget
     per_image.npz          every validation image's statistics, keys "<net>/<checkpoint>/<name>": "confmat" int64
                            [images, C, C], "tp", "fp", "fn" int64 [images, C], "boundary" int64 [images, 4, C],
                            "calibration" float64 [images, 3, bins], "entropy" float64 [images, 2], the image's own
@@ -203,6 +205,30 @@ def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids
     arrays = {f"{key}/{part}": np.asarray(v) for key, parts in counts.items() for part, v in parts.items()}
     with atomic.atomic_path(run_dir / "per_image.npz", suffix=".npz") as tmp:
         np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), **arrays)
+
+
+EPOCH_CONFMATS = "val_per_epoch.npz"
+
+
+def add_epoch_confmats(run_dir: Path, epoch: int, confmats: dict[str, np.ndarray]) -> None:
+    """Add (or replace) one epoch's per-image validation confusion matrices {net: [images, C, C]}."""
+    path = run_dir / EPOCH_CONFMATS
+    arrays = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    arrays |= {f"{net}/{epoch}": np.asarray(cm, dtype=np.int32) for net, cm in confmats.items()}
+    with atomic.atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_epoch_confmats(run_dir, network: str) -> dict[int, np.ndarray]:
+    """{epoch: per-image confusion matrices [images, C, C]} of ``network`` (empty for runs written before them)."""
+    path = Path(run_dir) / EPOCH_CONFMATS
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as f:
+        return {int(k.rsplit("/", 1)[1]): f[k] for k in f.files if k.startswith(network + "/")}
 
 
 # ------------------------------------------------------------------------------------------------ reading

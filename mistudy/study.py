@@ -10,21 +10,25 @@ Executed notebooks go to <results-dir>/notebooks/ (per dataset and seed for 02-0
 project's results/<profile>/ and <figures-dir> figures/<profile>/ (01's theory figures: figures/).  The notebooks run in
 notebooks/ (so their relative paths work) with the project's kernel "mistudy" and MISTUDY_PROGRESS=log (one line
 per epoch instead of progress bars).  02-04 get the profile's name and a ``config`` dict of TrainConfig fields
-(--set NAME=VALUE, any field; --epochs and --eval-protocol are shortcuts).  A failing notebook stops the study
-with the notebook's name and the failing cell's error; what finished before stays as it is.
+(--set NAME=VALUE, any field; --epochs and --eval-protocol are shortcuts).
+
+The console shows one line per finished notebook (or run) with the study's progress and the time left; the
+notebooks' own output goes to <results-dir>/study.log.  Executors (`mistudy.executors`): sequential (default) --
+a failing notebook stops the study with the notebook's name and the failing cell's error, what finished before
+stays; ray (--executor ray) -- every notebook and ablation run a task of a Ray cluster, a failing task reported
+while the others finish.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mistudy.cli import OneLineParser, non_negative_int, positive_int
+from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
 from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, parse_assignments, study_config
 from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
@@ -39,7 +43,13 @@ NOTEBOOKS = {
 DEFAULT_NOTEBOOKS = ("01", "02", "03", "04", "05")
 PER_RUN = {"02": "baseline", "03": "rmi", "04": "mutual"}  # run once per dataset and seed
 REAL_DATASETS = ("voc", "cityscapes")
-DEFAULT_NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+def _default_notebooks_dir() -> Path:
+    """The checkout's notebooks/, or, for a plain `pip install .`, the copies it installs in <prefix>/share."""
+    checkout = PROJECT_ROOT / "notebooks"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "mistudy" / "notebooks"
+
+
+DEFAULT_NOTEBOOKS_DIR = _default_notebooks_dir()
 KERNEL = "mistudy"
 PROG = "mistudy study"
 
@@ -59,10 +69,6 @@ class Step:
 
 class UsageError(ValueError):
     """A bad command-line option, found before anything runs (exit status 2)."""
-
-
-class StudyError(RuntimeError):
-    """A notebook failed; the message names it and the failing cell's error (exit status 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs (and extend finished ones to more epochs)")
+    p.add_argument("--grids", nargs="+", default=["ablations"], choices=["ablations", "pretrained"],
+                   help="notebook 06's grids: ablations (the open questions and controls), pretrained (fine-tuned "
+                        "networks; needs `mistudy pretrain` first)")
     p.add_argument("--notebooks-dir", default=str(DEFAULT_NOTEBOOKS_DIR), help="where the numbered notebooks are")
+    p.add_argument("--executor", default="sequential", choices=["sequential", "ray"],
+                   help="sequential: one notebook after another, here; ray: every run a task of a Ray cluster, "
+                        "spread over its GPUs (or CPU cores); see the README's 'Many GPUs and machines'")
+    p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. auto, or "
+                   "HOST:6379); default: start a local one on this machine")
+    p.add_argument("--workers", type=positive_int, default=None, help="with --executor ray and no --address: the "
+                   "local cluster's tasks at once (default: CPU cores / --cpus-per-task, or the GPUs)")
+    p.add_argument("--cpus-per-task", type=positive_int, default=1, help="with --executor ray: CPU cores each task "
+                   "holds (its torch threads)")
+    p.add_argument("--gpus-per-task", type=non_negative_float, default=None, help="with --executor ray: GPUs each "
+                   "task holds (default: 1 where CUDA is present, else 0)")
     p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel to execute the notebooks with")
     return p
 
@@ -147,7 +167,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
     nb_dir = Path(args.notebooks_dir).resolve()
     missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
     if missing:
-        raise UsageError(f"notebooks {missing} not found in {nb_dir}")
+        raise UsageError(f"notebooks {missing} not found in {nb_dir}; pass --notebooks-dir DIR (the checkout's "
+                         "notebooks/ folder, or <environment>/share/mistudy/notebooks after `pip install .`)")
     # Each profile has its own runs and figures (results/<profile>/, figures/<profile>/), so that runs of another
     # size never meet; the theory figures of 01 do not depend on the profile (figures/).
     results, figures = _folders(args)
@@ -183,11 +204,14 @@ def plan(args: argparse.Namespace) -> list[Step]:
     if "06" in keys:  # after 02-04, whose runs are its references
         for dataset in datasets:
             root = str(roots[dataset]) if dataset in roots else None
-            params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
-                      "seeds": list(args.seeds), "results_dir": str(results), "figures_dir": str(figures)}
-            if overrides:
-                params["config"] = overrides
-            steps.append(step("06", params, dataset, f" ({dataset})"))
+            for grid in args.grids:
+                params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
+                          "seeds": list(args.seeds), "results_dir": str(results), "figures_dir": str(figures),
+                          "grid": grid}
+                if overrides:
+                    params["config"] = overrides
+                label = f" ({dataset})" if grid == "ablations" else f" ({dataset}, {grid} grid)"
+                steps.append(step("06", params, dataset if grid == "ablations" else f"{dataset}/{grid}", label))
     return steps
 
 
@@ -220,25 +244,59 @@ def _check_kernel(name: str) -> None:
     try:
         KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
-        raise UsageError(f"Jupyter kernel {name!r} is not installed in this environment; run `make setup` (it "
-                         f"installs the kernel into .venv) or pass --kernel NAME") from None
+        raise UsageError(f"Jupyter kernel {name!r} is not installed in this environment: `pip install .` (or `make "
+                         f"setup`) installs it; `python -m ipykernel install --sys-prefix --name {name}` adds it to an "
+                         "existing environment; or pass --kernel NAME") from None
 
 
-def run_step(step: Step, kernel: str, cwd: Path) -> None:
-    """Execute one notebook with papermill; a failing cell raises StudyError naming notebook, cell and error."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+def _task_key(step: Step) -> str:
+    p = step.parameters
+    return " ".join(str(x) for x in (step.key, p.get("dataset", ""), f"seed{p['seed']}" if "seed" in p else "",
+                                     p.get("grid", "")) if x)
 
-    step.output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(str(step.notebook), str(step.output), parameters=step.parameters,
-                                   kernel_name=kernel, cwd=str(cwd), log_output=True, progress_bar=False)
-    except PapermillExecutionError as e:
-        evalue = " ".join(str(e.evalue).split())
-        raise StudyError(f"notebook {step.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} "
-                         f"(executed notebook with the traceback: {step.output})") from None
-    except Exception as e:  # dead kernel, timeout, unreadable notebook: still one clear line
-        raise StudyError(f"notebook {step.label} could not run: {type(e).__name__}: {e}") from None
+
+def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -> list:
+    """The executor's tasks of a plan: each notebook, needing what it reads (05: every 02-04 of its datasets; 06: the
+    02-04 of its dataset).  With ``expand_ablations`` (the Ray executor) every run of 06's grids is a task of its own
+    (notebook 06 then only gathers them); a reference run that a 02-04 notebook trains stays that notebook's."""
+    from mistudy import ablations
+    from mistudy.ablations import DIRECTORY
+    from mistudy.executors import NotebookTask, TrainTask, check_one_writer
+
+    out, use_case_tasks = [], {}
+    for step in steps:
+        p = step.parameters
+        key, needs, run_dirs = _task_key(step), (), ()
+        if step.key in PER_RUN:
+            cfg = study_config(PER_RUN[step.key], p["profile"], p.get("config"), dataset=p["dataset"],
+                               root=p["data_root"], device=p["device"], seed=p["seed"], results_dir=p["results_dir"])
+            run_dirs = (str(cfg.resolved_run_dir()),)
+            use_case_tasks.setdefault(p["dataset"], []).append(key)
+        elif step.key == "05":
+            needs = tuple(k for d in p["datasets"] for k in use_case_tasks.get(d, []))
+        elif step.key == "06":
+            needs = tuple(use_case_tasks.get(p["dataset"], []))
+            if expand_ablations:
+                names, seeds = ablations.default_grid(p["profile"], None, p["seeds"], p["grid"])
+                made = {d for t in out for d in t.run_dirs}
+                trains = []
+                for name, cfg in ablations.configs(names, seeds, p["profile"], p.get("config"), p["results_dir"],
+                                                   dataset=p["dataset"], root=p["data_root"], device=p["device"]):
+                    run_dir = str(cfg.resolved_run_dir())
+                    if run_dir in made:
+                        continue  # a 02-04 run (a reference), or an ablation another grid trains too
+                    made.add(run_dir)
+                    # a reference 05 would find: trained after 05, as in the sequential study, so that 05 reads
+                    # the same runs whichever executor runs the study
+                    after = ("05",) if "05" in {t.key for t in out} and DIRECTORY not in Path(run_dir).parts else ()
+                    trains.append(TrainTask(f"train {p['dataset']} {name} seed{cfg.seed}",
+                                            f"{name} ({p['dataset']}, seed {cfg.seed})", asdict(cfg), after,
+                                            run_dirs=(run_dir,)))
+                out += trains
+                needs += tuple(t.key for t in trains)
+        out.append(NotebookTask(key, step.label, step.notebook, step.output, step.parameters, needs, run_dirs))
+    check_one_writer(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         from mistudy.distributed import resolve_device
 
         try:
-            resolve_device(args.device)
+            device = resolve_device(args.device)
         except RuntimeError as e:  # torch.device's message for an unknown device type
             raise UsageError(f"--device {args.device!r}: {e}") from None
         steps = plan(args)
@@ -260,34 +318,49 @@ def main(argv: list[str] | None = None) -> int:
                                             dataset=s.parameters["dataset"], root=s.parameters["data_root"],
                                             device=args.device))
         _check_kernel(args.kernel)
-    except (UsageError, ValueError) as e:
+        if args.executor == "ray":
+            _check_ray()
+        work = tasks(steps, args, expand_ablations=args.executor == "ray")
+    except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("papermill").setLevel(logging.INFO)  # log_output: cell outputs go to the log
+    from mistudy import executors
+
+    results, figures = _folders(args)
+    log = results / ("study-logs" if args.executor == "ray" else "study.log")  # ray: one file per task
+    log.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(args.notebooks_dir).resolve()
     saved_progress = os.environ.get("MISTUDY_PROGRESS")
-    os.environ["MISTUDY_PROGRESS"] = "log"  # inherited by the kernels: one line per epoch, no bars
+    os.environ["MISTUDY_PROGRESS"] = "log"  # inherited by the kernels: one line per epoch (in the log), no bars
+    print(f"{PROG}: {len(work)} tasks ({args.executor}); executed notebooks in {results / 'notebooks'}, their output in "
+          f"{log}", flush=True)
     start = time.perf_counter()
     try:
-        for i, step in enumerate(steps, 1):
-            print(f"[study {i}/{len(steps)}] {step.label} -> {step.output}", flush=True)
-            t0 = time.perf_counter()
-            try:
-                run_step(step, args.kernel, cwd)
-            except StudyError as e:
-                print(f"{PROG}: error: {e}", file=sys.stderr)
-                print(f"{PROG}: stopped after {i - 1} of {len(steps)} notebooks; their outputs are kept.",
-                      file=sys.stderr)
-                return 1
-            print(f"[study {i}/{len(steps)}] {step.label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.executor == "ray":
+            gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
+            errors = executors.run_ray(work, args.kernel, cwd, log, args.address, args.workers, args.cpus_per_task,
+                                       gpus)
+        else:
+            errors = executors.run_sequential(work, args.kernel, cwd, log)
     finally:
         if saved_progress is None:
             os.environ.pop("MISTUDY_PROGRESS", None)
         else:
             os.environ["MISTUDY_PROGRESS"] = saved_progress
-    results, figures = _folders(args)
-    print(f"study finished: {len(steps)} notebooks in {time.perf_counter() - start:.0f} s; figures and tables in "
+    for error in errors:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    if errors:
+        kept = "what finished before is kept" if args.executor == "sequential" else "the other tasks finished"
+        print(f"{PROG}: {len(errors)} task(s) failed; {kept} (full output in {log}).", file=sys.stderr)
+        return 1
+    print(f"study finished: {len(work)} tasks in {time.perf_counter() - start:.0f} s; figures and tables in "
           f"{figures}, executed notebooks in {results / 'notebooks'}")
     return 0
+
+
+def _check_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'ray>=2.9' (the README's set-up installs it)") from None

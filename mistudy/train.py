@@ -132,6 +132,8 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
                                   "continues") from e
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
                 for k in SCORES}
+        if s.ctx.is_main and "val" in scores:  # before save_epoch: a kill between the two redoes this epoch
+            runs.add_epoch_confmats(run_dir, epoch, {net: m["per_image"]["confmat"] for net, m in scores["val"].items()})
     state["unevaluated"] = None
     if s.ctx.is_main:
         save_epoch(s, run_dir, state, row)

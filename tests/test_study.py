@@ -33,7 +33,7 @@ def write_notebooks(folder: Path, fail: dict[str, str] | None = None) -> Path:
         params = new_code_cell(f'dataset = "none"\nseed = -1\nprofile = "none"\nconfig = {{}}\ndata_root = None\n'
                                f'results_dir = "{folder}"\nfigures_dir = "figs"\ndevice = "auto"')
         params.metadata["tags"] = ["parameters"]
-        cells = [params, new_code_cell(f"NAME = {key!r}\nx = 1")]
+        cells = [params, new_code_cell(f"NAME = {key!r}\nx = 1\nprint('the output of', NAME)")]
         if fail and key in fail:
             cells.append(new_code_cell(fail[key]))
         cells.append(new_code_cell(RECORD))
@@ -184,8 +184,18 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys,
                  "notebooks/05_comparison.ipynb"):
         executed = nbformat.read(res / path, as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells), path
-    assert "study finished: 3 notebooks" in out
+    assert "study finished: 3 tasks" in out
     assert "MISTUDY_PROGRESS" not in os.environ  # restored after the study
+    # the console: one line per notebook with the study's progress and the time left; the notebooks' own output
+    # (and no papermill banners) in the log file
+    lines = out.strip().splitlines()
+    assert len(lines) == 5, out  # the header, three notebooks, the end
+    assert lines[1].startswith("[1/3] 01_information_theory: done in ") and "33% of the study" in lines[1]
+    assert lines[3].startswith("[3/3] 05_comparison: done in ") and "100% of the study" in lines[3]
+    assert "min left" in lines[2] or "under a minute left" in lines[2]
+    assert "Executing" not in out and "the output of" not in out
+    log = (res / "study.log").read_text()
+    assert "the output of 03" in log and "===== 03_rmi (synthetic, seed 2)" in log
 
 
 @pytest.mark.slow
@@ -239,3 +249,70 @@ def test_notebook_defaults_resolve_to_the_project_folders(tmp_path, monkeypatch)
     monkeypatch.delenv("MISTUDY_RESULTS")
     monkeypatch.setattr(runs, "PROJECT_ROOT", tmp_path / "site-packages")  # no source checkout
     assert runs.project_path("figures") == tmp_path / "figures"
+
+
+# ----------------------------------------------------------------------------------- executors
+
+def test_tasks_know_what_they_need_and_never_share_a_run_directory(nb_dir, tmp_path):
+    args = build_parser().parse_args(["--notebooks-dir", str(nb_dir), "--notebooks", "02", "03", "05", "06",
+                                      "--seeds", "0", "1", "--profile", "tiny", "--results-dir", str(tmp_path)])
+    tasks = study.tasks(plan(args), args, expand_ablations=True)
+    keys = [t.key for t in tasks]
+    assert len(keys) == len(set(keys))
+    by_key = {t.key: t for t in tasks}
+    assert set(by_key["05"].needs) == {"02 synthetic seed0", "03 synthetic seed0", "02 synthetic seed1",
+                                       "03 synthetic seed1"}
+    notebook_06 = by_key["06 synthetic ablations"]
+    trains = [t for t in tasks if t.key.startswith("train ")]
+    assert trains and set(t.key for t in trains) <= set(notebook_06.needs)
+    # the grid's references are the 02-03 notebooks' runs: never a second task on them
+    run_dirs = [d for t in tasks for d in t.run_dirs]
+    assert len(run_dirs) == len(set(run_dirs))
+    assert str(tmp_path / "synthetic" / "baseline" / "seed0") in by_key["02 synthetic seed0"].run_dirs
+    from mistudy.executors import TrainTask, check_one_writer
+
+    twice = TrainTask("a", "a", {}, run_dirs=("/r/x",)), TrainTask("b", "b", {}, run_dirs=("/r/x",))
+    with pytest.raises(ValueError, match="would both write /r/x"):
+        check_one_writer(list(twice))
+
+
+@pytest.mark.slow
+def test_a_failing_task_on_ray_is_reported_while_the_others_finish(tmp_path, capsys):
+    pytest.importorskip("ray")
+    nb = write_notebooks(tmp_path / "nb", fail={"03": "raise ValueError('boom in 03')"})
+    res = tmp_path / "res"
+    code, out, err = _run(capsys, "--executor", "ray", "--workers", "2", "--notebooks", "02", "03", "05",
+                          "--seeds", "0", "1", "--notebooks-dir", str(nb), "--results-dir", str(res),
+                          "--figures-dir", str(tmp_path / "figs"))
+    assert code == 1
+    assert "03_rmi (synthetic, seed 0) failed in cell [" in err and "ValueError: boom in 03" in err
+    assert "2 task(s) failed; the other tasks finished" in err
+    assert (res / "02-synthetic-0.json").is_file() and (res / "02-synthetic-1.json").is_file()
+    assert "[skip] 05_comparison: not run, because 03_rmi" in out
+    assert "failed" in out and "done" in out
+
+
+@pytest.mark.slow
+def test_a_tiny_study_on_a_two_worker_ray_cluster_equals_the_sequential_one(tmp_path, capsys, monkeypatch):
+    """Bit-identical tables and per-image scores: the same runs, whichever executor trains them (one torch thread
+    per run in both, as Ray gives a task of one CPU), the ablation runs as Ray tasks of their own."""
+    pytest.importorskip("ray")
+    import numpy as np
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ["--profile", "tiny", "--notebooks", "02", "03", "05", "06", "--seeds", "0", "1", "--device", "cpu"]
+    for name, extra in (("sequential", []), ("ray", ["--executor", "ray", "--workers", "2"])):
+        code, out, err = _run(capsys, *common, *extra, "--results-dir", str(tmp_path / name / "results"),
+                              "--figures-dir", str(tmp_path / name / "figures"))
+        assert code == 0, err
+    figures = {n: tmp_path / n / "figures" for n in ("sequential", "ray")}
+    for table in ("comparison_table.csv", "comparison_table_beyond_miou.csv", "synthetic_06_ablations.csv"):
+        assert (figures["ray"] / table).read_text() == (figures["sequential"] / table).read_text(), table
+    seq = sorted((tmp_path / "sequential" / "results").rglob("per_image.npz"))
+    assert len(seq) >= 8
+    for path in seq:
+        other = tmp_path / "ray" / "results" / path.relative_to(tmp_path / "sequential" / "results")
+        with np.load(path) as a, np.load(other) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{path}: {key}")

@@ -1,0 +1,213 @@
+"""How a study's tasks are executed: one after another in this process tree (`run_sequential`, the default), or as
+tasks of a Ray cluster (`run_ray`: every GPU of a node, or every node of a cluster).
+
+A task is data, so that Ray can ship it: a notebook to execute with papermill (`NotebookTask`) or one training run
+(`TrainTask`, an ablation of notebook 06), with the tasks it needs finished first.  Each task writes where it writes
+in the sequential study; no two tasks write one run directory (checked when the tasks are made, and enforced by the
+run directories' lock).  Both executors print one line per finished task with the study's progress and an estimate
+of the time left; the notebooks' own output goes to the study's log file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class NotebookTask:
+    """Execute ``notebook`` with ``parameters`` into ``output`` (papermill); ``label`` names it in messages."""
+
+    key: str  # unique in the study, e.g. "03 synthetic seed1"
+    label: str
+    notebook: Path
+    output: Path
+    parameters: dict
+    needs: tuple[str, ...] = ()
+    run_dirs: tuple[str, ...] = ()  # the run directories it writes (none for 01 and 05)
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Train (or reuse) one run of ``config`` (a TrainConfig as a dict)."""
+
+    key: str
+    label: str
+    config: dict
+    needs: tuple[str, ...] = ()
+    run_dirs: tuple[str, ...] = field(default=())
+
+
+class TaskError(RuntimeError):
+    """A task failed; the message names it (the notebook and its cell, or the run) and the error."""
+
+
+def execute(task, kernel: str, cwd: str, log_path: str | None) -> float:
+    """Run one task here; returns its seconds.  A failure raises TaskError with a one-line message."""
+    t0 = time.perf_counter()
+    if isinstance(task, NotebookTask):
+        _execute_notebook(task, kernel, cwd, log_path)
+    else:
+        _execute_training(task)
+    return time.perf_counter() - t0
+
+
+def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str | None) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    task.output.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "a") if log_path else None
+    try:
+        if log:
+            log.write(f"\n===== {task.label}: {task.notebook.name} -> {task.output}\n")
+            log.flush()
+        papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.parameters,
+                                   kernel_name=kernel, cwd=cwd, log_output=False, progress_bar=False,
+                                   stdout_file=log, stderr_file=log)
+    except PapermillExecutionError as e:
+        evalue = " ".join(str(e.evalue).split())
+        raise TaskError(f"notebook {task.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} (executed "
+                        f"notebook with the traceback: {task.output})") from None
+    except Exception as e:  # dead kernel, timeout, unreadable notebook: still one clear line
+        raise TaskError(f"notebook {task.label} could not run: {type(e).__name__}: {e}") from None
+    finally:
+        if log:
+            log.close()
+
+
+def _execute_training(task: TrainTask) -> None:
+    from mistudy.cli import error_line
+    from mistudy.runs import config_from_json
+    from mistudy.train import RUN_ERRORS, train_or_load
+
+    try:
+        train_or_load(config_from_json(task.config).replace(progress="none"))
+    except RUN_ERRORS as e:
+        raise TaskError(f"run {task.label} failed: {type(e).__name__}: {error_line(e)}") from None
+
+
+def check_one_writer(tasks: list) -> None:
+    """No two tasks may write one run directory (the lock would refuse the second at run time; this says so first)."""
+    owner: dict[str, str] = {}
+    for task in tasks:
+        for run_dir in task.run_dirs:
+            if run_dir in owner:
+                raise ValueError(f"tasks {owner[run_dir]!r} and {task.label!r} would both write {run_dir}")
+            owner[run_dir] = task.label
+
+
+class Progress:
+    """One line per finished task: the study's progress, its outcome, and the time left, estimated from the mean
+    time of finished tasks of the same kind (the notebook's number; a training run) divided by the workers."""
+
+    def __init__(self, tasks: list, workers: int = 1, out=None):
+        import sys
+
+        self.total, self.workers, self.out = len(tasks), max(1, workers), out or sys.stdout
+        self.kind = {t.key: t.key.split()[0] for t in tasks}
+        self.seconds: dict[str, list[float]] = {}
+        self.left = {t.key for t in tasks}
+        self.done = self.failed = self.skipped = 0
+        self.t0 = time.perf_counter()
+
+    def _estimate(self) -> str:
+        if not self.seconds:
+            return "time left: estimating"
+        overall = sum(map(sum, self.seconds.values())) / sum(map(len, self.seconds.values()))
+        need = sum(sum(s) / len(s) if (s := self.seconds.get(self.kind[k])) else overall for k in self.left)
+        minutes = need / self.workers / 60
+        return f"about {minutes:.0f} min left" if minutes >= 1 else "under a minute left"
+
+    def finished(self, task, seconds: float | None, error: str | None = None, running: int = 0) -> None:
+        self.left.discard(task.key)
+        if error is None:
+            self.done += 1
+            self.seconds.setdefault(self.kind[task.key], []).append(seconds)
+            what = f"done in {seconds:.0f} s"
+        else:
+            self.failed += 1
+            what = "FAILED"
+        counted = self.done + self.failed + self.skipped
+        status = f"{self.done} done" + (f", {running} running" if running else "") + \
+            (f", {self.failed} failed" if self.failed else "") + (f", {self.skipped} skipped" if self.skipped else "")
+        print(f"[{counted:{len(str(self.total))}d}/{self.total}] {task.label}: {what} ({status}; "
+              f"{100 * counted // self.total}% of the study, {self._estimate()})", file=self.out, flush=True)
+
+    def skip(self, task, because: str) -> None:
+        self.left.discard(task.key)
+        self.skipped += 1
+        print(f"[skip] {task.label}: not run, because {because} failed", file=self.out, flush=True)
+
+
+def run_sequential(tasks: list, kernel: str, cwd: Path, log_path: Path | None) -> list[str]:
+    """Every task in order, here; the first failure stops the study (what finished stays).  Returns the errors."""
+    progress = Progress(tasks)
+    for task in tasks:
+        try:
+            seconds = execute(task, kernel, str(cwd), str(log_path) if log_path else None)
+        except TaskError as e:
+            progress.finished(task, None, str(e))
+            return [str(e)]
+        progress.finished(task, seconds)
+    return []
+
+
+def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address: str | None = None,
+            workers: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0) -> list[str]:
+    """The tasks on a Ray cluster (``address``; None: a local one of ``workers`` x ``cpus_per_task`` CPUs), each
+    holding ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs, started as soon as the tasks it needs have finished;
+    ``log_path``: a folder, one log file per task.
+    A failing task is reported with its error while the others go on; tasks that need it are skipped.  Returns the
+    errors."""
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            cpus = (workers or max(1, int((os.cpu_count() or 1) // cpus_per_task))) * cpus_per_task
+            ray.init(num_cpus=cpus, num_gpus=None if gpus_per_task else 0, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    slots = int(resources.get("GPU", 0) // gpus_per_task) if gpus_per_task else \
+        int(resources.get("CPU", 1) // cpus_per_task)
+    remote = ray.remote(execute).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)
+    progress = Progress(tasks, workers=max(1, slots))
+    by_key = {t.key: t for t in tasks}
+    waiting, running, finished, failed, errors = list(tasks), {}, set(), set(), []
+    if log_path:
+        Path(log_path).mkdir(parents=True, exist_ok=True)
+
+    def log(task) -> str | None:  # one log file per task: tasks run at once
+        return str(Path(log_path) / ("".join(c if c.isalnum() or c in "=._-" else "_" for c in task.key) + ".log")) \
+            if log_path else None
+
+    while waiting or running:
+        for task in list(waiting):
+            blocked = [k for k in task.needs if k in failed]
+            if blocked:
+                waiting.remove(task)
+                failed.add(task.key)
+                progress.skip(task, by_key[blocked[0]].label)
+            elif all(k in finished for k in task.needs):
+                waiting.remove(task)
+                running[remote.remote(task, kernel, str(cwd), log(task))] = task
+        if not running:
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1)
+        task = running.pop(ready[0])
+        try:
+            seconds = ray.get(ready[0])
+        except Exception as e:  # TaskError arrives wrapped in RayTaskError; keep its one line
+            cause = getattr(e, "cause", None)
+            message = str(cause) if isinstance(cause, TaskError) else f"{task.label}: {type(e).__name__}: {e}"
+            errors.append(message)
+            failed.add(task.key)
+            progress.finished(task, None, message, running=len(running))
+            continue
+        finished.add(task.key)
+        progress.finished(task, seconds, running=len(running))
+    return errors
