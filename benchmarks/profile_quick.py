@@ -4,6 +4,7 @@
     python benchmarks/profile_quick.py --set amp=off --set channels_last=false
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/profile_quick.py --set amp=off   # an AVX2 CPU
     python benchmarks/profile_quick.py --flops                 # also DeepLabV3's FLOPs by part at the quick size
+    PYTHONPATH=<an older checkout> python benchmarks/profile_quick.py   # the same measurement of older code
 
 For each use-case it builds the run exactly as `mistudy.train.train` does (`engine.setup` with the quick profile's
 settings plus any --set), then times, on one epoch after a warm-up epoch: drawing the training batches (the
@@ -21,7 +22,12 @@ from collections import defaultdict
 
 import torch
 
-from mistudy import engine, networks
+from mistudy import engine
+
+try:
+    from mistudy.networks import frozen_bn_stats
+except ImportError:  # the package before its engine was split (to profile the code as it was)
+    from mistudy.engine import frozen_bn_stats
 from mistudy.config import parse_assignments, study_config
 from mistudy.distributed import Context
 
@@ -70,7 +76,7 @@ def timed_step(s, images, target, timer):
     with timer("loss"):
         loss1, _ = objective(logits1, target, logits2)
     timed_update(timer, s.optims[first], loss1)
-    with timer("forward"), torch.no_grad(), networks.frozen_bn_stats(nets[first]), s.autocast():
+    with timer("forward"), torch.no_grad(), frozen_bn_stats(nets[first]), s.autocast():
         logits1 = nets[first](images)
     with timer("loss"):
         loss2, _ = objective(logits2, target, logits1)

@@ -312,8 +312,7 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell = {"dataset": r["dataset"], "use-case": r["use_case"], "network": NETWORK_LABELS[r["network"]] + role}
         if any(row.get("setting") for row in rows):
             cell["setting"] = r.get("setting")
-        diff = "–" if r.get("miou_diff") is None else \
-            f"{r['miou_diff']:+.3f} [{r['miou_diff_low']:+.3f}, {r['miou_diff_high']:+.3f}]"
+        diff = _diff_cell(r, "miou")
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",

@@ -83,7 +83,7 @@ def test_use_case_notebooks_take_any_field_through_config():
 
 def test_profiles_and_overrides_in_order():
     cfg = study_config("rmi", "quick", {"epochs": 2}, device="cpu", seed=4)
-    assert (cfg.epochs, cfg.seed, cfg.batch_size, cfg.crop_size) == (2, 4, 16, 64)
+    assert (cfg.epochs, cfg.seed, cfg.batch_size, cfg.crop_size) == (2, 4, 8, 64)
     paper = study_config("mutual", "paper", device="cpu")
     assert (paper.resolved_batch_size, paper.resolved_lr, paper.crop_size, paper.epochs) == (10, 1e-4, 224, 200)
     with pytest.raises(ValueError, match="unknown profile"):
@@ -95,6 +95,7 @@ def test_quick_profile_drops_bf16_on_cpus_without_it(monkeypatch):
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: False)
     assert config.profile_settings("quick", "cpu")["amp"] == "off"
+    assert config.profile_settings("quick", "cpu")["channels_last"] is True  # it pays in float32 too
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)
     assert config.profile_settings("quick", "cpu")["amp"] == "bf16"
 

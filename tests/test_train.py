@@ -309,11 +309,13 @@ def test_cli_bad_options_fail_fast_with_one_line(args, needle):
 
 @pytest.mark.slow
 def test_cli_help_documents_every_option():
-    out = _cli("train", "--help").stdout
+    out = _cli("train", "--help", env={"MISTUDY_PROFILE": "quick"}).stdout
     for f in ("--use-case", "--rmi-radius", "--kl-temperature", "--eval-protocol", "--resume", "--num-workers",
               "--seed", "--device", "--train-samples", "--compile-mode", "--finite-check-every"):
         assert f in out
-    assert "default: 200" in out
+    assert "training epochs (paper: 200) (default: 6)" in " ".join(out.split())  # the quick profile's
+    paper = " ".join(_cli("train", "--profile", "paper", "--help").stdout.split())
+    assert "training epochs (paper: 200) (default: 200)" in paper
 
 
 @pytest.mark.slow
@@ -328,7 +330,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     files = sorted(p.name for p in run.iterdir())
     assert files == sorted(["config.json", "history.csv", "history.json", "last.pt", "metrics.json",
-                            "per_image.npz", "best_loss-unet.pt", "best_miou-unet.pt"])
+                            "per_image.npz", "val_per_epoch.npz", "best_loss-unet.pt", "best_miou-unet.pt"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # nothing written anywhere else
     saved = json.loads((run / "metrics.json").read_text())["networks"]["unet"]
     single = evaluate_run(run, "last", device="cpu")["unet"]
@@ -359,13 +361,14 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
     fast = train(tiny(tmp_path, "fast", **cfg))
 
     class Reference(torch.nn.Module):
-        def __init__(self, num_classes, radius, pool, pool_size, bce_weight, ignore_index, check_target):
+        def __init__(self, num_classes, radius, pool, pool_size, bce_weight, ignore_index, check_target, base):
             super().__init__()
             self.kw = dict(num_classes=num_classes, radius=radius, pool=pool, pool_size=pool_size,
-                           bce_weight=bce_weight, ignore_index=ignore_index)
+                           ignore_index=ignore_index)
 
-        def forward(self, logits, target):
-            return rmi_loss_reference(logits, target, **self.kw)
+        def parts(self, logits, target):  # each term of the reference alone: lambda = 1 is BCE, lambda = 0 RMI
+            return {"bce": rmi_loss_reference(logits, target, bce_weight=1.0, **self.kw),
+                    "rmi": rmi_loss_reference(logits, target, bce_weight=0.0, **self.kw)}
 
     monkeypatch.setattr(engine, "RMILoss", lambda n, **kw: Reference(n, **kw))
     ref = train(tiny(tmp_path, "ref", **cfg))

@@ -1,0 +1,239 @@
+"""PASCAL VOC 2012 and Cityscapes: image/mask file pairs in the official layouts, checked before training and when
+read; the selection split held out of the official training list."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from mistudy.data.classes import (CITYSCAPES_CLASSES, CITYSCAPES_LUT, CITYSCAPES_NUM_LABEL_IDS, IGNORE_INDEX, SPLITS,
+                                  VOC_CLASSES, check_choice, check_size)
+from mistudy.data.transforms import to_tensors
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """Decode an RGB image file -> uint8 [3, H, W]; a corrupt file raises ValueError naming it."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable / truncated / corrupt data
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _read_index_png(path: Path) -> np.ndarray:
+    """Decode a single-channel index mask (palette 'P' or grayscale 'L' PNG) -> uint8 [H, W]."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise ValueError(f"mask {path} has mode {img.mode!r}; expected a palette ('P') or grayscale ('L') "
+                                 "PNG of class indices")
+            return np.array(img)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from err
+
+
+def in_selection_split(name: str, fraction: float) -> bool:
+    """Whether the training file ``name`` (its stem) is held out for model selection.
+
+    The first 8 hex digits of sha1(stem), read as a number in [0, 1), fall below ``fraction``: a fixed subset of
+    about ``fraction`` of the official training list, the same on every machine and in every file order.
+    """
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
+def _split_for_selection(split: str, samples: list[tuple[Path, Path]], fraction: float, dataset: str):
+    """The official train list without (split "train") or with only (split "select") its selection files."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"select_fraction must be in [0, 1), got {fraction}")
+    if split == "select" and fraction == 0:
+        raise ValueError(f"{dataset} split 'select' needs select_fraction > 0 (it is held out of the train list)")
+    if split not in ("train", "select") or fraction == 0:
+        return samples
+    held_out = split == "select"
+    kept = [pair for pair in samples if in_selection_split(pair[0].stem, fraction) == held_out]
+    if not kept:
+        raise ValueError(f"select_fraction={fraction:g} leaves {dataset} split {split!r} empty ({len(samples)} files in "
+                         "the official train list); choose another fraction, or 0 for no selection split")
+    return kept
+
+
+class _PairedFiles(Dataset):
+    """Image/mask file pairs of one split; subclasses set the layout and decode masks to class ids."""
+
+    name: str
+    num_classes: int
+
+    def __init__(self, root, split: str, samples: list[tuple[Path, Path]], transform: Callable | None,
+                 num_samples: int | None, select_fraction: float = 0.0):
+        if not samples:
+            raise FileNotFoundError(f"{self.name} split {split!r} under {root} lists no images")
+        if num_samples is not None:
+            check_size("num_samples", num_samples)
+            if num_samples > len(samples):
+                raise ValueError(f"num_samples={num_samples} but {self.name} {split!r} has {len(samples)} images")
+            samples = samples[:num_samples]
+        missing = [str(p) for pair in samples for p in pair if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.name} under {root} is incomplete: {len(missing)} listed files are "
+                                    f"missing, e.g. {missing[:3]}")
+        self.root, self.split, self.samples, self.num_samples = Path(root), split, samples, num_samples
+        self.select_fraction = select_fraction
+        self.transform = transform if transform is not None else to_tensors()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """Decode and check pair ``index``: (Image uint8 [3, H, W], Mask uint8 [H, W] of class ids / 255)."""
+        image_path, mask_path = self.samples[index]
+        image = _read_image(image_path)
+        mask = self._decode_mask(mask_path)
+        if tuple(image.shape[1:]) != mask.shape:
+            raise ValueError(f"image {image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but its mask "
+                             f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
+        return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(mask))
+
+    def __getitem__(self, index: int):
+        return self.transform(*self.load(index))
+
+
+def _check_ids(mask: np.ndarray, num_valid: int, path: Path, allow_ignore: bool = True) -> None:
+    bad = mask >= num_valid
+    if allow_ignore:
+        bad &= mask != IGNORE_INDEX
+    if bad.any():
+        raise ValueError(f"mask {path} has values {np.unique(mask[bad]).tolist()} outside [0, {num_valid})"
+                         + (f" other than {IGNORE_INDEX}" if allow_ignore else ""))
+
+
+def _require(paths: list[Path], message: str) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"missing {', '.join(missing)}. {message}")
+
+
+class VOCSegmentation(_PairedFiles):
+    """PASCAL VOC 2012 segmentation: 21 classes, 255 = object borders (ignored).
+
+    ``root`` contains ``VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png,
+    ImageSets/Segmentation/{train,val,trainval}.txt}``; file lists come from torchvision's ``VOCSegmentation``.
+    ``download=True`` (never the default) lets torchvision fetch and extract the 2 GB archive into ``root``.
+    """
+
+    name = "voc"
+    num_classes = len(VOC_CLASSES)
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 num_samples: int | None = None, download: bool = False, select_fraction: float = 0.0):
+        check_choice("split", split, SPLITS["voc"])
+        base = Path(root) / "VOCdevkit" / "VOC2012"
+        image_set = "train" if split == "select" else split
+        if not download:
+            _require([base / "JPEGImages", base / "SegmentationClass",
+                      base / "ImageSets" / "Segmentation" / f"{image_set}.txt"],
+                     f"Expected PASCAL VOC 2012 under {root}: <root>/VOCdevkit/VOC2012/JPEGImages/*.jpg, "
+                     "<root>/VOCdevkit/VOC2012/SegmentationClass/*.png and "
+                     "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; download "
+                     "VOCtrainval_11-May-2012.tar from the PASCAL VOC site "
+                     "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and extract it under <root>.")
+        tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
+        samples = [(Path(i), Path(m)) for i, m in zip(tv.images, tv.masks)]
+        samples = _split_for_selection(split, samples, select_fraction, self.name)
+        super().__init__(root, split, samples, transform, num_samples, select_fraction)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        mask = _read_index_png(path)
+        _check_ids(mask, self.num_classes, path)
+        return mask
+
+
+class CityscapesSegmentation(_PairedFiles):
+    """Cityscapes fine annotations, labelIds mapped to the 19 official trainIds (all other labels -> 255).
+
+    ``root`` contains ``leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` and
+    ``gtFine/{train,val}/<city>/<...>_gtFine_labelIds.png`` (file lists from torchvision's ``Cityscapes``, which
+    also extracts ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` if only those are in ``root``).
+    Pairs are sorted by file name so the order (and ``num_samples``) is the same on every file system.
+    """
+
+    name = "cityscapes"
+    num_classes = len(CITYSCAPES_CLASSES)
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 num_samples: int | None = None, select_fraction: float = 0.0):
+        check_choice("split", split, SPLITS["cityscapes"])
+        root_path = Path(root)
+        official = "train" if split == "select" else split
+        zips = [root_path / "leftImg8bit_trainvaltest.zip", root_path / "gtFine_trainvaltest.zip"]
+        if not all(z.is_file() for z in zips):
+            _require([root_path / "leftImg8bit" / official, root_path / "gtFine" / official],
+                     f"Expected Cityscapes under {root}: <root>/leftImg8bit/{official}/<city>/*_leftImg8bit.png and "
+                     f"<root>/gtFine/{official}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
+                     "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required) and "
+                     "extract both under <root>.")
+        tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
+        samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
+                         if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
+        samples = _split_for_selection(split, samples, select_fraction, self.name)
+        super().__init__(root, split, samples, transform, num_samples, select_fraction)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        label_ids = _read_index_png(path)
+        _check_ids(label_ids, CITYSCAPES_NUM_LABEL_IDS, path, allow_ignore=False)
+        return CITYSCAPES_LUT[label_ids]
+
+
+# The last bytes of complete files: a JPEG ends with its EOI marker, a PNG with its IEND chunk.
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+
+
+def _check_header(path: Path, kind: str) -> tuple[int, int, str]:
+    """(width, height, mode) from the file's header, after checking that it is complete; ValueError names it."""
+    size = path.stat().st_size
+    marker = _END_MARKERS.get(path.suffix.lower())
+    if size == 0:
+        raise ValueError(f"{kind} {path} is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:  # reads the header only
+            width, height, mode = img.width, img.height, img.mode
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read {kind} {path}: {err}") from err
+    if marker is not None:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 64))
+            tail = f.read()
+        if marker not in tail:  # JPEG writers may append a few padding bytes after EOI
+            raise ValueError(f"{kind} {path} is truncated ({size} bytes; its {path.suffix} end marker is missing)")
+    return width, height, mode
+
+
+def check_files(dataset: "_PairedFiles", decode_masks: bool = False) -> None:
+    """Check every pair of a split before training starts: both files complete (header and end marker), image and
+    mask of one size, masks of a single channel; with ``decode_masks`` also every mask's values (what an epoch would
+    find only when it reads the file).  The first problem raises ValueError naming the file."""
+    for image_path, mask_path in dataset.samples:
+        iw, ih, _ = _check_header(image_path, "image")
+        mw, mh, mode = _check_header(mask_path, "mask")
+        if mode not in ("P", "L"):
+            raise ValueError(f"mask {mask_path} has mode {mode!r}; expected a palette ('P') or grayscale ('L') PNG of "
+                             "class indices")
+        if (iw, ih) != (mw, mh):
+            raise ValueError(f"image {image_path} is {iw}x{ih} (WxH) but its mask {mask_path} is {mw}x{mh}")
+        if decode_masks:
+            dataset._decode_mask(mask_path)
