@@ -54,5 +54,10 @@ class Progress:
                                          if k.endswith(("train_loss", "val_miou", "select_miou"))})
 
     def close(self) -> None:
+        """Close the bars.  A notebook widget bar is also recorded as one text line: a saved notebook (papermill's
+        output, GitHub, nbconvert) keeps only the widget's text form from when it was created ("0%")."""
         if self._epoch_bar is not None:
+            final = str(self._epoch_bar)
             self._epoch_bar.close()
+            if type(self._epoch_bar).__module__.startswith("tqdm.notebook"):
+                print(final, flush=True)

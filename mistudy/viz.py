@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -147,6 +149,11 @@ def plot_predictions(images, targets, predictions: dict[str, list], dataset: str
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+        for ax, m in zip(axes[i][2:], masks[1:]):  # a one-colour prediction is a finding, not a broken figure
+            labelled = m[np.asarray(targets[i]) != IGNORE_INDEX]
+            if labelled.size and (labelled == labelled.flat[0]).all():
+                name = dataset_info(dataset).class_names[int(labelled.flat[0])]
+                ax.set_xlabel(f"{name} everywhere", fontsize=8, color="tab:red")
     for ax, name in zip(axes[0], columns):
         ax.set_title(name, fontsize=9)
     ignored = IGNORE_INDEX in present
@@ -172,7 +179,11 @@ def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "")
     x = np.arange(len(class_names))
     for k, label in enumerate(labels):
         values = np.array([np.nan if v is None else v for v in per_class[label]], dtype=float)
-        ax.bar(x + (k - (len(labels) - 1) / 2) * width, np.nan_to_num(values), width, label=label)
+        offset = x + (k - (len(labels) - 1) / 2) * width
+        ax.bar(offset, np.nan_to_num(values), width, label=label)
+        absent = np.isnan(values)  # marked, so that an absent class is not read as an IoU of 0
+        ax.plot(offset[absent], np.full(absent.sum(), 0.02), "x", color="0.4", markersize=4,
+                label="class absent (no IoU)" if k == 0 and absent.any() else None)
     slanted = len(class_names) > 8  # long lists of names need slanted labels
     ax.set_xticks(x, class_names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylim(0, 1)
@@ -206,7 +217,7 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str = "une
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(wrap_title(title, 70), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -261,7 +272,15 @@ def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "") -> mat
         ax.set_title(panel, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, [r["setting"] for r in rows])
+    legend = [Line2D([], [], color=c, marker="o", linewidth=2, label=t) for c, t in
+              (("tab:green", "interval above 0"), ("tab:red", "interval below 0"), ("0.5", "interval contains 0"))]
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(wrap_title(title, 45 * len(keys)), fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
+
+
+def wrap_title(title: str, width: int = 70) -> str:
+    """A long title over several lines (matplotlib does not wrap titles to the figure)."""
+    return "\n".join(textwrap.wrap(title, width)) if len(title) > width else title

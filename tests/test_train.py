@@ -557,3 +557,22 @@ def test_a_metric_failure_keeps_the_epoch_and_resume_scores_it(tmp_path, monkeyp
     resumed = train(tiny(tmp_path, "cut", resume=True))
     assert resumed["networks"] == full["networks"]
     assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
+
+
+def test_a_notebook_progress_bar_leaves_its_final_state_as_text(monkeypatch, capsys):
+    """A saved notebook keeps only a widget's text form from when it was created ("0%"): the final state is
+    printed when the bar closes (issue 19).  Terminal bars print nothing extra."""
+    import tqdm.notebook
+    import tqdm.std
+    from mistudy import progress
+
+    monkeypatch.setattr(progress, "tqdm", tqdm.notebook.tqdm)
+    bars = progress.Progress("unet", 3, option="bar")
+    list(bars.epochs(1))
+    bars.close()
+    assert "unet epochs: 100%" in capsys.readouterr().out.splitlines()[-1]
+    monkeypatch.setattr(progress, "tqdm", tqdm.std.tqdm)
+    bars = progress.Progress("unet", 3, option="bar")
+    list(bars.epochs(1))
+    bars.close()
+    assert capsys.readouterr().out == ""

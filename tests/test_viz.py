@@ -155,3 +155,35 @@ def test_save_figure_writes_png_and_provenance(tmp_path):
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["curve.png", "curve.png.provenance.json"]
     with pytest.raises(ValueError, match="PNG"):
         viz.save_figure(fig, tmp_path / "curve.pdf")
+
+
+def test_a_one_colour_prediction_is_named_under_its_panel():
+    targets = [np.array([[0, 1], [2, 255]])]
+    images = [np.zeros((2, 2, 3))]
+    fig = viz.plot_predictions(images, targets, {"rmi": [np.zeros((2, 2), int)], "baseline": [targets[0]]},
+                               "synthetic")
+    axes = fig.axes
+    assert axes[2].get_xlabel() == "background everywhere"
+    assert axes[3].get_xlabel() == ""  # a prediction with several classes gets no note
+    plt.close(fig)
+
+
+def test_absent_classes_are_marked_not_drawn_as_zero_bars():
+    fig = viz.plot_per_class_iou({"a": [0.5, None, 0.2], "b": [0.4, None, None]}, ["x", "y", "z"])
+    marks = [line for line in fig.axes[0].lines if line.get_marker() == "x"]
+    assert sum(len(m.get_xdata()) for m in marks) == 3
+    assert "class absent (no IoU)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_the_forest_plot_says_what_its_colours_mean_and_long_titles_wrap():
+    from mistudy.stats import Interval
+
+    rows = [{"setting": "up", "d": Interval(0.2, 0.1, 0.3, 3)}, {"setting": "none", "d": Interval(0.0, -0.1, 0.1, 3)}]
+    title = "a long title " * 12
+    fig = viz.plot_effects(rows, {"d": "Δ mIoU"}, title=title)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["interval above 0", "interval below 0",
+                                                                   "interval contains 0"]
+    assert fig._suptitle.get_text().count("\n") >= 2
+    assert viz.wrap_title("short") == "short"
+    plt.close(fig)

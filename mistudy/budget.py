@@ -1,0 +1,150 @@
+"""The answer as a function of the training budget (notebook 05): each method's paired Δ mIoU against the baseline
+after every validated epoch, and whether the baseline's curve has plateaued.
+
+Per epoch the weights are those after that epoch (no selection), scored on the validation images from the per-image
+confusion matrices each run keeps (`runs.EPOCH_CONFMATS`), and paired seed by seed with the baseline exactly as the
+final tables are (`stats.paired_difference`: seeds as the units, widened by the image sampling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mistudy import runs, stats, viz
+from mistudy.comparison import runs_for
+from mistudy.config import PRIMARY_NETWORK, USE_CASES
+from mistudy.metrics import miou_from_confmat
+
+# The plateau criterion: the baseline's mean validation mIoU gains less than PLATEAU_GAIN over the last
+# PLATEAU_FRACTION of the validated epochs.
+PLATEAU_FRACTION = 0.25
+PLATEAU_GAIN = 0.01
+
+
+def epoch_confmats(group: list[dict], network: str = PRIMARY_NETWORK) -> dict[int, np.ndarray]:
+    """{epoch: per-image confusion matrices [S, N, C, C]} over the runs (seeds) of a group, for the epochs every run
+    validated (empty when a run has none: written before per-epoch matrices were kept)."""
+    per_run = [runs.load_epoch_confmats(r["run_dir"], network) for r in group]
+    if not per_run or not all(per_run):
+        return {}
+    epochs = sorted(set.intersection(*(set(p) for p in per_run)))
+    return {e: np.stack([p[e] for p in per_run]) for e in epochs}
+
+
+def miou_curve(group: list[dict], network: str = PRIMARY_NETWORK) -> tuple[list[int], np.ndarray]:
+    """(validated epochs [E], per-seed validation mIoU [S, E]) of a group of runs."""
+    confmats = epoch_confmats(group, network)
+    epochs = sorted(confmats)
+    if not epochs:
+        return [], np.zeros((len(group), 0))
+    return epochs, np.stack([miou_from_confmat(confmats[e].sum(axis=1)) for e in epochs], axis=1)
+
+
+def plateau(epochs, mean_curve, fraction: float = PLATEAU_FRACTION, min_gain: float = PLATEAU_GAIN) -> dict:
+    """Has a curve plateaued?  The gain of ``mean_curve`` [E] over the last ``fraction`` of ``epochs`` [E] (at least
+    one step back) against ``min_gain``, and the least-squares slope per epoch over that stretch.
+
+    Returns {"plateaued", "gain", "slope_per_epoch", "from_epoch", "to_epoch"}.
+    """
+    e = np.asarray(epochs, dtype=np.float64)
+    y = np.asarray(mean_curve, dtype=np.float64)
+    if e.shape != y.shape or e.size < 2:
+        raise ValueError(f"plateau needs one value per epoch and at least two epochs, got {e.size} epochs and "
+                         f"{y.size} values")
+    start = e[-1] - fraction * (e[-1] - e[0])
+    first = min(int(np.searchsorted(e, start)), e.size - 2)  # at least two points in the stretch
+    tail_e, tail_y = e[first:], y[first:]
+    gain = float(tail_y[-1] - tail_y[0])
+    slope = float(np.polyfit(tail_e, tail_y, 1)[0])
+    return {"plateaued": gain < min_gain, "gain": gain, "slope_per_epoch": slope,
+            "from_epoch": int(tail_e[0]), "to_epoch": int(tail_e[-1])}
+
+
+def difference_by_epoch(method: list[dict], baseline: list[dict], network: str = PRIMARY_NETWORK
+                        ) -> list[tuple[int, stats.Interval]]:
+    """[(epoch, Δ mIoU interval)] of ``network`` of the method runs against the baseline's U-Net, on the seeds and
+    epochs both have (seeds-and-images interval, as the final tables)."""
+    by_seed = {r["config"]["seed"]: r for r in baseline}
+    pairs = [(r, by_seed[r["config"]["seed"]]) for r in method if r["config"]["seed"] in by_seed]
+    if not pairs:
+        return []
+    a = epoch_confmats([m for m, _ in pairs], network)
+    b = epoch_confmats([base for _, base in pairs], PRIMARY_NETWORK)
+    return [(e, stats.paired_difference(a[e], b[e], miou_from_confmat)[0])
+            for e in sorted(set(a) & set(b)) if a[e].shape == b[e].shape]
+
+
+def budget_rows(results_dir, dataset: str) -> list[dict]:
+    """One row per use-case's U-Net: its mean validation mIoU at the last epoch, the plateau test of its own curve,
+    and Δ mIoU against the baseline at the last epoch.  Empty without per-epoch matrices."""
+    baseline = runs_for(results_dir, dataset, "baseline")
+    rows = []
+    for uc in USE_CASES:
+        group = runs_for(results_dir, dataset, uc)
+        epochs, curve = miou_curve(group)
+        if len(epochs) < 2:
+            continue
+        p = plateau(epochs, curve.mean(axis=0))
+        diffs = difference_by_epoch(group, baseline) if uc != "baseline" else []
+        rows.append({"dataset": dataset, "use_case": uc, "n_seeds": len(group), "epochs": epochs[-1],
+                     "miou_last": float(curve[:, -1].mean()), **p,
+                     "diff_last": diffs[-1][1] if diffs else None})
+    return rows
+
+
+def budget_lines(rows: list[dict]) -> list[str]:
+    """The plateau verdict of each curve, in words."""
+    out = []
+    for r in rows:
+        state = ("has plateaued" if r["plateaued"] else "is still climbing")
+        line = (f"{r['dataset']} {r['use_case']}: mean validation mIoU {r['miou_last']:.3f} after {r['epochs']} "
+                f"epochs (n={r['n_seeds']}); {state}: {r['gain']:+.3f} over epochs {r['from_epoch']}-{r['to_epoch']} "
+                f"({r['slope_per_epoch']:+.4f} per epoch; plateau: a gain < {PLATEAU_GAIN} over the last "
+                f"{PLATEAU_FRACTION:.0%} of training)")
+        if r["diff_last"] is not None:
+            line += f"; Δ vs baseline at the last epoch {r['diff_last'].format(signed=True)} {stats.verdict(r['diff_last'])}"
+        out.append(line)
+    return out
+
+
+def budget_figure(results_dir, dataset: str, figures_dir, prov: dict):
+    """Two panels: every use-case's mean validation mIoU per epoch (seeds as thin lines), and each method's Δ mIoU
+    against the baseline per epoch with its 95% interval.  Saved as <dataset>_05_budget.png; None without
+    per-epoch matrices."""
+    import matplotlib.pyplot as plt
+
+    baseline = runs_for(results_dir, dataset, "baseline")
+    curves, diffs = {}, {}
+    for uc in USE_CASES:
+        group = runs_for(results_dir, dataset, uc)
+        epochs, curve = miou_curve(group)
+        if epochs:
+            curves[uc] = (epochs, curve)
+            if uc != "baseline":
+                diffs[uc] = difference_by_epoch(group, baseline)
+    if not curves:
+        return None
+    fig, (ax_curve, ax_diff) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (uc, (epochs, curve)) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax_curve.plot(epochs, curve.T, color=color, alpha=0.25, linewidth=0.8)
+        ax_curve.plot(epochs, curve.mean(axis=0), color=color, linewidth=2, label=f"{uc} U-Net (n={len(curve)})")
+        if uc in diffs and diffs[uc]:
+            e = [d[0] for d in diffs[uc]]
+            iv = [d[1] for d in diffs[uc]]
+            ax_diff.plot(e, [d.estimate for d in iv], color=color, linewidth=2, label=f"{uc} - baseline")
+            ax_diff.fill_between(e, [d.low for d in iv], [d.high for d in iv], color=color, alpha=0.2)
+    ax_curve.set(xlabel="epoch", ylabel="validation mIoU", title="mean over seeds (thin: each seed)")
+    ax_diff.axhline(0, color="black", linewidth=0.8)
+    ax_diff.set(xlabel="epoch", ylabel="Δ mIoU vs baseline",
+                title="paired Δ, 95% interval (seeds, widened by images)")
+    for ax in (ax_curve, ax_diff):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{dataset}: the answer as a function of the training budget (weights after each epoch, "
+                 "no selection)", fontsize=10)
+    fig.tight_layout()
+    viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_budget.png", {**prov, "dataset": dataset})
+    return fig
