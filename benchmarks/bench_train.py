@@ -178,6 +178,7 @@ def main():
     p.add_argument("--project", action="store_true", help="project the paper-scale study's wall time")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "use_case:variant", prints JSON
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON (benchmarks/gpu_check.py)")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -186,7 +187,11 @@ def main():
         print(json.dumps(bench(uc, args, device, variant)))
         return
     rows = []
-    passthrough = [a for a in sys.argv[1:] if a not in ("--compare",)]
+    argv = sys.argv[1:]
+    if "--json" in argv:  # the rows are written here, not by each row's subprocess
+        i = argv.index("--json")
+        argv = argv[:i] + argv[i + 2:]
+    passthrough = [a for a in argv if a != "--compare"]
     for uc in args.use_case:
         variants = ["engine"]
         if args.compare:
@@ -208,6 +213,15 @@ def main():
               f"{r['peak_mib']:.0f} | {format_mfu(r['mfu'])} |")
     if args.project:
         project(rows, args.size)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_label(device), "torch": torch.__version__, "size": args.size,
+                       "compile": args.compile, "compile_mode": args.compile_mode, "rows": rows,
+                       "projected_hours": projected_hours(rows) if args.project else None}, f, indent=1)
+
+
+def device_label(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def format_mfu(mfu: float) -> str:
@@ -217,6 +231,12 @@ def format_mfu(mfu: float) -> str:
 PAPER_TRAIN_IMAGES = 1464 + 2975  # VOC 2012 train + Cityscapes train
 PAPER_VAL_IMAGES = 1449 + 500
 PAPER_EPOCHS = 200
+
+
+def projected_hours(rows) -> dict[str, float]:
+    """{use-case: hours} of the paper-scale study from the engine rows' training and validation throughput."""
+    return {r["use_case"]: PAPER_EPOCHS * (PAPER_TRAIN_IMAGES / r["img_s"] + PAPER_VAL_IMAGES / r["eval_img_s"]) / 3600
+            for r in rows if r["variant"] == "engine"}
 
 
 def project(rows, size: int) -> None:

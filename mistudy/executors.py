@@ -10,7 +10,9 @@ of the time left; the notebooks' own output goes to the study's log file.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +66,10 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
         if log:
             log.write(f"\n===== {task.label}: {task.notebook.name} -> {task.output}\n")
             log.flush()
-        papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.parameters,
-                                   kernel_name=kernel, cwd=cwd, log_output=False, progress_bar=False,
-                                   stdout_file=log, stderr_file=log)
+        with _stderr_to(log):
+            papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.parameters,
+                                       kernel_name=kernel, cwd=cwd, log_output=False, progress_bar=False,
+                                       stdout_file=log, stderr_file=log)
     except PapermillExecutionError as e:
         evalue = " ".join(str(e.evalue).split())
         raise TaskError(f"notebook {task.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} (executed "
@@ -76,6 +79,24 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
     finally:
         if log:
             log.close()
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    """This process's file descriptor 2 into ``file`` meanwhile (None: unchanged).  The kernel inherits it, so its
+    own start-up warnings ("Kernel is running over TCP without encryption") go to the log, not to the console."""
+    if file is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _execute_training(task: TrainTask) -> None:
@@ -114,12 +135,17 @@ class Progress:
         self.t0 = time.perf_counter()
 
     def _estimate(self) -> str:
-        if not self.seconds:
+        """The time left from the mean time of each kind of task; tasks of kinds not timed yet (a notebook 04 while
+        only 01 has run) are not guessed: the estimate then says "at least"."""
+        if not self.left:
+            return "nothing left"
+        known = [s for k in self.left if (s := self.seconds.get(self.kind[k]))]
+        if not known:
             return "time left: estimating"
-        overall = sum(map(sum, self.seconds.values())) / sum(map(len, self.seconds.values()))
-        need = sum(sum(s) / len(s) if (s := self.seconds.get(self.kind[k])) else overall for k in self.left)
-        minutes = need / self.workers / 60
-        return f"about {minutes:.0f} min left" if minutes >= 1 else "under a minute left"
+        minutes = sum(sum(s) / len(s) for s in known) / self.workers / 60
+        text = f"about {minutes:.0f} min left" if minutes >= 1 else "under a minute left"
+        untimed = len(self.left) - len(known)
+        return text if not untimed else f"at least {max(minutes, 0):.0f} min left: {untimed} task(s) not yet timed"
 
     def finished(self, task, seconds: float | None, error: str | None = None, running: int = 0) -> None:
         self.left.discard(task.key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
     epoch, cfg = state["epoch"], s.cfg
     scores = {}
     if epoch % cfg.eval_every == 0 or epoch == epochs:
+        t0 = time.perf_counter()
         try:
             scores = {split: s.evaluate(split) for split in ("select", "val") if split in s.loaders}
         except Exception as e:
@@ -132,6 +134,7 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
                                   "continues") from e
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
                 for k in SCORES}
+        row["eval_seconds"] = round(time.perf_counter() - t0, 3)  # both splits (the "seconds" column: training)
         if s.ctx.is_main and "val" in scores:  # before save_epoch: a kill between the two redoes this epoch
             runs.add_epoch_confmats(run_dir, epoch, {net: m["per_image"]["confmat"] for net, m in scores["val"].items()})
     state["unevaluated"] = None

@@ -1,10 +1,10 @@
-"""Figures and tables written by the study: every file gets a provenance sidecar.
+"""Figures written by the study: every file gets a provenance sidecar.
 
-- Files: `provenance`, `atomic_write_text`, `write_provenance`, `save_figure` (PNG + sidecar).
+- Files: `save_figure` (PNG + provenance sidecar, through `mistudy.atomic`).
 - Figures (pyplot, returned for the notebook to show and save): `plot_training_curves`, `plot_predictions`
-  (images, ground truth and predicted masks with a class legend, like the paper's Figures 4-9),
-  `plot_per_class_iou`; helpers `display_image`, `class_legend_handles`, and `predict_samples` (a run's
-  validation images and predictions).
+  (images, ground truth and predicted masks with a class legend, like the paper's Figures 4-9), `plot_per_class_iou`,
+  `plot_learning_curves`, `plot_reliability`, `plot_effects` (forest plot); helpers `class_legend_handles`,
+  `wrap_title`.  The predictions they draw come from `mistudy.inference.predict_samples`.
 """
 
 from __future__ import annotations

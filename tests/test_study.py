@@ -168,11 +168,11 @@ def test_wrong_dataset_layout_fails_before_anything_runs(tmp_path, capsys):
 # ------------------------------------------------------------------- execution with papermill
 
 @pytest.mark.slow
-def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys, monkeypatch):
+def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capfd, monkeypatch):
     nb = write_notebooks(tmp_path / "nb")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MISTUDY_PROGRESS", raising=False)
-    code, out, err = _run(capsys, "--notebooks", "01", "03", "05", "--notebooks-dir", str(nb), "--seeds", "2",
+    code, out, err = _run(capfd, "--notebooks", "01", "03", "05", "--notebooks-dir", str(nb), "--seeds", "2",
                           "--epochs", "5", "--results-dir", "res", "--figures-dir", "figs")
     assert code == 0, err
     res = tmp_path / "res"
@@ -192,8 +192,9 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capsys,
     assert len(lines) == 5, out  # the header, three notebooks, the end
     assert lines[1].startswith("[1/3] 01_information_theory: done in ") and "33% of the study" in lines[1]
     assert lines[3].startswith("[3/3] 05_comparison: done in ") and "100% of the study" in lines[3]
-    assert "min left" in lines[2] or "under a minute left" in lines[2]
+    assert "estimating" in lines[2]  # 05 is the only notebook of its kind: not guessed from 01 and 03
     assert "Executing" not in out and "the output of" not in out
+    assert "[IPKernelApp]" not in err and "Traceback" not in err  # the kernels' own stderr goes to the log
     log = (res / "study.log").read_text()
     assert "the output of 03" in log and "===== 03_rmi (synthetic, seed 2)" in log
 
@@ -316,3 +317,23 @@ def test_a_tiny_study_on_a_two_worker_ray_cluster_equals_the_sequential_one(tmp_
             assert sorted(a.files) == sorted(b.files)
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{path}: {key}")
+
+
+def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untimed_kinds():
+    import io
+
+    from mistudy.executors import NotebookTask, Progress
+
+    def task(key):
+        return NotebookTask(key, key, Path("nb.ipynb"), Path("out.ipynb"), {})
+
+    tasks = [task("02 synthetic seed0"), task("02 synthetic seed1"), task("02 synthetic seed2"), task("04 synthetic seed0")]
+    out = io.StringIO()
+    progress = Progress(tasks, workers=1, out=out)
+    progress.finished(tasks[0], 120.0)
+    assert "at least 4 min left: 1 task(s) not yet timed" in out.getvalue()  # two more 02s at 2 min; 04 unknown
+    progress.finished(tasks[3], 600.0)
+    assert out.getvalue().splitlines()[-1].endswith("about 4 min left)")
+    progress.finished(tasks[1], 120.0)
+    progress.finished(tasks[2], 120.0)
+    assert "100% of the study, nothing left" in out.getvalue().splitlines()[-1]

@@ -187,3 +187,23 @@ def test_the_forest_plot_says_what_its_colours_mean_and_long_titles_wrap():
     assert fig._suptitle.get_text().count("\n") >= 2
     assert viz.wrap_title("short") == "short"
     plt.close(fig)
+
+
+def test_the_drawn_masks_are_the_scored_ones_under_bf16_and_channels_last(tmp_path):
+    """predict_samples runs the networks with the run's precision and memory format: the confusion matrix of the
+    drawn masks (scikit-learn) equals the per-image one the run was scored by (issue 20)."""
+    from sklearn.metrics import confusion_matrix
+
+    from mistudy import runs
+
+    cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
+                      unet_features=4, epochs=1, batch_size=3, eval_batch_size=1, device="cpu", progress="none",
+                      amp="bf16", channels_last=True, run_dir=str(tmp_path / "run"))
+    train(cfg)
+    out = inference.predict_samples(tmp_path / "run", range(4), "best_miou")
+    scored = runs.load_per_image(tmp_path / "run", "unet", "best_miou")["confmat"]
+    classes = dataset_info("synthetic").num_classes
+    for k in range(4):
+        drawn = confusion_matrix(out["targets"][k].ravel(), out["predictions"]["unet"][k].ravel(),
+                                 labels=range(classes))
+        np.testing.assert_array_equal(drawn, scored[k])
