@@ -66,16 +66,13 @@ def _run(tmp_path, name, use_case, seed, miou, counts, boundary_f=None):
     return runs.load_run(fake_run(tmp_path / name, "synthetic", use_case, seed, scores(0.5, miou), counts=counts))
 
 
-def _counts(rng, quality, images=10):
-    return statistics(rng, images, quality)
-
 
 def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_path):
     rng = np.random.default_rng(0)
     grid = {label: [] for label in ablations.REFERENCES.values()}
     grid["rmi radius 2"] = []
     for seed in range(3):
-        base, good = _counts(rng, 0.6), _counts(rng, 0.9)
+        base, good = statistics(rng, 10, 0.6), statistics(rng, 10, 0.9)
         grid["baseline (CE)"].append(_run(tmp_path, "b", "baseline", seed, 0.4, base))
         grid[ablations.REFERENCES["rmi"]].append(_run(tmp_path, "r", "rmi", seed, 0.4, base, boundary_f=0.5))
         grid[ablations.REFERENCES["mutual"]].append(_run(tmp_path, "m", "mutual", seed, 0.4, base))

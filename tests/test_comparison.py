@@ -159,15 +159,12 @@ def test_tables_of_a_real_run(tmp_path):
         assert words in row["protocol"], (words, row["protocol"])
 
 
-def _counts(rng, images, quality):
-    return statistics(rng, images, quality)
-
 
 def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     rng = np.random.default_rng(0)
     base, good = {}, {}
     for seed in (0, 1, 2):
-        base[seed], good[seed] = _counts(rng, 12, 0.5), _counts(rng, 12, 0.95)
+        base[seed], good[seed] = statistics(rng, 12, 0.5), statistics(rng, 12, 0.95)
         fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=base[seed])
         fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.9, 0.8), counts=good[seed])
         fake_run(tmp_path, "synthetic", "mutual", seed, _scores(0.5, 0.3), counts=base[seed],
@@ -200,7 +197,7 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
 
 def test_runs_of_another_length_are_not_paired(tmp_path):
     rng = np.random.default_rng(1)
-    counts = _counts(rng, 6, 0.7)
+    counts = statistics(rng, 6, 0.7)
     fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.5, 0.3), epochs=2, counts=counts)
     fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.5, 0.3), epochs=5, counts=counts)
     rows, _ = comparison.comparison(tmp_path, ["synthetic"])

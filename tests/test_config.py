@@ -165,3 +165,25 @@ def test_cli_errors_name_flags_not_fields(capsys):
     assert cli_words("the dataset voc needs root") == "the dataset voc needs root"  # prose is left alone
     assert main(["train", "--dataset", "voc", "--device", "cpu"]) == 2
     assert "needs --root" in capsys.readouterr().err
+
+
+# Values are checked when a config is made (the filesystem only when a run starts: test_train.py).
+TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36, crop_size=32, unet_features=4,
+            epochs=3, batch_size=4, device="cpu", progress="none", seed=3)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(use_case="segformer"), "use_case"), (dict(dataset="coco"), "dataset"), (dict(epochs=0), "epochs"),
+    (dict(batch_size=0), "batch_size"), (dict(use_case="mutual", batch_size=1), "ASPP"),
+    (dict(dataset="voc"), "root"), (dict(crop_size=64, resize_size=32), "crop_size"),
+    (dict(compile_mode="reduce-overhead"), "needs compile=True"), (dict(compile=True, compile_mode="fast"), "compile_mode"),
+    (dict(finite_check_every=0), "finite_check_every"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**TINY, **kw})
+
+
+def test_bad_device_is_rejected_before_training():
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(**{**TINY, "device": "tpu"})

@@ -32,11 +32,6 @@ def random_distribution(rng, shape, zeros=0):
     return p / p.sum()
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 # ----------------------------------------------------------------------------- against scipy / sklearn
 

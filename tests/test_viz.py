@@ -18,11 +18,6 @@ from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info
 from mistudy.train import train  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
 
 def _history(networks=("unet",), parts=("ce",)):
     rows = []
