@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from mistudy import runs, stats, viz
-from mistudy.comparison import runs_for
+from mistudy.comparison import _diff_cell, comparison, runs_for
 from mistudy.config import PRIMARY_NETWORK, USE_CASES
 from mistudy.metrics import miou_from_confmat
 
 # The plateau criterion: the baseline's mean validation mIoU gains less than PLATEAU_GAIN over the last
-# PLATEAU_FRACTION of the validated epochs.
+# PLATEAU_FRACTION of the validated epochs (at least PLATEAU_MIN_EPOCHS of them), the gain read from a least-squares
+# line through that stretch, so that one noisy epoch neither makes nor breaks a plateau.
 PLATEAU_FRACTION = 0.25
 PLATEAU_GAIN = 0.01
+PLATEAU_MIN_EPOCHS = 3
 
 
 def epoch_confmats(group: list[dict], network: str = PRIMARY_NETWORK) -> dict[int, np.ndarray]:
@@ -43,10 +45,10 @@ def miou_curve(group: list[dict], network: str = PRIMARY_NETWORK) -> tuple[list[
 
 
 def plateau(epochs, mean_curve, fraction: float = PLATEAU_FRACTION, min_gain: float = PLATEAU_GAIN) -> dict:
-    """Has a curve plateaued?  The gain of ``mean_curve`` [E] over the last ``fraction`` of ``epochs`` [E] (at least
-    one step back) against ``min_gain``, and the least-squares slope per epoch over that stretch.
+    """Has a curve plateaued?  The least-squares line through ``mean_curve`` [E] over the last ``fraction`` of
+    ``epochs`` [E] (at least PLATEAU_MIN_EPOCHS validated epochs): its gain over that stretch against ``min_gain``.
 
-    Returns {"plateaued", "gain", "slope_per_epoch", "from_epoch", "to_epoch"}.
+    Returns {"plateaued", "gain" (the line's rise over the stretch), "slope_per_epoch", "from_epoch", "to_epoch"}.
     """
     e = np.asarray(epochs, dtype=np.float64)
     y = np.asarray(mean_curve, dtype=np.float64)
@@ -54,10 +56,10 @@ def plateau(epochs, mean_curve, fraction: float = PLATEAU_FRACTION, min_gain: fl
         raise ValueError(f"plateau needs one value per epoch and at least two epochs, got {e.size} epochs and "
                          f"{y.size} values")
     start = e[-1] - fraction * (e[-1] - e[0])
-    first = min(int(np.searchsorted(e, start)), e.size - 2)  # at least two points in the stretch
+    first = min(int(np.searchsorted(e, start)), e.size - min(PLATEAU_MIN_EPOCHS, e.size))
     tail_e, tail_y = e[first:], y[first:]
-    gain = float(tail_y[-1] - tail_y[0])
     slope = float(np.polyfit(tail_e, tail_y, 1)[0])
+    gain = slope * float(tail_e[-1] - tail_e[0])
     return {"plateaued": gain < min_gain, "gain": gain, "slope_per_epoch": slope,
             "from_epoch": int(tail_e[0]), "to_epoch": int(tail_e[-1])}
 
@@ -101,8 +103,8 @@ def budget_lines(rows: list[dict]) -> list[str]:
         state = ("has plateaued" if r["plateaued"] else "is still climbing")
         line = (f"{r['dataset']} {r['use_case']}: mean validation mIoU {r['miou_last']:.3f} after {r['epochs']} "
                 f"epochs (n={r['n_seeds']}); {state}: {r['gain']:+.3f} over epochs {r['from_epoch']}-{r['to_epoch']} "
-                f"({r['slope_per_epoch']:+.4f} per epoch; plateau: a gain < {PLATEAU_GAIN} over the last "
-                f"{PLATEAU_FRACTION:.0%} of training)")
+                f"({r['slope_per_epoch']:+.4f} per epoch, least squares; plateau: a gain < {PLATEAU_GAIN} over the last "
+                f"{PLATEAU_FRACTION:.0%} of training, at least {PLATEAU_MIN_EPOCHS} epochs)")
         if r["diff_last"] is not None:
             line += f"; Δ vs baseline at the last epoch {r['diff_last'].format(signed=True)} {stats.verdict(r['diff_last'])}"
         out.append(line)
@@ -148,3 +150,20 @@ def budget_figure(results_dir, dataset: str, figures_dir, prov: dict):
     fig.tight_layout()
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_budget.png", {**prov, "dataset": dataset})
     return fig
+
+
+def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic", checkpoint: str = "best_miou"
+                       ) -> list[dict]:
+    """The final tables' Δ mIoU verdict of each method at every budget (profile) that has runs, side by side:
+    one row per method, per profile "Δ [95% interval] verdict (epochs, n)".  results_dirs: {profile: results dir};
+    profiles without runs are left out."""
+    columns = {}
+    for profile, results_dir in results_dirs.items():
+        rows, _ = comparison(results_dir, [dataset], checkpoint)
+        cells = {r["use_case"]: f"{_diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, n={r['n_seeds']})"
+                 for r in rows if r.get("miou_diff") is not None}
+        if cells:
+            columns[profile] = cells
+    methods = [uc for uc in USE_CASES if any(uc in c for c in columns.values())]
+    return [{"dataset": dataset, "method (U-Net) vs baseline": uc,
+             **{f"{p}: Δ mIoU [95%] verdict": c.get(uc, "–") for p, c in columns.items()}} for uc in methods]

@@ -345,7 +345,9 @@ def write_comparison(rows: list[dict], path, prov: dict | None = None, checkpoin
                     f"{_tolerances(rows)}), top-label expected calibration error (15 bins), mean predictive entropy "
                     "and the mutual information between prediction and ground truth, each the mean over seeds [95% "
                     "t-interval]; Δ: the method's U-Net minus the baseline's over the same seeds and validation images "
-                    f"[{stats.PAIRED_INTERVAL_TEXT}].")
+                    f"[{stats.PAIRED_INTERVAL_TEXT}]. The runs' protocols (precision included) are those of "
+                    f"{stem.name}.md:\n" + "\n".join(dict.fromkeys(f"Protocol, {r['dataset']}: {r['protocol']}"
+                                                                  for r in rows if r.get("protocol"))))
     return write_table(rows, path, prov, markdown_rows=format_comparison(rows), title=comparison_title(rows, checkpoint))
 
 

@@ -114,3 +114,29 @@ def test_holm_adjusted_verdicts_of_a_grid():
     assert held[0] == "better" and set(held[1:]) == {"no detectable difference at n = 3"}
     lines = ablations.answer_lines(rows)
     assert "holds after Holm" in lines[0] and all("not after Holm" in line for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
+    import torch
+
+    from mistudy import pretrain
+    from mistudy.config import TrainConfig
+    from mistudy.train import train
+
+    assert pretrain.main(["--profile", "tiny", "--samples", "8", "--epochs", "1", "--networks", "unet",
+                          "--out", str(tmp_path / "pre"), "--device", "cpu"]) == 0
+    assert "unet: " in capsys.readouterr().out
+    weights = tmp_path / "pre" / "unet.pt"
+    prov = (tmp_path / "pre" / "unet.pt.provenance.json").read_text()
+    assert "data_seed 1000" in prov and "medium" in prov  # another corpus than the study's (data_seed 0, easy)
+    state = torch.load(weights, weights_only=True)
+    cfg = TrainConfig(dataset="synthetic", train_samples=8, val_samples=4, resize_size=36, crop_size=32,
+                      unet_features=8, epochs=1, batch_size=4, device="cpu", progress="none",
+                      unet_weights=str(weights), run_dir=str(tmp_path / "run"))
+    from mistudy.networks import build_networks
+
+    started = build_networks(cfg)["unet"].state_dict()
+    assert all(torch.equal(started[k], v) for k, v in state.items())  # every pretrained tensor is loaded
+    train(cfg)
+    assert (tmp_path / "run" / "metrics.json").is_file()

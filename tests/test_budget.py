@@ -5,20 +5,26 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, jaccard_score
 
-from fakes import CLASSES, fake_run, masks, scores
+from fakes import CLASSES, fake_run, masks, per_image, scores
 from mistudy import budget, runs
 
 
 def test_plateau_on_a_rising_and_a_flat_curve():
     epochs = list(range(1, 9))
     rising = budget.plateau(epochs, [0.1 * e for e in epochs])
-    # the last quarter of epochs 1..8 starts at 6.25: epochs 7 and 8
-    assert (rising["from_epoch"], rising["to_epoch"]) == (7, 8)
-    assert rising["gain"] == pytest.approx(0.1) and rising["slope_per_epoch"] == pytest.approx(0.1)
+    # the last quarter of epochs 1..8 starts at 6.25 (epochs 7 and 8); at least three epochs: 6, 7, 8
+    assert (rising["from_epoch"], rising["to_epoch"]) == (6, 8)
+    assert rising["gain"] == pytest.approx(0.2) and rising["slope_per_epoch"] == pytest.approx(0.1)
     assert not rising["plateaued"]
     flat = budget.plateau(epochs, [0.5, 0.6, 0.65, 0.68, 0.69, 0.695, 0.698, 0.699])
-    assert flat["plateaued"] and flat["gain"] == pytest.approx(0.001)
-    assert not budget.plateau(epochs, [0.5] * 6 + [0.5, 0.52])["plateaued"]  # a late jump is not a plateau
+    # least squares through (6, .695), (7, .698), (8, .699): slope 0.002, gain 0.004
+    assert flat["plateaued"] and flat["gain"] == pytest.approx(0.004)
+    assert not budget.plateau(epochs, [0.5] * 6 + [0.5, 0.52])["plateaued"]  # a late rise is not a plateau
+    # one noisy last epoch does not make a rising curve a plateau (the quick baseline: 0.449, 0.533, 0.522)
+    noisy = budget.plateau([1, 2, 3, 4, 5, 6], [0.15, 0.27, 0.39, 0.449, 0.533, 0.522])
+    assert not noisy["plateaued"] and noisy["gain"] == pytest.approx(0.073)
+    long = budget.plateau(list(range(1, 25)), [0.9 - 0.5 * 0.8 ** e for e in range(1, 25)])
+    assert long["plateaued"] and (long["from_epoch"], long["to_epoch"]) == (19, 24)
 
 
 def test_plateau_needs_two_epochs_and_matching_lengths():
@@ -77,3 +83,23 @@ def test_budget_figure_is_saved_with_provenance_and_absent_without_epoch_scores(
     fake_run(tmp_path / "old", "synthetic", "baseline", 0, scores(0.8, 0.5))  # no val_per_epoch.npz
     assert budget.budget_figure(tmp_path / "old", "synthetic", tmp_path / "figures", {}) is None
     assert budget.budget_rows(tmp_path / "old", "synthetic") == []
+
+
+def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_path):
+    from mistudy.comparison import comparison
+
+    for profile, quality in (("quick", 0.5), ("long", 0.95)):
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            for uc, q in (("baseline", 0.7), ("rmi", quality)):
+                preds, targets = masks(rng, 8, q, size=16)
+                fake_run(tmp_path / profile, "synthetic", uc, seed, scores(0.8, 0.5),
+                         counts=per_image(preds, targets))
+    rows = budget.verdicts_by_budget({"quick": tmp_path / "quick", "standard": tmp_path / "none",
+                                      "long": tmp_path / "long"})
+    assert [r["method (U-Net) vs baseline"] for r in rows] == ["rmi"]
+    assert list(rows[0])[2:] == ["quick: Δ mIoU [95%] verdict", "long: Δ mIoU [95%] verdict"]  # no standard runs
+    for profile, word in (("quick", "worse"), ("long", "better")):
+        expected = [r for r in comparison(tmp_path / profile, ["synthetic"])[0] if r["use_case"] == "rmi"][0]
+        cell = rows[0][f"{profile}: Δ mIoU [95%] verdict"]
+        assert cell.startswith(f"{expected['miou_diff']:+.3f}") and f" {word} (2 epochs, n=3)" in cell

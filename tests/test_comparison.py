@@ -233,6 +233,7 @@ def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
     comparison.write_comparison(rows, tmp_path / "figs" / "comparison_table")
     beyond = (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text()
     assert beyond.count("| synthetic |") == 2 and "Csurka" in beyond and "0.75% of the image diagonal" in beyond
+    assert "Protocol, synthetic: " in beyond and "precision" in beyond  # the precision named here too (issue 22)
     assert any(f"boundary F {d.mean():+.3f} [" in line and "(better)" in line for line in comparison.summary_lines(rows))
 
 
