@@ -22,12 +22,18 @@ def test_a_non_editable_install_runs_papermill_on_an_installed_notebook(tmp_path
                                check=True, capture_output=True, text=True).stdout.strip())
     # The dependencies come from this environment (nothing is downloaded): its site-packages on the new venv's
     # path through a .pth line.  The .pth files inside it are not run, so the checkout's editable mistudy is not
-    # importable there: only the wheel installed below is.
+    # importable there: only the wheel installed below is.  pip runs under the new venv's interpreter (its module
+    # found through that path), so the new venv is the environment it installs into and this environment's editable
+    # install is left alone ("outside environment"); this environment's pip with --prefix would uninstall it.
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--no-warn-script-location", "--prefix", str(venv), str(ROOT)],
+    build = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--no-index", "--no-warn-script-location", str(ROOT)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
+    # this environment still imports the checkout (the rest of the suite runs in it)
+    here = subprocess.run([sys.executable, "-c", "import mistudy; print(mistudy.__file__)"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert here.stdout.strip() == str(ROOT / "mistudy" / "__init__.py"), here.stderr
 
     work = tmp_path / "elsewhere"
     work.mkdir()
