@@ -218,7 +218,9 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
                 waiting.remove(task)
                 failed.add(task.key)
                 progress.skip(task, by_key[blocked[0]].label)
-            elif all(k in finished for k in task.needs):
+            elif all(k in finished for k in task.needs) and len(running) < max(1, slots):
+                # no more in flight than the cluster runs at once: "running" means running, and a task that
+                # becomes ready later is not queued behind tasks submitted early
                 waiting.remove(task)
                 running[remote.remote(task, kernel, str(cwd), log(task))] = task
         if not running:
