@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_train import PAPER_EPOCHS, PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES  # noqa: E402
 
 USE_CASES = ("baseline", "rmi", "mutual")
+STEPS = ("tests", "bench", "runs", "notebook")
 
 
 def step(name: str, cmd: list[str], out: Path, timeout: int, env: dict | None = None) -> dict:
@@ -40,7 +41,7 @@ def step(name: str, cmd: list[str], out: Path, timeout: int, env: dict | None = 
                               env={**os.environ, **(env or {})})
         text, ok = proc.stdout + proc.stderr, proc.returncode == 0
     except subprocess.TimeoutExpired as e:
-        text, ok = f"{(e.stdout or b'').decode(errors='replace')}\nTIMEOUT after {timeout} s", False
+        text, ok = f"{(e.stdout or b'').decode(errors='replace')}\n\nTIMEOUT after {timeout} s\n", False
     (out / f"{name}.log").write_text(text)
     seconds = time.perf_counter() - t0
     tail = "\n".join(text.strip().splitlines()[-3:])
@@ -91,8 +92,11 @@ def main() -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes: checks that every step runs (on a CPU)")
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_check"), help="folder for the table, JSON and logs")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each paper-scale run (the last one is timed)")
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
+                   help="which steps (a GPU session's 10-minute commands: e.g. tests bench, then runs notebook)")
     args = p.parse_args()
     out = Path(args.out).resolve()
+    slower = 5 if args.dry_run else 1  # a CPU runs the same steps (compilation included) several times slower
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     if args.dry_run:
@@ -106,39 +110,49 @@ def main() -> int:
     report = {"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
               "dry_run": args.dry_run, "steps": [], "bench": {}, "runs": {}}
 
-    report["steps"].append(step("tests", [py, "-m", "pytest", "-q", "-o", "addopts=-ra", "-p", "no:cacheprovider",
-                                          "tests/test_cuda.py"], out, 240, {"MISTUDY_CHECK_DEVICE": args.device}))
-    for label, extra in (("eager", []), ("compiled", ["--compile"])):
+    wanted = set(args.steps)
+
+    def save() -> None:  # after every step: a check cut short still leaves its table
+        (out / "gpu_check.md").write_text(table(report))
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+
+    if "tests" in wanted:
+        report["steps"].append(step("tests", [py, "-m", "pytest", "-q", "-o", "addopts=-ra", "-p", "no:cacheprovider",
+                                              "tests/test_cuda.py"], out, 240 * slower,
+                                    {"MISTUDY_CHECK_DEVICE": args.device}))
+        save()
+    for label, extra in (("eager", []), ("compiled", ["--compile"])) if "bench" in wanted else ():
         path = out / f"bench_{label}.json"
         report["steps"].append(step(f"bench_{label}", [py, "benchmarks/bench_train.py", "--device", args.device,
                                                       "--size", str(size), "--steps", str(steps), "--project",
-                                                      "--json", str(path), *extra], out, 420))
+                                                      "--json", str(path), *extra], out, 150 * slower))
         if path.is_file():
             bench = json.loads(path.read_text())
             report["bench"][label] = {r["use_case"]: r for r in bench["rows"]}
             report["bench"][f"{label}_hours"] = bench["projected_hours"]
-    for uc in USE_CASES:
+        save()
+    for uc in USE_CASES if "runs" in wanted else ():
         run_dir = out / "runs" / uc
         report["steps"].append(step(f"run_{uc}", [
             py, "-m", "mistudy", "train", "--use-case", uc, "--dataset", "synthetic", "--device", args.device,
             "--train-samples", str(train_n), "--val-samples", str(val_n), "--resize-size", str(resize),
             "--crop-size", str(size), "--epochs", str(args.epochs), "--run-dir", str(run_dir), "--progress", "log",
-            "--select-fraction", "0.1"], out, 600))
+            "--select-fraction", "0.1"], out, 150 * slower))
         report["runs"][uc] = run_projection(run_dir, train_n, round(0.1 * train_n) + val_n)
-    try:
-        import papermill  # noqa: F401
+        save()
+    if "notebook" in wanted:
+        try:
+            import papermill  # noqa: F401
 
-        report["steps"].append(step("notebook_02", [py, "-m", "papermill", "notebooks/02_baseline.ipynb",
-                                                    str(out / "02_baseline.ipynb"), "-p", "profile", "tiny",
-                                                    "-p", "device", args.device, "-p", "results_dir",
-                                                    str(out / "nb_results")], out, 300,
-                                    {"MISTUDY_FIGURES": str(out / "nb_figures")}))
-    except ImportError:
-        print("== notebook_02: skipped (papermill is not installed; gpu_check.sh installs it from .gpu-wheels/)")
-    text = table(report)
-    (out / "gpu_check.md").write_text(text)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    print("\n" + text)
+            report["steps"].append(step("notebook_02", [py, "-m", "papermill", "notebooks/02_baseline.ipynb",
+                                                        str(out / "02_baseline.ipynb"), "-p", "profile", "tiny",
+                                                        "-p", "device", args.device, "-p", "results_dir",
+                                                        str(out / "nb_results")], out, 120 * slower,
+                                        {"MISTUDY_FIGURES": str(out / "nb_figures")}))
+        except ImportError:
+            print("== notebook_02: skipped (papermill is not installed; gpu_check.sh installs it from .gpu-wheels/)")
+        save()
+    print("\n" + table(report))
     return 0 if all(s["ok"] for s in report["steps"]) else 1
 
 
