@@ -78,17 +78,17 @@ def test_fused_adam_is_used_and_steps_like_plain_adam():
 @pytest.mark.parametrize("pool", ["none", "avg"])
 def test_rmi_loss_on_the_device_matches_the_cpu_reference(pool):
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(2, 5, 24, 24, generator=gen, dtype=torch.float64)
+    logits = torch.randn(2, 5, 24, 24, generator=gen)  # float32, as training feeds it (the algebra is float64)
     target = torch.randint(0, 5, (2, 24, 24), generator=gen)
     target[:, :3] = 255
-    ours_in = logits.to(DEVICE).requires_grad_()
+    ours_in = logits.to(DEVICE, copy=True).requires_grad_()  # a leaf of its own on the CPU too
     ours = RMILoss(5, radius=3, pool=pool)(ours_in, target.to(DEVICE))
     ours.backward()
     ref_in = logits.clone().requires_grad_()
     ref = rmi_loss_reference(ref_in, target, 5, radius=3, pool=pool)
     ref.backward()
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-8)
-    torch.testing.assert_close(ours_in.grad.cpu(), ref_in.grad, rtol=1e-6, atol=1e-9)
+    assert ours.dtype == torch.float32 and ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(ours_in.grad.cpu(), ref_in.grad, rtol=1e-5, atol=1e-7)
 
 
 @gpu_only
