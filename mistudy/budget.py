@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mistudy import runs, stats, viz
-from mistudy.comparison import _diff_cell, comparison, runs_for
+from mistudy.comparison import comparison, diff_cell, runs_for
 from mistudy.config import PRIMARY_NETWORK, USE_CASES
 from mistudy.metrics import miou_from_confmat
 
@@ -78,21 +78,33 @@ def difference_by_epoch(method: list[dict], baseline: list[dict], network: str =
             for e in sorted(set(a) & set(b)) if a[e].shape == b[e].shape]
 
 
-def budget_rows(results_dir, dataset: str) -> list[dict]:
-    """One row per use-case's U-Net: its mean validation mIoU at the last epoch, the plateau test of its own curve,
-    and Δ mIoU against the baseline at the last epoch.  Empty without per-epoch matrices."""
+def budget_curves(results_dir, dataset: str) -> dict[str, dict]:
+    """{use-case: {"n_seeds", "epochs" [E], "curve" [S, E] per-seed validation mIoU, "diffs" [(epoch, Interval)]
+    against the baseline (empty for the baseline)}} of the use-cases with per-epoch matrices: what the budget rows
+    and the budget figure are made of, read and scored once."""
     baseline = runs_for(results_dir, dataset, "baseline")
-    rows = []
+    out = {}
     for uc in USE_CASES:
         group = runs_for(results_dir, dataset, uc)
         epochs, curve = miou_curve(group)
-        if len(epochs) < 2:
+        if epochs:
+            out[uc] = {"n_seeds": len(group), "epochs": epochs, "curve": curve,
+                       "diffs": difference_by_epoch(group, baseline) if uc != "baseline" else []}
+    return out
+
+
+def budget_rows(results_dir, dataset: str, curves: dict | None = None) -> list[dict]:
+    """One row per use-case's U-Net: its mean validation mIoU at the last epoch, the plateau test of its own curve,
+    and Δ mIoU against the baseline at the last epoch.  Empty without per-epoch matrices.  curves: `budget_curves`
+    (None: read them)."""
+    curves = budget_curves(results_dir, dataset) if curves is None else curves
+    rows = []
+    for uc, c in curves.items():
+        if len(c["epochs"]) < 2:
             continue
-        p = plateau(epochs, curve.mean(axis=0))
-        diffs = difference_by_epoch(group, baseline) if uc != "baseline" else []
-        rows.append({"dataset": dataset, "use_case": uc, "n_seeds": len(group), "epochs": epochs[-1],
-                     "miou_last": float(curve[:, -1].mean()), **p,
-                     "diff_last": diffs[-1][1] if diffs else None})
+        rows.append({"dataset": dataset, "use_case": uc, "n_seeds": c["n_seeds"], "epochs": c["epochs"][-1],
+                     "miou_last": float(c["curve"][:, -1].mean()), **plateau(c["epochs"], c["curve"].mean(axis=0)),
+                     "diff_last": c["diffs"][-1][1] if c["diffs"] else None})
     return rows
 
 
@@ -111,31 +123,23 @@ def budget_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def budget_figure(results_dir, dataset: str, figures_dir, prov: dict):
+def budget_figure(results_dir, dataset: str, figures_dir, prov: dict, curves: dict | None = None):
     """Two panels: every use-case's mean validation mIoU per epoch (seeds as thin lines), and each method's Δ mIoU
     against the baseline per epoch with its 95% interval.  Saved as <dataset>_05_budget.png; None without
-    per-epoch matrices."""
+    per-epoch matrices.  curves: `budget_curves` (None: read them)."""
     import matplotlib.pyplot as plt
 
-    baseline = runs_for(results_dir, dataset, "baseline")
-    curves, diffs = {}, {}
-    for uc in USE_CASES:
-        group = runs_for(results_dir, dataset, uc)
-        epochs, curve = miou_curve(group)
-        if epochs:
-            curves[uc] = (epochs, curve)
-            if uc != "baseline":
-                diffs[uc] = difference_by_epoch(group, baseline)
+    curves = budget_curves(results_dir, dataset) if curves is None else curves
     if not curves:
         return None
     fig, (ax_curve, ax_diff) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (uc, (epochs, curve)) in enumerate(curves.items()):
-        color = f"C{i}"
+    for i, (uc, c) in enumerate(curves.items()):
+        epochs, curve, color = c["epochs"], c["curve"], f"C{i}"
         ax_curve.plot(epochs, curve.T, color=color, alpha=0.25, linewidth=0.8)
         ax_curve.plot(epochs, curve.mean(axis=0), color=color, linewidth=2, label=f"{uc} U-Net (n={len(curve)})")
-        if uc in diffs and diffs[uc]:
-            e = [d[0] for d in diffs[uc]]
-            iv = [d[1] for d in diffs[uc]]
+        if c["diffs"]:
+            e = [d[0] for d in c["diffs"]]
+            iv = [d[1] for d in c["diffs"]]
             ax_diff.plot(e, [d.estimate for d in iv], color=color, linewidth=2, label=f"{uc} - baseline")
             ax_diff.fill_between(e, [d.low for d in iv], [d.high for d in iv], color=color, alpha=0.2)
     ax_curve.set(xlabel="epoch", ylabel="validation mIoU", title="mean over seeds (thin: each seed)")
@@ -160,7 +164,7 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
     columns = {}
     for profile, results_dir in results_dirs.items():
         rows, _ = comparison(results_dir, [dataset], checkpoint)
-        cells = {r["use_case"]: f"{_diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, n={r['n_seeds']})"
+        cells = {r["use_case"]: f"{diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, n={r['n_seeds']})"
                  for r in rows if r.get("miou_diff") is not None}
         if cells:
             columns[profile] = cells

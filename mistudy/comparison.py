@@ -279,7 +279,7 @@ def _ci_cell(row: dict, metric: str) -> str:
     return f"{mean:.3f}" if low is None else f"{mean:.3f} [{low:.3f}, {row[f'{metric}_high']:.3f}]"
 
 
-def _diff_cell(row: dict, metric: str) -> str:
+def diff_cell(row: dict, metric: str) -> str:
     d = row.get(f"{metric}_diff")
     if d is None:
         return "–"
@@ -298,7 +298,7 @@ def format_extra(rows: list[dict]) -> list[dict]:
         for m, label in EXTRA_LABELS.items():
             cell[label] = _ci_cell(r, m)
             if r["use_case"] != "baseline" and r["network"] == PRIMARY_NETWORK:
-                cell[f"Δ {label}"] = _diff_cell(r, m)
+                cell[f"Δ {label}"] = diff_cell(r, m)
         out.append(cell)
     return out
 
@@ -312,7 +312,7 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell = {"dataset": r["dataset"], "use-case": r["use_case"], "network": NETWORK_LABELS[r["network"]] + role}
         if any(row.get("setting") for row in rows):
             cell["setting"] = r.get("setting")
-        diff = _diff_cell(r, "miou")
+        diff = diff_cell(r, "miou")
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",
@@ -368,10 +368,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
                  "no interval)." if paper and base else "")
         parts = []
         if r.get("miou_diff") is not None:
-            parts.append(f"mIoU {_diff_cell(r, 'miou')} ({r['verdict']})")
+            parts.append(f"mIoU {diff_cell(r, 'miou')} ({r['verdict']})")
         for m in EXTRA_METRICS:
             if r.get(f"{m}_diff") is not None:
-                parts.append(f"{EXTRA_LABELS[m]} {_diff_cell(r, m)} ({r[f'{m}_verdict']})")
+                parts.append(f"{EXTRA_LABELS[m]} {diff_cell(r, m)} ({r[f'{m}_verdict']})")
         if not parts:
             lines.append(f"{r['dataset']}, {r['use_case']}: no paired baseline runs, no difference computed.{claim}")
             continue
