@@ -161,6 +161,8 @@ class Progress:
             (f", {self.failed} failed" if self.failed else "") + (f", {self.skipped} skipped" if self.skipped else "")
         print(f"[{counted:{len(str(self.total))}d}/{self.total}] {task.label}: {what} ({status}; "
               f"{100 * counted // self.total}% of the study, {self._estimate()})", file=self.out, flush=True)
+        if error is not None:  # the reason now, not only at the end of a study that may run for hours
+            print(f"    {error}", file=self.out, flush=True)
 
     def skip(self, task, because: str) -> None:
         self.left.discard(task.key)

@@ -291,6 +291,8 @@ def test_a_failing_task_on_ray_is_reported_while_the_others_finish(tmp_path, cap
     assert (res / "02-synthetic-0.json").is_file() and (res / "02-synthetic-1.json").is_file()
     assert "[skip] 05_comparison: not run, because 03_rmi" in out
     assert "failed" in out and "done" in out
+    failed_line = next(i for i, line in enumerate(out.splitlines()) if "03_rmi (synthetic, seed 0): FAILED" in line)
+    assert "ValueError: boom in 03" in out.splitlines()[failed_line + 1]  # the reason beside the FAILED line
 
 
 @pytest.mark.slow
