@@ -11,7 +11,8 @@ images than a study trains on -- and writes their weights as plain state dicts:
 The weights kept are each network's best_miou checkpoint on the pretraining corpus' own selection split: nothing of
 the study's train, selection or validation images is ever seen.  Pretraining runs once per profile (the authors
 used one checkpoint for every run): the study's pretrained settings read ``results/<profile>/pretrain/*.pt``.
-Finished runs are reused, so running the command again only writes what is missing.
+Finished runs are reused and an interrupted one continues where it stopped, so running the command again only
+writes what is missing.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ def weights_path(profile: str, network: str, directory=None) -> Path:
 def pretrain_config(network: str, profile: str, out: Path, samples: int, epochs: int, device: str) -> TrainConfig:
     """The pretraining run of one network: the profile's image size and optimiser, CE, the pretraining corpus."""
     settings = profile_settings(profile, device)
+    run_dir = out / "runs" / network
+    # an interrupted pretraining (a run directory without metrics.json) continues where it stopped; a finished one
+    # is reused as it is
+    interrupted = runs.is_run_dir(run_dir) and runs.load_metrics(run_dir) is None
     settings.update(use_case="baseline", network=network, synthetic_level=PRETRAIN_LEVEL,
                     data_seed=PRETRAIN_DATA_SEED, train_samples=samples, val_samples=256, select_fraction=0.0625,
-                    epochs=epochs, device=device, run_dir=str(out / "runs" / network), seed=0)
+                    epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=interrupted)
     return TrainConfig.from_dict(settings)
 
 

@@ -1,5 +1,6 @@
 """The ablation grid of notebook 06: its settings, where its runs go, and its effects on hand-made runs."""
 
+import json
 
 import numpy as np
 import pytest
@@ -114,6 +115,34 @@ def test_holm_adjusted_verdicts_of_a_grid():
     assert held[0] == "better" and set(held[1:]) == {"no detectable difference at n = 3"}
     lines = ablations.answer_lines(rows)
     assert "holds after Holm" in lines[0] and all("not after Holm" in line for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from mistudy import engine, pretrain
+
+    argv = ["--profile", "tiny", "--samples", "8", "--epochs", "2", "--networks", "unet", "--out",
+            str(tmp_path / "pre"), "--device", "cpu"]
+    real_step, calls = engine.train_step, {"n": 0}
+
+    def dies_in_epoch_2(*a, **k):  # tiny: 6 training images after the selection split, batch 4 -> 2 steps/epoch
+        calls["n"] += 1
+        if calls["n"] == 3 and not calls.get("resumed"):
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(argv)
+    run = tmp_path / "pre" / "runs" / "unet"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1 and not (tmp_path / "pre" / "unet.pt").exists()
+    calls.update(n=0, resumed=True)
+    assert pretrain.main(argv) == 0  # the same command again: epoch 2 only, not a refusal or a fresh start
+    assert calls["n"] == 2 and [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+    assert (tmp_path / "pre" / "unet.pt").is_file()
+    assert pretrain.main(argv) == 0 and "Reusing the finished run" in capsys.readouterr().out
 
 
 @pytest.mark.slow
