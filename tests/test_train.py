@@ -90,6 +90,17 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
 
 
+@pytest.mark.slow
+def test_a_finished_run_extended_is_the_longer_run(tmp_path):
+    """The long profile is the standard runs continued (README): a finished 2-epoch run resumed to 3 epochs equals a
+    3-epoch run, history and reported metrics, when the learning rate does not depend on the length."""
+    longer = train(tiny(tmp_path, "three", epochs=3))
+    train(tiny(tmp_path, "extended", epochs=2))
+    extended = train(tiny(tmp_path, "extended", epochs=3, resume=True))
+    assert extended["networks"] == longer["networks"]
+    assert _strip_times(runs.load_history(tmp_path / "extended")) == _strip_times(runs.load_history(tmp_path / "three"))
+
+
 def test_resume_refuses_changed_config(tmp_path):
     train(tiny(tmp_path, epochs=1))
     with pytest.raises(ValueError, match="lr"):
