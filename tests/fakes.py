@@ -1,4 +1,5 @@
-"""Hand-made run directories and per-image statistics for the tests of tables, comparisons and ablations."""
+"""Hand-made run directories and per-image statistics for the tests of tables, comparisons and ablations, and a
+call counter that simulates a crash."""
 
 from __future__ import annotations
 
@@ -12,6 +13,23 @@ from mistudy.config import TrainConfig
 from mistudy.metrics import SegmentationMetrics
 
 CLASSES = 3
+
+
+def count_calls(monkeypatch, owner, name: str, raise_at: int | None = None, error=KeyboardInterrupt) -> dict:
+    """Replace ``owner.name`` by a wrapper that counts its calls in ``calls["n"]`` and raises ``error`` at call
+    ``raise_at`` (a kill or crash at a known step); returns ``calls``.  ``calls.update(n=0, raise_at=None)`` lets the
+    next calls through, still counted."""
+    real = getattr(owner, name)
+    calls = {"n": 0, "raise_at": raise_at}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["raise_at"]:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
 
 
 def scores(acc: float, miou: float, per_class=None, **extra) -> dict:

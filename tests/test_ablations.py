@@ -7,7 +7,7 @@ import pytest
 
 from mistudy import ablations, runs, stats
 
-from fakes import fake_run, scores, statistics
+from fakes import count_calls, fake_run, scores, statistics
 
 
 def test_grid_is_one_factor_at_a_time_around_the_papers_settings():
@@ -125,20 +125,13 @@ def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeyp
 
     argv = ["--profile", "tiny", "--samples", "8", "--epochs", "2", "--networks", "unet", "--out",
             str(tmp_path / "pre"), "--device", "cpu"]
-    real_step, calls = engine.train_step, {"n": 0}
-
-    def dies_in_epoch_2(*a, **k):  # tiny: 6 training images after the selection split, batch 4 -> 2 steps/epoch
-        calls["n"] += 1
-        if calls["n"] == 3 and not calls.get("resumed"):
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", dies_in_epoch_2)
+    # tiny: 6 training images after the selection split, batch 4 -> 2 steps per epoch: dies in epoch 2
+    calls = count_calls(monkeypatch, engine, "train_step", raise_at=3)
     with pytest.raises(KeyboardInterrupt):
         pretrain.main(argv)
     run = tmp_path / "pre" / "runs" / "unet"
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1 and not (tmp_path / "pre" / "unet.pt").exists()
-    calls.update(n=0, resumed=True)
+    calls.update(n=0, raise_at=None)
     assert pretrain.main(argv) == 0  # the same command again: epoch 2 only, not a refusal or a fresh start
     assert calls["n"] == 2 and [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
     assert (tmp_path / "pre" / "unet.pt").is_file()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from datatrees import VOC_SPLITS, write_voc_mask
+from fakes import count_calls
 from mistudy import atomic, engine, inference, runs
 from mistudy.cli import error_line
 from mistudy.config import TrainConfig
@@ -131,23 +132,14 @@ def test_a_failed_resume_leaves_the_finished_run_as_it_was(tmp_path, monkeypatch
 def test_an_extension_interrupted_after_an_epoch_is_no_longer_a_finished_run(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     train(tiny(run_dir))
-    real = engine.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_epoch_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_4)
+    calls = count_calls(monkeypatch, engine, "train_one_epoch", raise_at=2)  # dies in epoch 4
     with pytest.raises(KeyboardInterrupt):
         train(tiny(run_dir, epochs=4, resume=True))
     assert not (run_dir / "metrics.json").exists(), "the 2-epoch results no longer describe last.pt (epoch 3)"
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 4
     with pytest.raises(FileExistsError, match="--resume"):
         train_or_load(tiny(run_dir, epochs=4))
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    calls.update(raise_at=None)
     assert train(tiny(run_dir, epochs=4, resume=True))["epochs"] == 4
     with pytest.raises(ValueError, match="already trained 4"):
         train(tiny(run_dir, epochs=3, resume=True))
@@ -244,18 +236,11 @@ def test_error_line_unwraps_a_dataloader_worker_error():
 
 def test_a_bad_validation_mask_stops_the_run_before_it_trains(voc_root, tmp_path, monkeypatch):
     path = _bad_mask(voc_root, VOC_SPLITS["val"][0])
-    trained = {"steps": 0}
-    real = engine.train_step
-
-    def counting(*a, **k):
-        trained["steps"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", counting)
+    trained = count_calls(monkeypatch, engine, "train_step")
     with pytest.raises(ValueError, match=f"mask {path} has values \\[77\\]"):
         train(tiny(tmp_path / "run", dataset="voc", root=str(voc_root), train_samples=None, val_samples=None,
                    select_fraction=0))
-    assert trained["steps"] == 0
+    assert trained["n"] == 0
 
 
 def test_truncated_files_are_found_by_their_end_marker_before_training(voc_root, tmp_path):

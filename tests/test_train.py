@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fakes import count_calls
 from mistudy import engine, inference, loaders, networks, runs
 from mistudy.config import TrainConfig
 from mistudy.engine import NonFiniteLossError
@@ -70,21 +71,12 @@ def test_existing_run_is_not_overwritten(tmp_path):
 @pytest.mark.slow
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     full = train(tiny(tmp_path, "full", use_case="rmi", rmi_radius=2, batch_size=3))
-    real_step = engine.train_step
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # 3 steps per epoch: dies in the middle of epoch 2
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", interrupted)
+    calls = count_calls(monkeypatch, engine, "train_step", raise_at=5)  # 3 steps per epoch: dies in epoch 2
     cfg = tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(engine, "train_step", real_step)
+    calls.update(raise_at=None)
     resumed = train(tiny(tmp_path, "cut", use_case="rmi", rmi_radius=2, batch_size=3, resume=True))
     assert resumed["networks"] == full["networks"]
     assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
@@ -506,19 +498,10 @@ def test_scheduled_training_records_each_epochs_rate_and_resumes_exactly(tmp_pat
     # the last step of each epoch: step 2 (warm-up 0.5 + 0.5 * 2/3), step 5 and 8 (cosine over the 6 steps after it)
     assert lrs == pytest.approx([0.01 * (0.5 + 0.5 * 2 / 3), 0.01 * 0.5 * (1 + np.cos(np.pi * 2 / 6)),
                                  0.01 * 0.5 * (1 + np.cos(np.pi * 5 / 6))])
-    real_step = engine.train_step
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", interrupted)
+    calls = count_calls(monkeypatch, engine, "train_step", raise_at=5)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tmp_path, "cut", **kw))
-    monkeypatch.setattr(engine, "train_step", real_step)
+    calls.update(raise_at=None)
     resumed = train(tiny(tmp_path, "cut", resume=True, **kw))
     assert resumed["networks"] == full["networks"]
     assert _strip_times(runs.load_history(tmp_path / "cut")) == _strip_times(runs.load_history(tmp_path / "full"))
