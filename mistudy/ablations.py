@@ -126,8 +126,9 @@ def _resolve(changes: dict, base, profile: str) -> dict:
 
 
 def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict | None = None,
-            results_dir=None, **fields) -> list[tuple[str, object]]:
-    """(setting name, TrainConfig) of every run of the grid: references and ablations, every seed.
+            results_dir=None, resume: bool = False, **fields) -> list[tuple[str, object]]:
+    """(setting name, TrainConfig) of every run of the grid: references and ablations, every seed; with ``resume``,
+    the runs that exist are continued (an interrupted grid, or a longer one) and the others start.
 
     Ablation runs go to ``<results_dir>/ablations/<dataset>/<use-case>/<setting>-seed<k>``; ``overrides`` (any
     TrainConfig field, e.g. {"epochs": 3}) apply to every run alike.  Without overrides the references are the
@@ -144,18 +145,20 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
                 dict(results_dir=str(results / DIRECTORY), run_name=_run_name(name, seed))
             base = study_config(setting.use_case, profile, overrides, seed=seed, **where, **fields)
             changes = _resolve(setting.changes, base, profile)
-            out.append((name, study_config(setting.use_case, profile, {**(overrides or {}), **changes}, seed=seed,
-                                           **where, **fields)))
+            cfg = study_config(setting.use_case, profile, {**(overrides or {}), **changes}, seed=seed, **where,
+                               **fields)
+            out.append((name, runs.resume_if_started(cfg) if resume else cfg))
     return out
 
 
 def run(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict | None = None, results_dir=None,
-        **fields) -> dict[str, list[dict]]:
-    """Train (or reuse) every run of the grid; returns {setting: [run of each seed]} as `runs.load_run` gives."""
+        resume: bool = False, **fields) -> dict[str, list[dict]]:
+    """Train (or reuse) every run of the grid (``resume``: continue those that exist); returns {setting: [run of each
+    seed]} as `runs.load_run` gives."""
     from mistudy.train import train_or_load
 
     grid: dict[str, list[dict]] = {}
-    for name, cfg in configs(names, seeds, profile, overrides, results_dir, **fields):
+    for name, cfg in configs(names, seeds, profile, overrides, results_dir, resume, **fields):
         summary = train_or_load(cfg)
         grid.setdefault(name, []).append(runs.load_run(summary["run_dir"]))
     return grid

@@ -122,6 +122,12 @@ class RunLock:
             self._file = None
 
 
+def resume_if_started(cfg: TrainConfig) -> TrainConfig:
+    """A study's --resume for one of its runs: continue (or extend) the run its directory holds, start it where there
+    is none yet.  (`train --resume` on its own refuses a directory without a run: there it is a mistyped path.)"""
+    return cfg.replace(resume=is_run_dir(cfg.resolved_run_dir()))
+
+
 def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     """Refuse, before anything is written, a training run that would overwrite or mix up an existing run; returns
     "new", "continue" (resume from last.pt) or "restart" (resume asked, but no epoch had been saved yet).

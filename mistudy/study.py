@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mistudy import runs
 from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
 from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, parse_assignments, study_config
 from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", nargs="+", default=list(DEFAULT_NOTEBOOKS), metavar="NN",
                    help=f"which notebooks to run, by number ({' '.join(NOTEBOOKS)})")
     p.add_argument("--resume", action="store_true",
-                   help="continue interrupted runs (and extend finished ones to more epochs)")
+                   help="continue interrupted runs (and extend finished ones to more epochs); runs not started yet "
+                        "start")
     p.add_argument("--grids", nargs="+", default=["ablations"], choices=["ablations", "pretrained"],
                    help="notebook 06's grids: ablations (the open questions and controls), pretrained (fine-tuned "
                         "networks; needs `mistudy pretrain` first)")
@@ -196,8 +198,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
                           "seed": seed, "results_dir": str(results), "figures_dir": str(figures)}
                 if overrides:
                     params["config"] = overrides
-                if args.resume:
-                    params["resume"] = True
+                if args.resume and runs.resume_if_started(study_config(
+                        PER_RUN[key], args.profile, overrides, dataset=dataset, root=root, device=args.device,
+                        seed=seed, results_dir=str(results))).resume:
+                    params["resume"] = True  # the runs not started yet start: --resume is not a typo check here
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
     if "05" in keys:
         steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures), "datasets": datasets}))
@@ -210,6 +214,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
                           "grid": grid}
                 if overrides:
                     params["config"] = overrides
+                if args.resume:
+                    params["resume"] = True  # each of its runs: continued where it exists (ablations.configs)
                 label = f" ({dataset})" if grid == "ablations" else f" ({dataset}, {grid} grid)"
                 steps.append(step("06", params, dataset if grid == "ablations" else f"{dataset}/{grid}", label))
     return steps
@@ -281,7 +287,8 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
                 made = {d for t in out for d in t.run_dirs}
                 trains = []
                 for name, cfg in ablations.configs(names, seeds, p["profile"], p.get("config"), p["results_dir"],
-                                                   dataset=p["dataset"], root=p["data_root"], device=p["device"]):
+                                                   resume=p.get("resume", False), dataset=p["dataset"],
+                                                   root=p["data_root"], device=p["device"]):
                     run_dir = str(cfg.resolved_run_dir())
                     if run_dir in made:
                         continue  # a 02-04 run (a reference), or an ablation another grid trains too

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mistudy import runs, study
+from mistudy import ablations, runs, study
 from mistudy import train as train_module
 from mistudy.config import TrainConfig
 from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan
@@ -95,6 +95,27 @@ def test_set_reaches_the_notebooks_as_config_and_is_checked_first(nb_dir):
                         (["--set", "seed=3"], "set by the study itself")):
         with pytest.raises(UsageError, match=match):
             _plan(nb_dir, "--notebooks", "03", *argv)
+
+
+def test_resume_continues_the_runs_that_exist_and_starts_the_others(nb_dir, tmp_path):
+    """A study interrupted after some runs had started: --resume must continue those and start the rest, in 02-04
+    and in every run of 06's grid (it once asked for a run in every directory and failed on the unstarted ones)."""
+    started = tmp_path / "synthetic" / "baseline" / "seed0"
+    started.mkdir(parents=True)
+    (started / "config.json").write_text("{}")  # a run directory: the check looks no further
+    argv = ["--notebooks", "02", "06", "--seeds", "0", "1", "--profile", "tiny", "--results-dir", str(tmp_path)]
+    steps = _plan(nb_dir, *argv, "--resume")
+    assert [s.parameters.get("resume") for s in steps if s.key == "02"] == [True, None]
+    assert next(s for s in steps if s.key == "06").parameters["resume"] is True
+    grid_run = ablations.configs(["rmi radius 2"], [0], "tiny", results_dir=str(tmp_path))[-1][1].resolved_run_dir()
+    grid_run.mkdir(parents=True)
+    (grid_run / "config.json").write_text("{}")
+    args = build_parser().parse_args(["--notebooks-dir", str(nb_dir), *argv, "--resume"])
+    trains = {t.label: t.config["resume"] for t in study.tasks(plan(args), args, expand_ablations=True)
+              if t.key.startswith("train ")}
+    assert trains["rmi radius 2 (synthetic, seed 0)"] is True and trains["rmi radius 2 (synthetic, seed 1)"] is False
+    assert not any(v for k, v in trains.items() if not k.startswith("rmi radius 2 (synthetic, seed 0)"))
+    assert not [s for s in _plan(nb_dir, *argv) if s.parameters.get("resume")]  # without --resume: none
 
 
 def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
