@@ -14,7 +14,7 @@ import numpy as np
 
 from mistudy import runs, stats, viz
 from mistudy.comparison import comparison, diff_cell, runs_for
-from mistudy.config import PRIMARY_NETWORK, USE_CASES
+from mistudy.config import PRIMARY_NETWORK, PROFILES, USE_CASES
 from mistudy.metrics import miou_from_confmat
 
 # The plateau criterion: the baseline's mean validation mIoU gains less than PLATEAU_GAIN over the last
@@ -156,16 +156,18 @@ def budget_figure(results_dir, dataset: str, figures_dir, prov: dict, curves: di
     return fig
 
 
-def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic", checkpoint: str = "best_miou"
-                       ) -> list[dict]:
+def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic", checkpoint: str = "best_miou",
+                       epochs: dict[str, int] | None = None) -> list[dict]:
     """The final tables' Δ mIoU verdict of each method at every budget (profile) that has runs, side by side:
     one row per method, per profile "Δ [95% interval] verdict (epochs, n)".  results_dirs: {profile: results dir};
-    profiles without runs are left out."""
+    only runs of the profile's length count (``epochs``, default: the profiles' own), so that a profile still being
+    trained (the long runs extended one by one) never shows a mixture; profiles without such runs are left out."""
+    epochs = {p: PROFILES[p]["epochs"] for p in results_dirs if p in PROFILES} if epochs is None else epochs
     columns = {}
     for profile, results_dir in results_dirs.items():
         rows, _ = comparison(results_dir, [dataset], checkpoint)
         cells = {r["use_case"]: f"{diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, n={r['n_seeds']})"
-                 for r in rows if r.get("miou_diff") is not None}
+                 for r in rows if r.get("miou_diff") is not None and r["epochs"] == epochs.get(profile, r["epochs"])}
         if cells:
             columns[profile] = cells
     methods = [uc for uc in USE_CASES if any(uc in c for c in columns.values())]

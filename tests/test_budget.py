@@ -95,8 +95,14 @@ def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_pa
                 preds, targets = masks(rng, 8, q, size=16)
                 fake_run(tmp_path / profile, "synthetic", uc, seed, scores(0.8, 0.5),
                          counts=per_image(preds, targets))
+    for seed in range(2):  # long runs still being extended: one epoch short of the long length, never shown
+        rng = np.random.default_rng(seed)
+        for uc in ("baseline", "rmi"):
+            preds, targets = masks(rng, 8, 0.3, size=16)
+            fake_run(tmp_path / "long", "synthetic", uc, seed, scores(0.8, 0.5), counts=per_image(preds, targets),
+                     epochs=1, name=f"short{seed}")
     rows = budget.verdicts_by_budget({"quick": tmp_path / "quick", "standard": tmp_path / "none",
-                                      "long": tmp_path / "long"})
+                                      "long": tmp_path / "long"}, epochs={"quick": 2, "standard": 2, "long": 2})
     assert [r["method (U-Net) vs baseline"] for r in rows] == ["rmi"]
     assert list(rows[0])[2:] == ["quick: Δ mIoU [95%] verdict", "long: Δ mIoU [95%] verdict"]  # no standard runs
     for profile, word in (("quick", "worse"), ("long", "better")):
