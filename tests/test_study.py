@@ -125,7 +125,7 @@ def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
                                                                    ("05", None)]
     p = steps[3].parameters
     assert p["profile"] == "paper" and p["config"] == {"epochs": 7}
-    assert p["resume"] is True and p["device"] == "cpu"
+    assert "resume" not in p and p["device"] == "cpu"  # --resume, but no run there yet: it starts
     assert steps[3].output == tmp_path / "notebooks" / "synthetic" / "seed1" / "04_mutual_learning.ipynb"
     assert "config" not in _plan(nb_dir, "--notebooks", "02")[0].parameters  # nothing set: the profile alone
     assert _plan(nb_dir, "--notebooks", "03", "--eval-protocol", "random-crop")[0].parameters["config"] == \
