@@ -42,6 +42,10 @@ def _opt(default, help: str, *, choices=None, low=None, positive: bool = False, 
                                             "kind": kind})
 
 
+# the options that start a run's networks from a local weights file (its content is recorded: `runs.check_weights`)
+WEIGHTS_OPTIONS = ("unet_weights", "deeplab_weights", "deeplab_backbone_weights")
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -200,7 +204,7 @@ class TrainConfig:
         machine without its data): FileNotFoundError naming the first missing one."""
         if self.dataset != "synthetic" and not Path(self.root).is_dir():
             raise FileNotFoundError(f"dataset root {self.root} is not a directory")
-        for name in ("unet_weights", "deeplab_weights", "deeplab_backbone_weights"):
+        for name in WEIGHTS_OPTIONS:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{name} {path} does not exist" + (" (it is a directory)"

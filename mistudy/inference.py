@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mistudy import data, runs, safeload
-from mistudy.config import CHECKPOINTS
+from mistudy.config import CHECKPOINTS, WEIGHTS_OPTIONS
 from mistudy.distributed import Context, resolve_device
 from mistudy.loaders import SeededItems, build_datasets, to_device
 from mistudy.metrics import SegmentationMetrics
@@ -77,8 +77,8 @@ def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="c
         raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
                                 "split)")
     ckpt = safeload.load(path, "checkpoint")
-    net = build_networks(cfg.replace(unet_weights=None, deeplab_weights=None, deeplab_backbone_weights=None),
-                         names=(network,))[network]  # the checkpoint holds every weight
+    # the checkpoint holds every weight: nothing is read from the files the run started from
+    net = build_networks(cfg.replace(**dict.fromkeys(WEIGHTS_OPTIONS)), names=(network,))[network]
     net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
     return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
 

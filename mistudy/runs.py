@@ -3,6 +3,7 @@
 A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
 
     config.json            the full TrainConfig
+    weights.json           the SHA-256 of each weights file the networks started from (--unet-weights, ...), if any
     history.json / .csv    one row per epoch: losses, selection and validation metrics, lr, seconds, images/s
     last.pt                everything needed to resume (models, optimisers, scaler, RNG, best scores, history)
     best_loss-<net>.pt     weights at the lowest training loss of <net> (the paper's selection rule)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -37,8 +39,9 @@ import torch
 
 import mistudy
 from mistudy import atomic
-from mistudy.config import RESUMABLE_CHANGES, TrainConfig, default_of
+from mistudy.config import RESUMABLE_CHANGES, WEIGHTS_OPTIONS, TrainConfig, default_of
 
+WEIGHTS_RECORD = "weights.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
 
 
@@ -136,7 +139,8 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     * With resume: the directory must hold a run (config.json), of the same configuration apart from what may
       change on resume (runtime options, where, the length); a finished run whose last.pt was deleted cannot be
       continued (its results are kept); a learning-rate schedule that depends on the number of epochs cannot be
-      stretched; a run cannot be resumed to fewer epochs than it has trained.
+      stretched; a run cannot be resumed to fewer epochs than it has trained, nor continued when a weights file
+      it started from has been replaced (`check_weights`).
     """
     last, metrics = run_dir / "last.pt", run_dir / "metrics.json"
     if not cfg.resume:
@@ -159,13 +163,49 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
             raise FileExistsError(f"--resume: {run_dir} holds a finished run whose last.pt was deleted, so it cannot "
                                   "be continued; its results are kept. To train it again, delete the directory or "
                                   "choose another run name")
-        return "restart"
+        return "restart"  # no epoch saved: it starts from the weights files anew and records them again
+    check_weights(cfg, run_dir)
     return "continue"
 
 
 def write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    """config.json: the configuration of what the run directory's checkpoints hold."""
+    """config.json: the configuration of what the run directory's checkpoints hold; weights.json, when they started
+    from weights files: those files' content (a path alone would not notice a file pretrained again)."""
+    record = {name: {"path": path, "sha256": _sha256(path)} for name in WEIGHTS_OPTIONS if (path := getattr(cfg, name))}
+    if record:
+        atomic.write_json(run_dir / WEIGHTS_RECORD, record)
     atomic.write_json(run_dir / "config.json", {**asdict(cfg), "resume": False})
+
+
+def check_weights(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to reuse or continue the run in ``run_dir`` when a weights file ``cfg`` names is not the one the run
+    started from (replaced since, e.g. by `mistudy pretrain` run again): FileExistsError naming the file.  A run
+    written before weights.json existed has no record, so there the file must not be newer than its config.json."""
+    record_path = run_dir / WEIGHTS_RECORD
+    record = _read_json(record_path) if record_path.is_file() else None
+    for name in WEIGHTS_OPTIONS:
+        path = getattr(cfg, name)
+        if path is None:
+            continue
+        advice = "delete the run to train it from the new weights, or put the old file back"
+        if record is None:
+            if Path(path).stat().st_mtime > (run_dir / "config.json").stat().st_mtime:
+                raise FileExistsError(f"{name} {path} was written after the run in {run_dir} started, and the run "
+                                      f"keeps no record of the weights it started from: {advice}")
+            continue
+        saved, now = record.get(name, {}).get("sha256"), _sha256(path)
+        if saved != now:
+            raise FileExistsError(f"the run in {run_dir} started from {name} {path} with SHA-256 "
+                                  f"{(saved or 'unrecorded')[:12]}, but the file now holds other weights "
+                                  f"({now[:12]}; replaced since, e.g. pretrained again): {advice}")
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str], saved: dict | None = None

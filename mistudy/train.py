@@ -96,7 +96,8 @@ def _clean_failed_start(run_dir: Path) -> None:
     if (run_dir / "last.pt").exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return
-    for path in [run_dir / "config.json", *run_dir.glob("best_*-*.pt"), *run_dir.glob("history.*")]:
+    for path in [run_dir / "config.json", run_dir / runs.WEIGHTS_RECORD, *run_dir.glob("best_*-*.pt"),
+                 *run_dir.glob("history.*")]:
         path.unlink(missing_ok=True)
     left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
     if not left:
@@ -275,6 +276,7 @@ def train_or_load(cfg: TrainConfig) -> dict:
     # config.json, which describes last.pt and may have moved on since (an interrupted extension)
     diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED, saved=metrics.get("config"))
     if not diff:
+        runs.check_weights(cfg, run_dir)
         print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
         return {**metrics, "run_dir": str(run_dir)}
     hint = " or pass resume=True to continue it" if set(diff) <= RESUMABLE_CHANGES else ""

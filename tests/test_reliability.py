@@ -152,6 +152,40 @@ def test_a_schedule_that_depends_on_the_length_cannot_be_stretched(tmp_path):
         train(tiny(run_dir, epochs=2, lr_schedule="cosine", resume=True))
 
 
+def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replaced(tmp_path):
+    """A run names its weights by path; `mistudy pretrain` run again writes other weights at the same path. Reusing
+    the old run (or extending it) would report it as a run from the new weights: refused, naming the file."""
+    from mistudy.models import build_model
+
+    weights, run_dir = tmp_path / "unet.pt", tmp_path / "run"
+    torch.manual_seed(0)
+    torch.save(build_model("unet", 4, init_features=4).state_dict(), weights)
+    cfg = tiny(run_dir, epochs=1, unet_weights=str(weights))
+    train(cfg)
+    assert json.loads((run_dir / "weights.json").read_text())["unet_weights"]["path"] == str(weights)
+    os.utime(weights)  # rewritten with the same content (a copy, a touch): still the same run
+    assert "run_dir" in train_or_load(cfg)
+
+    torch.manual_seed(1)
+    torch.save(build_model("unet", 4, init_features=4).state_dict(), weights)  # pretrained again
+    with pytest.raises(FileExistsError, match=r"started from unet_weights .*unet.pt with SHA-256 [0-9a-f]{12}, but "
+                                              r"the file now holds other weights"):
+        train_or_load(cfg)
+    with pytest.raises(FileExistsError, match="now holds other weights"):
+        train(cfg.replace(epochs=2, resume=True))
+    assert json.loads((run_dir / "history.json").read_text())[-1]["epoch"] == 1  # nothing trained on
+
+    # a run written before weights.json existed: the file must not be newer than the run
+    (run_dir / "weights.json").unlink()
+    with pytest.raises(FileExistsError, match="written after the run .* keeps no record"):
+        train_or_load(cfg)
+    os.utime(weights, (0, 0))
+    assert "run_dir" in train_or_load(cfg)
+    plain = tiny(tmp_path / "plain", epochs=1)
+    train(plain)
+    assert not (tmp_path / "plain" / "weights.json").exists()  # nothing to record without weights files
+
+
 # ------------------------------------------------------------------- 4. corrupt, truncated, hostile files
 
 
