@@ -11,8 +11,9 @@ images than a study trains on -- and writes their weights as plain state dicts:
 The weights kept are each network's best_miou checkpoint on the pretraining corpus' own selection split: nothing of
 the study's train, selection or validation images is ever seen.  Pretraining runs once per profile (the authors
 used one checkpoint for every run): the study's pretrained settings read ``results/<profile>/pretrain/*.pt``.
-Finished runs are reused and an interrupted one continues where it stopped, so running the command again only
-writes what is missing.
+Finished runs are reused, an interrupted one continues where it stopped and a finished one asked for more --epochs
+is extended, so running the command again only writes what is missing; a weights file that already holds the
+weights is left untouched.
 """
 
 from __future__ import annotations
@@ -52,18 +53,23 @@ def pretrain_config(network: str, profile: str, out: Path, samples: int, epochs:
     """The pretraining run of one network: the profile's image size and optimiser, CE, the pretraining corpus."""
     settings = profile_settings(profile, device)
     run_dir = out / "runs" / network
-    # an interrupted pretraining (a run directory without metrics.json) continues where it stopped; a finished one
-    # is reused as it is
-    interrupted = runs.is_run_dir(run_dir) and runs.load_metrics(run_dir) is None
+    # an interrupted pretraining (a run directory without metrics.json) continues where it stopped, a finished one
+    # asked for more epochs is extended (the constant learning rate makes that the longer run), and a finished one
+    # of this length is reused as it is
+    metrics = runs.load_metrics(run_dir) if runs.is_run_dir(run_dir) else None
+    resume = runs.is_run_dir(run_dir) and (metrics is None or metrics["epochs"] != epochs)
     settings.update(use_case="baseline", network=network, synthetic_level=PRETRAIN_LEVEL,
                     data_seed=PRETRAIN_DATA_SEED, train_samples=samples, val_samples=256, select_fraction=0.0625,
-                    epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=interrupted)
+                    epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=resume)
     return TrainConfig.from_dict(settings)
 
 
 def export(run_dir: Path, network: str, path: Path, profile: str) -> Path:
-    """The run's best_miou weights as a plain state dict, written atomically with its provenance."""
+    """The run's best_miou weights as a plain state dict, written atomically with its provenance; a file that already
+    holds these weights is left as it is (runs started from it compare its content, and older runs its mtime)."""
     ckpt = safeload.load(runs.checkpoint_path(run_dir, "best_miou", network), "checkpoint")
+    if _holds(path, ckpt["model"]):
+        return path
     with atomic.atomic_path(path, suffix=".pt") as tmp:
         torch.save(ckpt["model"], tmp)
     metrics = runs.load_metrics(run_dir)
@@ -72,6 +78,15 @@ def export(run_dir: Path, network: str, path: Path, profile: str) -> Path:
         corpus=f"synthetic {PRETRAIN_LEVEL} level, data_seed {PRETRAIN_DATA_SEED}",
         pretraining_val_miou=metrics["networks"][network]["best_miou"]["miou"]))
     return path
+
+
+def _holds(path: Path, state: dict) -> bool:
+    """Whether the weights file ``path`` already holds ``state`` (a missing or unreadable file does not)."""
+    try:
+        old = safeload.load(path, "weights")
+    except (FileNotFoundError, safeload.CheckpointError):
+        return False
+    return isinstance(old, dict) and old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,8 +134,18 @@ def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeyp
     calls.update(n=0, raise_at=None)
     assert pretrain.main(argv) == 0  # the same command again: epoch 2 only, not a refusal or a fresh start
     assert calls["n"] == 2 and [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
-    assert (tmp_path / "pre" / "unet.pt").is_file()
+    weights = tmp_path / "pre" / "unet.pt"
+    written = weights.stat().st_mtime_ns
     assert pretrain.main(argv) == 0 and "Reusing the finished run" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == written  # the same weights: the file is not rewritten
+    # more epochs extend the finished pretraining (epoch 3 only) and export its new best weights
+    calls.update(n=0)
+    longer = argv[:argv.index("--epochs") + 1] + ["3"] + argv[argv.index("--epochs") + 2:]
+    assert pretrain.main(longer) == 0
+    assert calls["n"] == 2 and [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+    best = torch.load(run / "best_miou-unet.pt", weights_only=True)
+    saved = torch.load(weights, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in best["model"].items())
 
 
 @pytest.mark.slow
