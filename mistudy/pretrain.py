@@ -56,8 +56,9 @@ def pretrain_config(network: str, profile: str, out: Path, samples: int, epochs:
     # an interrupted pretraining (a run directory without metrics.json) continues where it stopped, a finished one
     # asked for more epochs is extended (the constant learning rate makes that the longer run), and a finished one
     # of this length is reused as it is
-    metrics = runs.load_metrics(run_dir) if runs.is_run_dir(run_dir) else None
-    resume = runs.is_run_dir(run_dir) and (metrics is None or metrics["epochs"] != epochs)
+    started = runs.is_run_dir(run_dir)
+    metrics = runs.load_metrics(run_dir) if started else None
+    resume = started and (metrics is None or metrics["epochs"] < epochs)
     settings.update(use_case="baseline", network=network, synthetic_level=PRETRAIN_LEVEL,
                     data_seed=PRETRAIN_DATA_SEED, train_samples=samples, val_samples=256, select_fraction=0.0625,
                     epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=resume)
@@ -68,15 +69,15 @@ def export(run_dir: Path, network: str, path: Path, profile: str) -> Path:
     """The run's best_miou weights as a plain state dict, written atomically with its provenance; a file that already
     holds these weights is left as it is (runs started from it compare its content, and older runs its mtime)."""
     ckpt = safeload.load(runs.checkpoint_path(run_dir, "best_miou", network), "checkpoint")
-    if _holds(path, ckpt["model"]):
-        return path
-    with atomic.atomic_path(path, suffix=".pt") as tmp:
-        torch.save(ckpt["model"], tmp)
+    unchanged = _holds(path, ckpt["model"])
+    if not unchanged:
+        with atomic.atomic_path(path, suffix=".pt") as tmp:
+            torch.save(ckpt["model"], tmp)
     metrics = runs.load_metrics(run_dir)
-    runs.write_provenance(path, runs.provenance(
-        network=network, profile=profile, run_dir=str(run_dir), epoch=ckpt["epoch"],
-        corpus=f"synthetic {PRETRAIN_LEVEL} level, data_seed {PRETRAIN_DATA_SEED}",
-        pretraining_val_miou=metrics["networks"][network]["best_miou"]["miou"]))
+    prov = runs.provenance(network=network, profile=profile, run_dir=str(run_dir), epoch=ckpt["epoch"],
+                           corpus=f"synthetic {PRETRAIN_LEVEL} level, data_seed {PRETRAIN_DATA_SEED}",
+                           pretraining_val_miou=metrics["networks"][network]["best_miou"]["miou"])
+    runs.write_provenance(path, prov, content_changed=not unchanged)
     return path
 
 

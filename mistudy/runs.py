@@ -169,35 +169,55 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
 
 
 def write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    """config.json: the configuration of what the run directory's checkpoints hold; weights.json, when they started
-    from weights files: those files' content (a path alone would not notice a file pretrained again)."""
-    record = {name: {"path": path, "sha256": _sha256(path)} for name in WEIGHTS_OPTIONS if (path := getattr(cfg, name))}
+    """config.json: the configuration of what the run directory's checkpoints hold."""
+    atomic.write_json(run_dir / "config.json", {**asdict(cfg), "resume": False})
+
+
+def weights_record(cfg: TrainConfig) -> dict:
+    """{option: {"path", "sha256"}} of the weights files ``cfg`` starts its networks from (taken before they are
+    loaded: a path alone would not notice a file pretrained again)."""
+    return {name: {"path": path, "sha256": _sha256(path)} for name in WEIGHTS_OPTIONS if (path := getattr(cfg, name))}
+
+
+def write_weights_record(run_dir: Path, record: dict) -> None:
+    """weights.json at a run's start (never rewritten while it trains on); none for a run without weights files."""
     if record:
         atomic.write_json(run_dir / WEIGHTS_RECORD, record)
-    atomic.write_json(run_dir / "config.json", {**asdict(cfg), "resume": False})
+    else:
+        (run_dir / WEIGHTS_RECORD).unlink(missing_ok=True)
+
+
+_REPLACED_ADVICE = "delete the run to train it from the new weights, or put the old file back"
 
 
 def check_weights(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to reuse or continue the run in ``run_dir`` when a weights file ``cfg`` names is not the one the run
-    started from (replaced since, e.g. by `mistudy pretrain` run again): FileExistsError naming the file.  A run
-    written before weights.json existed has no record, so there the file must not be newer than its config.json."""
+    started from (replaced since, e.g. by `mistudy pretrain` run again, or deleted): an error naming the file."""
     record_path = run_dir / WEIGHTS_RECORD
     record = _read_json(record_path) if record_path.is_file() else None
     for name in WEIGHTS_OPTIONS:
         path = getattr(cfg, name)
         if path is None:
             continue
-        advice = "delete the run to train it from the new weights, or put the old file back"
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{name} {path} does not exist, so the run in {run_dir} that started from it "
+                                    "cannot be checked: put the file back, or delete the run to train it again")
         if record is None:
-            if Path(path).stat().st_mtime > (run_dir / "config.json").stat().st_mtime:
-                raise FileExistsError(f"{name} {path} was written after the run in {run_dir} started, and the run "
-                                      f"keeps no record of the weights it started from: {advice}")
+            _check_unrecorded(name, path, run_dir)
             continue
         saved, now = record.get(name, {}).get("sha256"), _sha256(path)
         if saved != now:
             raise FileExistsError(f"the run in {run_dir} started from {name} {path} with SHA-256 "
                                   f"{(saved or 'unrecorded')[:12]}, but the file now holds other weights "
-                                  f"({now[:12]}; replaced since, e.g. pretrained again): {advice}")
+                                  f"({now[:12]}; replaced since, e.g. pretrained again): {_REPLACED_ADVICE}")
+
+
+def _check_unrecorded(name: str, path: str, run_dir: Path) -> None:
+    """A run written before weights.json existed: the file must not be newer than the run's last saved epoch
+    (config.json is written with each epoch), the only time on record."""
+    if Path(path).stat().st_mtime > (run_dir / "config.json").stat().st_mtime:
+        raise FileExistsError(f"{name} {path} was written after the last saved epoch of the run in {run_dir}, which "
+                              f"keeps no record of the weights it started from: {_REPLACED_ADVICE}")
 
 
 def _sha256(path) -> str:

@@ -56,11 +56,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dict:
-    s = engine.setup(cfg, ctx)
     resuming = cfg.resume and (run_dir / "last.pt").exists()
+    weights = runs.weights_record(cfg) if ctx.is_main and not resuming else None  # before setup loads them
+    s = engine.setup(cfg, ctx)
     state = resume_state(s, run_dir) if resuming else new_state(s)
     if ctx.is_main and not resuming:
         runs.write_config(cfg, run_dir)  # marks the directory as this run's before the first epoch
+        runs.write_weights_record(run_dir, weights)
     progress = Progress(cfg.use_case, cfg.epochs, cfg.progress, enabled=ctx.is_main)
     if state.get("unevaluated"):  # an evaluation failed after this epoch's weights were saved: redo it first
         evaluate_epoch(s, run_dir, state, state["history"][-1], cfg.epochs)
@@ -92,7 +94,8 @@ def _remove_debris(run_dir: Path) -> None:
 
 def _clean_failed_start(run_dir: Path) -> None:
     """A run that failed before saving its first epoch (last.pt) has nothing to continue from: what it wrote
-    (config.json, a best checkpoint written before last.pt failed) is removed, and what is left is said."""
+    (config.json, weights.json, a best checkpoint written before last.pt failed) is removed, and what is left is
+    said."""
     if (run_dir / "last.pt").exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return

@@ -146,6 +146,12 @@ def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeyp
     best = torch.load(run / "best_miou-unet.pt", weights_only=True)
     saved = torch.load(weights, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in best["model"].items())
+    assert json.loads((tmp_path / "pre" / "unet.pt.provenance.json").read_text())["epoch"] == best["epoch"]
+    # fewer epochs than done: refused with the difference named, nothing trained
+    calls.update(n=0)
+    fewer = argv[:argv.index("--epochs") + 1] + ["1"] + argv[argv.index("--epochs") + 2:]
+    assert pretrain.main(fewer) == 1 and calls["n"] == 0
+    assert "epochs: saved 3, now 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ def test_a_schedule_that_depends_on_the_length_cannot_be_stretched(tmp_path):
         train(tiny(run_dir, epochs=2, lr_schedule="cosine", resume=True))
 
 
-def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replaced(tmp_path):
+def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replaced(tmp_path, capsys):
     """A run names its weights by path; `mistudy pretrain` run again writes other weights at the same path. Reusing
     the old run (or extending it) would report it as a run from the new weights: refused, naming the file."""
     from mistudy.models import build_model
@@ -164,7 +164,9 @@ def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replace
     train(cfg)
     assert json.loads((run_dir / "weights.json").read_text())["unet_weights"]["path"] == str(weights)
     os.utime(weights)  # rewritten with the same content (a copy, a touch): still the same run
-    assert "run_dir" in train_or_load(cfg)
+    capsys.readouterr()
+    train_or_load(cfg)
+    assert "Reusing the finished run" in capsys.readouterr().out
 
     torch.manual_seed(1)
     torch.save(build_model("unet", 4, init_features=4).state_dict(), weights)  # pretrained again
@@ -175,15 +177,42 @@ def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replace
         train(cfg.replace(epochs=2, resume=True))
     assert json.loads((run_dir / "history.json").read_text())[-1]["epoch"] == 1  # nothing trained on
 
-    # a run written before weights.json existed: the file must not be newer than the run
+    # a run written before weights.json existed: the file must not be newer than the run's last saved epoch
     (run_dir / "weights.json").unlink()
-    with pytest.raises(FileExistsError, match="written after the run .* keeps no record"):
+    with pytest.raises(FileExistsError, match="written after the last saved epoch .* keeps no record"):
         train_or_load(cfg)
     os.utime(weights, (0, 0))
-    assert "run_dir" in train_or_load(cfg)
-    plain = tiny(tmp_path / "plain", epochs=1)
-    train(plain)
+    train_or_load(cfg)
+    assert "Reusing the finished run" in capsys.readouterr().out
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="unet_weights .*unet.pt does not exist, so the run .* cannot be "
+                                                "checked"):
+        train_or_load(cfg)
+    train(tiny(tmp_path / "plain", epochs=1))
     assert not (tmp_path / "plain" / "weights.json").exists()  # nothing to record without weights files
+
+
+def test_weights_replaced_while_a_run_trains_are_not_taken_for_its_start(tmp_path, monkeypatch):
+    """The record is taken once, at the start: a file pretrained again during the run's epochs does not become
+    the weights the run is said to have started from."""
+    from mistudy.models import build_model
+
+    weights = tmp_path / "unet.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("unet", 4, init_features=4).state_dict(), weights)
+    cfg = tiny(tmp_path / "run", epochs=2, unet_weights=str(weights))
+    original = engine.train_one_epoch
+
+    def replace_after_the_first_epoch(s, epoch, *a, **k):
+        if epoch == 2:
+            torch.manual_seed(1)
+            torch.save(build_model("unet", 4, init_features=4).state_dict(), weights)
+        return original(s, epoch, *a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", replace_after_the_first_epoch)
+    train(cfg)
+    with pytest.raises(FileExistsError, match="now holds other weights"):
+        train_or_load(cfg)
 
 
 # ------------------------------------------------------------------- 4. corrupt, truncated, hostile files
