@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grids", nargs="+", default=["ablations"], choices=["ablations", "pretrained"],
                    help="notebook 06's grids: ablations (the open questions and controls), pretrained (fine-tuned "
                         "networks; needs `mistudy pretrain` first)")
+    p.add_argument("--ablations", nargs="+", default=None, metavar="NAME",
+                   help="notebook 06: these settings (names of mistudy.ablations.ABLATIONS, e.g. a grid's leads "
+                        "again on new --seeds) instead of each grid's; default: the grid's settings")
     p.add_argument("--notebooks-dir", default=str(DEFAULT_NOTEBOOKS_DIR), help="where the numbered notebooks are")
     p.add_argument("--executor", default="sequential", choices=["sequential", "ray"],
                    help="sequential: one notebook after another, here; ray: every run a task of a Ray cluster, "
@@ -182,6 +185,13 @@ def plan(args: argparse.Namespace) -> list[Step]:
         return Step(key, notebook, executed / subdir / notebook.name, parameters, notebook.stem + label)
 
     overrides = _overrides(args)
+    if args.ablations is not None:
+        from mistudy import ablations
+
+        try:
+            ablations.settings(args.ablations)
+        except ValueError as e:
+            raise UsageError(f"--ablations: {e}") from None
     steps = []
     if "01" in keys:
         steps.append(step("01", {"figures_dir": str(theory_figures)}))
@@ -212,6 +222,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
                           "seeds": list(args.seeds), "results_dir": str(results), "figures_dir": str(figures),
                           "grid": grid}
+                if args.ablations is not None:
+                    params["ablation_names"] = list(args.ablations)
                 if overrides:
                     params["config"] = overrides
                 if args.resume:
@@ -283,7 +295,7 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
         elif step.key == "06":
             needs = tuple(use_case_tasks.get(p["dataset"], []))
             if expand_ablations:
-                names, seeds = ablations.default_grid(p["profile"], None, p["seeds"], p["grid"])
+                names, seeds = ablations.default_grid(p["profile"], p.get("ablation_names"), p["seeds"], p["grid"])
                 made = {d for t in out for d in t.run_dirs}
                 trains = []
                 for name, cfg in ablations.configs(names, seeds, p["profile"], p.get("config"), p["results_dir"],

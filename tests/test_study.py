@@ -132,6 +132,21 @@ def test_plan_seeds_profiles_and_subsets(nb_dir, tmp_path):
         {"eval_protocol": "random-crop"}
 
 
+def test_ablations_choose_the_settings_of_notebook_06_and_of_its_tasks(nb_dir, tmp_path):
+    """A follow-up of a grid's leads on new seeds: only those settings (and the references) are trained."""
+    argv = ["--notebooks-dir", str(nb_dir), "--notebooks", "06", "--seeds", "3", "4", "--profile", "tiny",
+            "--results-dir", str(tmp_path), "--ablations", "rmi max-pool 2", "mutual two U-Nets"]
+    args = build_parser().parse_args(argv)
+    steps = plan(args)
+    assert steps[0].parameters["ablation_names"] == ["rmi max-pool 2", "mutual two U-Nets"]
+    assert steps[0].parameters["seeds"] == [3, 4]
+    labels = [t.label for t in study.tasks(steps, args, expand_ablations=True) if t.key.startswith("train ")]
+    settings = {label.rsplit(" (", 1)[0] for label in labels}
+    assert settings == {ablations.BASELINE, *ablations.REFERENCES.values(), "rmi max-pool 2", "mutual two U-Nets"}
+    assert len(labels) == 2 * len(settings) and all("seed 3)" in x or "seed 4)" in x for x in labels)
+    assert "ablation_names" not in plan(build_parser().parse_args(argv[:-3]))[0].parameters  # default: the grid
+
+
 def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
     steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--notebooks", "03")
     assert steps[0].parameters["data_root"] == str(voc_root.resolve())
@@ -148,6 +163,7 @@ def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
     (["--notebooks", "07"], "unknown notebook"),
     (["--seeds", "1", "1"], "repeated"),
     (["--notebooks-dir", "/no/such/dir"], "not found"),
+    (["--notebooks", "06", "--ablations", "rmi radius 9"], r"--ablations: unknown ablations \['rmi radius 9'\]"),
 ])
 def test_plan_rejects_bad_options(nb_dir, argv, match):
     with pytest.raises(UsageError, match=match):
