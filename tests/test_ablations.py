@@ -89,6 +89,9 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
     table = ablations.effect_table(list(rows.values()))
     assert table[-1]["setting"] == "rmi radius 2" and table[-1]["vs paper's setting: verdict"] == "better"
     assert table[-1]["vs paper's setting: Holm (1 tests)"] == "better"  # one comparison: nothing to adjust
+    # every row under the same columns: the references' empty cells too (the family's size, not the row's, names it)
+    assert all(list(c) == list(table[-1]) for c in table)
+    assert table[0]["vs baseline: Holm (3 tests)"] == "–"
     lines = ablations.answer_lines(list(rows.values()))
     assert lines == [f"rmi radius 2: mIoU {r2['vs_paper_setting'].format(3, signed=True)} against the paper's "
                      "setting (better; holds after Holm's adjustment for 1 comparisons)."]
