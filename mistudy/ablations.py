@@ -268,6 +268,7 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
         f"Protocol (every setting alike, the named change aside): "
         f"{comparison.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
     fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs baseline", "vs_paper_setting": "Δ mIoU vs the paper's setting"},
-                           title=f"Ablations on {dataset}: effects with 95% intervals ({len(seeds)} seeds)")
+                           title=f"Ablations on {dataset}: effects with 95% intervals, each on its own ({len(seeds)} seeds; "
+                                 f"the table's Holm columns count the comparisons together)")
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_{name}.png", prov)
     return table, fig
