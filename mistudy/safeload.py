@@ -17,6 +17,12 @@ from pathlib import Path
 import torch
 
 
+# How torch.save's two formats begin: a zip archive (the default since torch 1.6), or the legacy format's pickled
+# magic number (protocol 2, torch's default).
+_ZIP_START = b"PK\x03\x04"
+_LEGACY_START = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
 class CheckpointError(ValueError):
     """A checkpoint or weights file that cannot be read safely; the message names the file and what is wrong."""
 
@@ -31,23 +37,36 @@ def load(path: str | os.PathLike, what: str = "checkpoint"):
     if not path.is_file():
         kind = " (it is a directory)" if path.is_dir() else ""
         raise FileNotFoundError(f"{what} {path} does not exist{kind}")
-    size = path.stat().st_size
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says what matters
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        global_ = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if global_:
-            raise CheckpointError(f"{what} {path} holds a Python object ({global_.group(1)}) besides tensors and "
-                                  "plain containers: refused, since unpickling it could run code (this project "
-                                  "only loads tensors, numbers, strings, lists and dicts)") from None
-        raise CheckpointError(f"{what} {path} is not a PyTorch file ({size} bytes that torch.save did not write: "
-                              "random or foreign data, or a plain pickle), refused") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        text = str(e)
-        if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            raise CheckpointError(f"{what} {path} is truncated or corrupt ({size} bytes; the PyTorch archive cannot "
-                                  "be read to its end)") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} cannot be read: {first}") from None
+    # Not only pickle's errors: on foreign bytes the weights-only unpickler raises whatever they provoke
+    # (IndexError, KeyError, struct.error, UnicodeDecodeError...), so every failure is worded here.
+    except Exception as e:
+        raise _refusal(e, path, what) from None
+
+
+def _refusal(error: Exception, path: Path, what: str) -> CheckpointError:
+    """One line naming the file and why torch.load failed on it."""
+    size, text = path.stat().st_size, str(error)
+    global_ = re.search(r"GLOBAL (\w[\w.]*) ", text)  # a whole dotted name: foreign bytes give odd ones
+    if global_:
+        return CheckpointError(f"{what} {path} holds a Python object ({global_.group(1)}) besides tensors and "
+                               "plain containers: refused, since unpickling it could run code (this project "
+                               "only loads tensors, numbers, strings, lists and dicts)")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(_LEGACY_START))
+    except OSError as e:  # e.g. permission denied
+        return CheckpointError(f"{what} {path} cannot be read: {e.strerror or e}")
+    if not (start.startswith(_ZIP_START) or start == _LEGACY_START):
+        return CheckpointError(f"{what} {path} is not a PyTorch file ({size} bytes that torch.save did not write: "
+                               "random or foreign data, or a plain pickle), refused")
+    # A file that begins as torch.save writes one and fails further on was cut short or damaged.
+    if (isinstance(error, (EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError))
+            or any(words in text for words in ("central directory", "zip archive", "EOF", "corrupt"))):
+        return CheckpointError(f"{what} {path} is truncated or corrupt ({size} bytes; the PyTorch archive cannot "
+                               "be read to its end)")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return CheckpointError(f"{what} {path} cannot be read: {first}")
