@@ -185,6 +185,11 @@ def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[
         scores = [r["metrics"]["networks"][PRIMARY_NETWORK][checkpoint] for r in group]
         miou = stats.t_interval([s["miou"] for s in scores])
         row = {"setting": name, "use_case": use_case, "n": len(group), "miou": miou, "baseline": baseline}
+        partners = [n for n in group[0]["metrics"]["networks"] if n != PRIMARY_NETWORK]
+        if partners:  # mutual learning: the partner's strength beside its student's
+            row["partner"] = partners[0]
+            row["partner_miou"] = stats.t_interval([r["metrics"]["networks"][partners[0]][checkpoint]["miou"]
+                                                    for r in group])
         if use_case != "baseline":
             row["vs_baseline"] = _difference(group, grid[baseline], checkpoint=checkpoint)
         if reference is not None:
@@ -208,6 +213,8 @@ def effect_table(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         cell = {"setting": r["setting"], "n": r["n"], "mIoU [95% CI]": r["miou"].format(3),
+                "partner's mIoU [95% CI]": (f"{r['partner']} {r['partner_miou'].format(3)}" if r.get("partner")
+                                            else "–"),
                 "baseline": r["baseline"] if r.get("vs_baseline") else "–"}
         for key, label in FAMILIES.items():
             d = r.get(key)
@@ -218,7 +225,7 @@ def effect_table(rows: list[dict]) -> list[dict]:
         d = r.get("boundary_f_vs_paper_setting")
         cell["Δ boundary F vs paper's setting"] = d.format(3, signed=True) if d else "–"
         d = r.get("ece_vs_paper_setting")
-        cell["Δ ECE vs paper's setting"] = d.format(3, signed=True) if d else "–"
+        cell["Δ ECE (own probabilities) vs paper's setting"] = d.format(3, signed=True) if d else "–"
         out.append(cell)
     return out
 

@@ -17,8 +17,8 @@ import numpy as np
 from mistudy import runs, stats
 from mistudy.config import CHECKPOINT_RULES, DATASETS, PRIMARY_NETWORK, RUNTIME_OPTIONS, USE_CASES
 from mistudy.train import SCORES
-from mistudy.metrics import (boundary_tolerance_text, ece_from_calibration, information_from_confmat,
-                             mean_entropy_from_sums, miou_from_confmat)
+from mistudy.metrics import (PROBABILITY_TEXT, VOID_BAND_PX, boundary_tolerance_text, ece_from_calibration,
+                             information_from_confmat, mean_entropy_from_sums, miou_from_confmat)
 from mistudy.tables import write_table
 
 USE_CASE_TITLES = {  # the paper's names of the use-cases (sections 4.1-4.3)
@@ -30,15 +30,28 @@ USE_CASE_TITLES = {  # the paper's names of the use-cases (sections 4.1-4.3)
 NETWORK_LABELS = {"unet": "U-Net", "deeplabv3": "DeepLabV3", "unet_peer": "U-Net peer"}
 
 # Scores beyond the paper's, each with the direction that counts as better (None: neither, e.g. entropy).
-EXTRA_METRICS = {"boundary_f": "higher", "ece": "lower", "mean_entropy_bits": None,
-                 "mutual_information_bits": "higher", "normalized_mutual_information": "higher"}
+# Calibration and entropy twice: under the probabilities each network's loss trains (own: sigmoid for BCE) and under
+# the softmax of its logits (`metrics.PROBABILITY_TEXT`).
+EXTRA_METRICS = {"boundary_f": "higher", "ece": "lower", "ece_softmax": "lower", "mean_entropy_bits": None,
+                 "mean_entropy_bits_softmax": None, "mutual_information_bits": "higher",
+                 "normalized_mutual_information": "higher"}
 
-EXTRA_LABELS = {"boundary_f": "boundary F", "ece": "ECE", "mean_entropy_bits": "mean entropy (bits)",
+EXTRA_LABELS = {"boundary_f": "boundary F", "ece": "ECE (own probabilities)", "ece_softmax": "ECE (softmax reading)",
+                "mean_entropy_bits": "mean entropy (bits, own)",
+                "mean_entropy_bits_softmax": "mean entropy (bits, softmax reading)",
                 "mutual_information_bits": "I(Y;Ŷ) (bits)", "normalized_mutual_information": "NMI"}
 
 # The paper's Tables 1-3 (U-Net; single runs). Its "IoU" column is the standard mean IoU over classes, which
 # the authors' code computed; the micro IoU its text defines would be acc / (2 - acc), e.g. 0.885 for 0.9388.
 PAPER_TABLE_NUMBER = {"baseline": 1, "rmi": 2, "mutual": 3}
+
+# What the paper's text (section 4) concludes of each method against its baseline, in its own words.
+PAPER_WORDS = {
+    ("rmi", "cityscapes"): "does not significantly change",
+    ("rmi", "voc"): "achieves worse results",
+    ("mutual", "cityscapes"): "does not significantly change",
+    ("mutual", "voc"): "achieves the best result",
+}
 
 PAPER_RESULTS = {
     ("baseline", "cityscapes"): {"miou": 0.5931, "pixel_accuracy": 0.9388},
@@ -58,7 +71,18 @@ PAIRING_KEYS = ("dataset", "synthetic_level", "data_seed", "resize_size", "crop_
                 "train_samples", "val_samples", "select_fraction", "eval_protocol", "eval_passes", "epochs")
 
 BOUNDARY_F_TEXT = ("boundary F-score as Csurka et al. 2013 (per image the mean F over its classes with a boundary, "
-                   "then the mean over images; void in the truth is void in the prediction)")
+                   f"then the mean over images; the truth's void band within {VOID_BAND_PX} px of labels takes the "
+                   "nearest label, void beyond it is void in the prediction)")
+
+
+def paper_claim(use_case: str, dataset: str) -> str | None:
+    """The paper's verdict on a method against its baseline: its words and its single-run mIoU (None: no claim)."""
+    words, ours, base = (PAPER_WORDS.get((use_case, dataset)), PAPER_RESULTS.get((use_case, dataset)),
+                         PAPER_RESULTS.get(("baseline", dataset)))
+    if words is None:
+        return None
+    return (f'"{words}" (its text); mIoU {ours["miou"]:.3f} vs {base["miou"]:.3f}, {ours["miou"] - base["miou"]:+.3f} '
+            f"(Table {PAPER_TABLE_NUMBER[use_case]}, single runs)")
 
 
 def networks_in_order(names) -> list[str]:
@@ -143,7 +167,9 @@ PAIRED_SCORES = {
     "miou": ("confmat", None, miou_from_confmat),
     "boundary_f": ("boundary_f", stats.per_image_mean, stats.mean_of_sums),
     "ece": ("calibration", None, ece_from_calibration),
+    "ece_softmax": ("calibration_softmax", None, ece_from_calibration),
     "mean_entropy_bits": ("entropy", None, mean_entropy_from_sums),
+    "mean_entropy_bits_softmax": ("entropy_softmax", None, mean_entropy_from_sums),
     "mutual_information_bits": ("confmat", None, lambda cm: information_from_confmat(cm)[0]),
     "normalized_mutual_information": ("confmat", None, lambda cm: information_from_confmat(cm)[1]),
 }
@@ -239,7 +265,8 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
            "checkpoint": checkpoint, "setting": _setting_label(group, cell_groups),
            "epochs": first["config"]["epochs"], "n_seeds": len(group),
            "seeds": " ".join(str(r["config"]["seed"]) for r in group),
-           "boundary_tolerance": boundary_tolerance_text(first["config"].get("boundary_tolerance"))}
+           "boundary_tolerance": boundary_tolerance_text(first["config"].get("boundary_tolerance"),
+                                                         scored_size(first["config"]))}
     for m in (*SCORES, *EXTRA_METRICS):
         values = [s.get(m) for s in scores]
         if any(v is None for v in values):  # a run written before the metric existed
@@ -260,6 +287,13 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
                 f"{m}_verdict": _directed_verdict(d, better) if d else None}
     row |= {"verdict": row.pop("miou_verdict"), "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
     return {**row, **(paper_cols if network == PRIMARY_NETWORK else dict.fromkeys(paper_cols))}
+
+
+def scored_size(config: dict) -> tuple[int, int] | None:
+    """The size of every scored image of a run, (H, W), where one size holds for all: the crop of the paper and
+    random-crop protocols (None for "full": each image at its own size)."""
+    c = runs.config_from_json(config)
+    return None if c.eval_protocol == "full" else (c.crop_size, c.crop_size)
 
 
 def _finite(x: float) -> float | None:
@@ -342,7 +376,8 @@ def write_comparison(rows: list[dict], path, prov: dict | None = None, checkpoin
         stem = path.with_suffix("") if path.suffix in (".csv", ".md") else path
         write_table(extra, stem.with_name(stem.name + "_beyond_miou"), prov, markdown_rows=extra,
                     title=f"Beyond mIoU (checkpoint {checkpoint}): {BOUNDARY_F_TEXT} (tolerance: "
-                    f"{_tolerances(rows)}), top-label expected calibration error (15 bins), mean predictive entropy "
+                    f"{_tolerances(rows)}), top-label expected calibration error (15 bins) and mean predictive entropy "
+                    f"({PROBABILITY_TEXT}), "
                     "and the mutual information between prediction and ground truth, each the mean over seeds [95% "
                     "t-interval]; Δ: the method's U-Net minus the baseline's over the same seeds and validation images "
                     f"[{stats.PAIRED_INTERVAL_TEXT}]. The runs' protocols (precision included) are those of "
@@ -362,10 +397,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["use_case"] == "baseline" or r["network"] != PRIMARY_NETWORK or not r.get("n_seeds"):
             continue
-        paper = PAPER_RESULTS.get((r["use_case"], r["dataset"]))
-        base = PAPER_RESULTS.get(("baseline", r["dataset"]))
-        claim = (f" The paper: {paper['miou'] - base['miou']:+.3f} mIoU against its baseline (single runs, "
-                 "no interval)." if paper and base else "")
+        found = paper_claim(r["use_case"], r["dataset"])
+        claim = f" The paper: {found}." if found else ""
         parts = []
         if r.get("miou_diff") is not None:
             parts.append(f"mIoU {diff_cell(r, 'miou')} ({r['verdict']})")

@@ -220,6 +220,12 @@ class TrainConfig:
         return USE_CASES[self.use_case]["networks"]
 
     @property
+    def probabilities(self) -> str:
+        """How the trained networks' logits become probabilities, as their loss trains them (`metrics.PROBABILITIES`):
+        sigmoid for the rmi use-case's BCE base, softmax otherwise."""
+        return "sigmoid" if self.use_case == "rmi" and self.rmi_base == "bce" else "softmax"
+
+    @property
     def resolved_batch_size(self) -> int:
         return int(self.batch_size or USE_CASES[self.use_case]["batch_size"])
 

@@ -61,7 +61,7 @@ class Setup:
     def evaluate(self, split: str, nets: dict[str, nn.Module] | None = None) -> dict[str, dict]:
         return inference.evaluate(nets or {n: unwrap(net) for n, net in self.train_nets.items()}, self.loaders[split],
                                   self.num_classes, self.ctx, self.autocast, self.channels_last,
-                                  self.cfg.resolved_eval_passes, self.cfg.boundary_tolerance)
+                                  self.cfg.resolved_eval_passes, self.cfg.boundary_tolerance, self.cfg.probabilities)
 
 
 def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = None,

@@ -36,18 +36,20 @@ def forward_at_mask(net: nn.Module, images: torch.Tensor, mask_size, autocast: C
 @torch.no_grad()
 def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, ctx: Context,
              autocast: Callable = contextlib.nullcontext, channels_last: bool = False, passes: int = 1,
-             boundary_tolerance: float | None = None) -> dict[str, dict]:
+             boundary_tolerance: float | None = None, probabilities: str = "softmax") -> dict[str, dict]:
     """Scores of every network on ``loader``'s split: {net: `SegmentationMetrics.compute()` + "per_image": every
     image's statistics (`SegmentationMetrics.per_image`)}.
 
     ``passes`` passes are pooled into one confusion matrix (new random crops per pass under the random-crop
     protocol, seeded); an image's counts add up over its passes.  Predictions whose size differs from the mask's
     ("full" protocol: the network saw the image at the training scale) are resized bilinearly to the mask, so scores
-    are at the mask's resolution.  Every count is summed over DDP ranks.
+    are at the mask's resolution.  Every count is summed over DDP ranks.  ``probabilities``: how the networks' logits
+    become the probabilities their loss trains (`metrics.PROBABILITIES`; `TrainConfig.probabilities`), for calibration
+    and entropy; the softmax reading is kept beside it.
     """
     n = len(loader.dataset)
-    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n)
-               for name in nets}
+    metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n,
+                                         probabilities=probabilities) for name in nets}
     for net in nets.values():
         net.eval()
     for p in range(passes):

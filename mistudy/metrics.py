@@ -9,7 +9,9 @@ as the real one (`mistudy.stats`):
 * boundary matches per class: the boundary F-score of Csurka et al. 2013 (per image over its classes, then the mean
   over images), and the same counts pooled over images as a second, differently named score;
 * with probabilities: a reliability histogram (expected calibration error, reliability diagram) and the summed
-  predictive entropy (mean entropy in bits).
+  predictive entropy (mean entropy in bits), twice: under the probabilities the network's loss trains (its own
+  reading: softmax for cross-entropy, per-class sigmoids for BCE; `PROBABILITY_TEXT`) and under the softmax of its
+  logits (the ``*_softmax`` statistics), so that a BCE-trained network is never judged by a softmax it never learnt.
 
 The functions ``*_from_*`` compute a score from summed statistics with numpy, vectorised over any leading axes;
 `SegmentationMetrics.compute` and the paired statistics of the study both use them.
@@ -26,23 +28,41 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-# Csurka et al. 2013 (and MATLAB's bfscore): a boundary pixel matches within 0.75 % of the image diagonal.
+# Csurka et al. 2013 (and MATLAB's bfscore): a boundary pixel matches within 0.75 % of the image diagonal -- but never
+# within less than one pixel: at the study's 64x64 crops 0.75 % of the diagonal is 0.68 px, where only exact pixels
+# would match and a disc shifted by one pixel would score 0.5.
 BOUNDARY_TOLERANCE_FRACTION = 0.0075
-STATISTICS = ("confmat", "boundary", "calibration", "entropy")  # per-image statistics, see image_statistics
+BOUNDARY_TOLERANCE_MIN_PX = 1.0
+# Void in the ground truth within this many pixels of a labelled pixel takes the nearest label before boundaries are
+# extracted: VOC's void band (5 px, drawn over every object's outline) then has the object's edge at its midline.
+VOID_BAND_PX = 3
+STATISTICS = ("confmat", "boundary", "calibration", "entropy", "calibration_softmax", "entropy_softmax")
+
+# How a network's output becomes probabilities: the reading its loss trains (TrainConfig.probabilities).
+PROBABILITIES = ("softmax", "sigmoid")
+PROBABILITY_TEXT = ("probabilities as the loss trains them: softmax for cross-entropy-trained networks; for BCE-trained "
+                    "(sigmoid) networks the predicted class's sigmoid is the confidence and the entropy is that of the "
+                    "per-class sigmoids normalised to sum to 1; the softmax reading of the same logits in the "
+                    "'softmax reading' columns")
 
 
 # ------------------------------------------------------------------------------------------- boundaries
 
-def boundary_tolerance_text(tolerance: float | None) -> str:
-    """How a boundary F-score's tolerance is named in tables."""
-    if tolerance is None:
-        return f"{100 * BOUNDARY_TOLERANCE_FRACTION:g}% of the image diagonal"
-    return f"{tolerance:g} px"
+def boundary_tolerance_text(tolerance: float | None, size: tuple[int, int] | None = None) -> str:
+    """How a boundary F-score's tolerance is named in tables: always in pixels when the scored size is known."""
+    if tolerance is not None:
+        return f"{tolerance:g} px"
+    rule = f"max({BOUNDARY_TOLERANCE_MIN_PX:g} px, {100 * BOUNDARY_TOLERANCE_FRACTION:g}% of the image diagonal)"
+    if size is None:
+        return rule + " (images of several sizes)"
+    return f"{tolerance_pixels(*size, None):.3g} px at {size[0]}x{size[1]} ({rule})"
 
 
 def tolerance_pixels(height: int, width: int, tolerance: float | None) -> float:
-    """The matching distance in pixels: ``tolerance`` if given, else 0.75 % of the image's diagonal."""
-    return float(tolerance) if tolerance is not None else BOUNDARY_TOLERANCE_FRACTION * math.hypot(height, width)
+    """The matching distance in pixels: ``tolerance`` if given, else 0.75 % of the image's diagonal, at least 1 px."""
+    if tolerance is not None:
+        return float(tolerance)
+    return max(BOUNDARY_TOLERANCE_MIN_PX, BOUNDARY_TOLERANCE_FRACTION * math.hypot(height, width))
 
 
 def _disk(radius: float, device) -> torch.Tensor:
@@ -65,17 +85,38 @@ def class_boundaries(ids: torch.Tensor, num_classes: int, ignore_index: int = 25
     return (onehot > 0) & (eroded < 1)
 
 
+def fill_void_band(target: torch.Tensor, num_classes: int, ignore_index: int = 255, width: int = VOID_BAND_PX
+                   ) -> torch.Tensor:
+    """``target`` [N, H, W] with its void pixels within ``width`` pixels (chessboard distance) of a labelled pixel
+    labelled: grown one pixel at a time, each void pixel taking the label most of its labelled 8-neighbours have
+    (ties: the lowest class id).  A void band between two regions is split at its midline; void farther away stays."""
+    ids = target.long()
+    kernel = torch.ones(num_classes, 1, 3, 3, device=target.device)
+    for _ in range(width):
+        void = ids == ignore_index
+        if not void.any():
+            break
+        onehot = F.one_hot(torch.where(void, num_classes, ids), num_classes + 1)[..., :num_classes]
+        votes = F.conv2d(onehot.permute(0, 3, 1, 2).float(), kernel, padding=1, groups=num_classes)
+        count, label = votes.max(dim=1)
+        ids = torch.where(void & (count > 0), label, ids)
+    return ids
+
+
 def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, tolerance: float | None = None,
                     ignore_index: int = 255) -> torch.Tensor:
     """Per image and class, int64 [N, 4, C]: predicted boundary pixels within the tolerance of a true boundary,
     predicted boundary pixels, true boundary pixels within the tolerance of a predicted boundary, true boundary
     pixels.
 
-    Void in the ground truth is made void in the prediction before boundaries are extracted (as DAVIS' f_measure and
-    GSCNN's evaluation do): a class pixel beside a void band is then a boundary in both maps alike, so a perfect
-    prediction scores 1 and nothing is learnt about the truth under the void.  ``tolerance``: pixels, or None for
-    0.75 % of the image diagonal.
+    Void in the ground truth: a band within VOID_BAND_PX of labelled pixels takes the nearest label
+    (`fill_void_band`: VOC's band over each outline is split at its midline, where the object's edge is), and void
+    beyond it is made void in the prediction (as DAVIS' f_measure and GSCNN's evaluation do), so a class pixel beside
+    a large void region is a boundary in both maps alike.  A perfect prediction scores 1, a prediction that misses
+    an object scores no boundary credit for it, and one that finds it too small scores in between.  ``tolerance``:
+    pixels, or None for 0.75 % of the image diagonal, at least 1 px.
     """
+    target = fill_void_band(target, num_classes, ignore_index)
     pred = torch.where(target == ignore_index, torch.full_like(pred, ignore_index), pred)
     pred_b = class_boundaries(pred, num_classes, ignore_index)
     true_b = class_boundaries(target, num_classes, ignore_index)
@@ -183,35 +224,56 @@ def image_confmats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, i
     return torch.bincount(index[valid], minlength=n * c * c).reshape(n, c, c)
 
 
+def output_probabilities(logits: torch.Tensor, reading: str) -> torch.Tensor:
+    """Per-class probabilities [N, C, H, W] of logits under a reading of PROBABILITIES: softmax (sums to 1 over
+    classes) or sigmoid (each class on its own, as BCE trains them)."""
+    if reading not in PROBABILITIES:
+        raise ValueError(f"probabilities must be one of {list(PROBABILITIES)}, got {reading!r}")
+    logits = logits.float()
+    return logits.softmax(dim=1) if reading == "softmax" else logits.sigmoid()
+
+
+def _probability_statistics(pred: torch.Tensor, target: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor,
+                            owner: torch.Tensor, n: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reliability histogram [N, 3, bins], (summed entropy in bits, pixels) [N, 2]) of per-class probabilities:
+    the predicted class's probability is the confidence; the entropy is that of the probabilities normalised to sum
+    to 1 over classes (unchanged for a softmax)."""
+    p = probs.double().movedim(1, -1)[valid]  # [labelled pixels, C]
+    chosen = pred[valid].long()
+    confidence = p.gather(1, chosen[:, None])[:, 0]
+    correct = (chosen == target[valid].long()).double()
+    index = (confidence * bins).long().clamp(0, bins - 1) + owner * bins
+    hist = torch.stack([torch.bincount(index, weights=w, minlength=n * bins)
+                        for w in (torch.ones_like(confidence), confidence, correct)])
+    q = p / p.sum(dim=1, keepdim=True).clamp(min=1e-300)
+    entropy = -(torch.where(q > 0, q * torch.log2(q), torch.zeros_like(q))).sum(dim=1)
+    sums = torch.stack([torch.bincount(owner, weights=entropy, minlength=n),
+                        torch.bincount(owner, minlength=n).double()], dim=1)
+    return hist.view(3, n, bins).transpose(0, 1).contiguous(), sums
+
+
 @torch.no_grad()
 def image_statistics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, probs: torch.Tensor | None = None,
                      ignore_index: int = 255, boundary_tolerance: float | None = None,
-                     calibration_bins: int = 15) -> dict[str, torch.Tensor]:
+                     calibration_bins: int = 15, softmax_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The counts behind every score, for each image of a batch.
 
     pred: class ids [N, H, W]; target: [N, H, W] with ``ignore_index`` for unlabelled pixels (values checked by the
-    caller); probs: class probabilities [N, C, H, W] or None.  Returns {"confmat": int64 [N, C, C], "boundary":
-    int64 [N, 4, C] (see `boundary_counts`), and with probs "calibration": float64 [N, 3, bins] (count, summed
-    confidence, summed correct), "entropy": float64 [N, 2] (summed entropy in bits, labelled pixels)}.
+    caller); probs: the network's own class probabilities [N, C, H, W] (softmax, or per-class sigmoids for a
+    BCE-trained network) or None; softmax_probs: the softmax reading of the same logits (None: not kept).  Returns
+    {"confmat": int64 [N, C, C], "boundary": int64 [N, 4, C] (see `boundary_counts`), and with probs "calibration":
+    float64 [N, 3, bins] (count, summed confidence, summed correct), "entropy": float64 [N, 2] (summed entropy in
+    bits, labelled pixels); with softmax_probs the same as "calibration_softmax" and "entropy_softmax"}.
     """
     n, c = pred.shape[0], num_classes
     valid = target != ignore_index
-    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
     out = {"confmat": image_confmats(pred, target, c, ignore_index),
            "boundary": boundary_counts(pred, target, c, boundary_tolerance, ignore_index)}
-    if probs is None:
-        return out
-    p = probs.double().movedim(1, -1)[valid]  # [labelled pixels, C]
-    owner = image[valid]
-    confidence = p.max(dim=1).values
-    correct = (pred[valid] == target[valid]).double()
-    bins = (confidence * calibration_bins).long().clamp(max=calibration_bins - 1) + owner * calibration_bins
-    hist = torch.stack([torch.bincount(bins, weights=w, minlength=n * calibration_bins)
-                        for w in (torch.ones_like(confidence), confidence, correct)])
-    out["calibration"] = hist.view(3, n, calibration_bins).transpose(0, 1).contiguous()
-    entropy = -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(dim=1)
-    out["entropy"] = torch.stack([torch.bincount(owner, weights=entropy, minlength=n),
-                                  torch.bincount(owner, minlength=n).double()], dim=1)
+    owner = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)[valid]
+    for suffix, p in (("", probs), ("_softmax", softmax_probs)):
+        if p is not None:
+            out["calibration" + suffix], out["entropy" + suffix] = _probability_statistics(
+                pred, target, p, valid, owner, n, calibration_bins)
     return out
 
 
@@ -227,10 +289,14 @@ class SegmentationMetrics:
         num_images: the size of the evaluated split.  Given, every `update` names its images (``index``) and an
             image's counts add up over passes and DDP ranks (what the training engine does); None, every batch
             brings new images.
+        probabilities: how logits become the network's own probabilities (PROBABILITIES): "softmax" (cross-entropy)
+            or "sigmoid" (BCE: per-class sigmoids).  The softmax reading is kept beside it either way.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, boundary_tolerance: float | None = None,
-                 calibration_bins: int = 15, num_images: int | None = None):
+                 calibration_bins: int = 15, num_images: int | None = None, probabilities: str = "softmax"):
+        if probabilities not in PROBABILITIES:
+            raise ValueError(f"probabilities must be one of {list(PROBABILITIES)}, got {probabilities!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if boundary_tolerance is not None and (isinstance(boundary_tolerance, bool) or not isinstance(
@@ -243,7 +309,7 @@ class SegmentationMetrics:
             raise ValueError(f"num_images must be >= 1 or None, got {num_images}")
         self.num_classes, self.ignore_index = int(num_classes), ignore_index
         self.boundary_tolerance, self.calibration_bins = boundary_tolerance, calibration_bins
-        self.num_images = num_images
+        self.num_images, self.probabilities = num_images, probabilities
         self.reset()
 
     def reset(self) -> None:
@@ -262,17 +328,20 @@ class SegmentationMetrics:
 
         Args:
             pred: class ids [N, H, W] (integer) or scores/logits [N, C, H, W]; logits also give the probabilities
-                (softmax) of the calibration and entropy scores.
+                of the calibration and entropy scores (the ``probabilities`` reading, and the softmax reading).
             target: class ids [N, H, W] (integer), ``ignore_index`` for unlabelled pixels.
-            probs: class probabilities [N, C, H, W] (optional; taken from logits when pred is logits).
+            probs: the network's own class probabilities [N, C, H, W] (optional; taken from logits when pred is
+                logits).
             index: the batch's image numbers [N] in [0, num_images) (required when num_images was given).
         """
         c = self.num_classes
+        softmax_probs = None
         if pred.dim() == 4:
             if pred.shape[1] != c:
                 raise ValueError(f"pred has {pred.shape[1]} channels, expected num_classes={c}")
             if probs is None and pred.is_floating_point():
-                probs = pred.float().softmax(dim=1)
+                probs = output_probabilities(pred, self.probabilities)
+                softmax_probs = probs if self.probabilities == "softmax" else output_probabilities(pred, "softmax")
             pred = pred.argmax(dim=1)
         if pred.shape != target.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
@@ -299,7 +368,7 @@ class SegmentationMetrics:
         if (index is None) != (self.num_images is None):
             raise ValueError("index is required exactly when SegmentationMetrics was built with num_images")
         batch = image_statistics(pred, target, c, probs, self.ignore_index, self.boundary_tolerance,
-                                 self.calibration_bins)
+                                 self.calibration_bins, softmax_probs)
         if not maps:
             batch["boundary"].zero_()
         for name, value in batch.items():
@@ -324,10 +393,11 @@ class SegmentationMetrics:
                  "boundary": lambda: torch.zeros(n, 4, c, dtype=torch.int64),
                  "calibration": lambda: torch.zeros(n, 3, bins, dtype=torch.float64),
                  "entropy": lambda: torch.zeros(n, 2, dtype=torch.float64)}
-        has_probs = torch.tensor([float("calibration" in self.images)], device=device)
-        dist.all_reduce(has_probs, op=dist.ReduceOp.MAX)  # a rank without images still joins every reduction
+        zeros |= {"calibration_softmax": zeros["calibration"], "entropy_softmax": zeros["entropy"]}
+        has = torch.tensor([float(k in self.images) for k in ("calibration", "calibration_softmax")], device=device)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)  # a rank without images still joins every reduction
         for name, zero in zeros.items():
-            if name in ("calibration", "entropy") and not has_probs.item():
+            if name.startswith(("calibration", "entropy")) and not has[int(name.endswith("_softmax"))].item():
                 continue
             value = self.images.get(name)
             value = (zero() if value is None else value).to(device)
@@ -361,9 +431,12 @@ class SegmentationMetrics:
           the mean over images that have any; boundary_precision / boundary_recall the same means;
           boundary_f_pooled and boundary_f_per_class: the counts pooled over images, per class and their mean over
           classes; boundary_tolerance: pixels, or None for 0.75 % of each image's diagonal.
-        - With probabilities: ece (top-label expected calibration error over equal-width bins),
-          reliability {"confidence", "accuracy", "count"} per bin, mean_entropy_bits (predictive entropy per
-          labelled pixel).
+        - With probabilities (the network's own reading, ``probabilities``): ece (top-label expected calibration
+          error over equal-width bins: the predicted class's probability against its accuracy), reliability
+          {"confidence", "accuracy", "count"} per bin, mean_entropy_bits (predictive entropy per labelled pixel, of
+          the probabilities normalised to sum to 1) and "probabilities" (the reading); with logits also
+          ece_softmax, reliability_softmax and mean_entropy_bits_softmax, the softmax reading of the same logits
+          (equal to the above for a softmax network).
         """
         c, nan = self.num_classes, float("nan")
         images = self.per_image()
@@ -386,8 +459,13 @@ class SegmentationMetrics:
             "mutual_information_bits": float(mi), "normalized_mutual_information": float(nmi),
         }
         out |= self._boundary_scores(images.get("boundary", np.zeros((0, 4, c))))
+        for suffix in ("", "_softmax"):
+            if "calibration" + suffix in images:
+                scores = self._calibration_scores(images["calibration" + suffix].sum(0),
+                                                  images["entropy" + suffix].sum(0))
+                out |= {k + suffix: v for k, v in scores.items()}
         if "calibration" in images:
-            out |= self._calibration_scores(images["calibration"].sum(0), images["entropy"].sum(0))
+            out["probabilities"] = self.probabilities
         return out
 
     def _boundary_scores(self, counts: np.ndarray) -> dict:

@@ -7,6 +7,7 @@ shapes, the study's three among them, like COCO's classes around VOC's) with its
 images than a study trains on -- and writes their weights as plain state dicts:
 
     <out>/unet.pt, <out>/deeplabv3.pt           (+ .provenance.json); runs in <out>/runs/<network>/
+    <figures>/pretrain.{csv,md}                 each network's pretraining scores and times (`pretraining_rows`)
 
 The weights kept are each network's best_miou checkpoint on the pretraining corpus' own selection split: nothing of
 the study's train, selection or validation images is ever seen.  Pretraining runs once per profile (the authors
@@ -90,6 +91,43 @@ def _holds(path: Path, state: dict) -> bool:
     return isinstance(old, dict) and old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old)
 
 
+def pretraining_rows(out: Path, networks=NETWORKS) -> list[dict]:
+    """One row per pretrained network of ``out``: its pretraining-validation mIoU at the exported (best_miou) epoch
+    and after the first and last epochs, and its times -- what the README says of the stand-ins' strength."""
+    rows = []
+    for network in networks:
+        run_dir = Path(out) / "runs" / network
+        metrics = runs.load_metrics(run_dir)
+        if metrics is None:
+            continue
+        history = runs.load_history(run_dir)
+        best = metrics["networks"][network]["best_miou"]
+        seconds = [h["seconds"] for h in history]
+        rows.append({"network": network, "epochs": metrics["epochs"], "train images": metrics["train_samples"],
+                     "exported epoch (best_miou)": best["epoch"], "pretraining val mIoU": round(best["miou"], 4),
+                     "val mIoU after epoch 1": round(history[0][f"{network}/val_miou"], 4),
+                     "val mIoU after the last epoch": round(history[-1][f"{network}/val_miou"], 4),
+                     "training s": round(sum(seconds)), "evaluation s": round(sum(h.get("eval_seconds", 0)
+                                                                                  for h in history)),
+                     "s per epoch": f"{min(seconds):.0f}-{max(seconds):.0f}", "device": metrics["device"],
+                     "amp": metrics["config"]["amp"]})
+    return rows
+
+
+def write_pretraining_table(out: Path, figures_dir: Path, profile: str) -> Path | None:
+    """<figures_dir>/pretrain.{csv,md} from the pretraining runs in ``out``; None when none finished."""
+    from mistudy.tables import write_table
+
+    rows = pretraining_rows(out)
+    if not rows:
+        return None
+    title = (f"Pretraining of the stand-ins for ImageNet/COCO weights (profile {profile}): synthetic {PRETRAIN_LEVEL} "
+             f"level, data_seed {PRETRAIN_DATA_SEED} (disjoint from the study's images), cross-entropy; mIoU on the "
+             "pretraining corpus' own validation split. Command: python -m mistudy pretrain --profile " + profile)
+    return write_table(rows, Path(figures_dir) / "pretrain", dict(profile=profile, weights_dir=str(out)),
+                       title=title)[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="mistudy pretrain", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -99,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="pretraining epochs")
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     p.add_argument("--out", default=None, help="output folder (default: the project's results/<profile>/pretrain)")
+    p.add_argument("--figures-dir", default=None, help="where pretrain.{csv,md} go (default: the project's "
+                   "figures/<profile>/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     from mistudy.train import RUN_ERRORS, train_or_load
@@ -116,4 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         best = summary["networks"][network]["best_miou"]
         print(f"{network}: {path} (epoch {best['epoch']}, pretraining validation mIoU {best['miou']:.3f}, "
               f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    table = write_pretraining_table(out, Path(args.figures_dir or runs.default_figures_dir(args.profile)), args.profile)
+    if table is not None:
+        print(f"pretraining table: {table}")
     return 0

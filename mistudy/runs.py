@@ -13,7 +13,8 @@ A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
                            int32 [images, C, C]): paired intervals along the training budget
     per_image.npz          every validation image's statistics, keys "<net>/<checkpoint>/<name>": "confmat" int64
                            [images, C, C], "tp", "fp", "fn" int64 [images, C], "boundary" int64 [images, 4, C],
-                           "calibration" float64 [images, 3, bins], "entropy" float64 [images, 2], the image's own
+                           "calibration" float64 [images, 3, bins], "entropy" float64 [images, 2] (the network's own
+                           probabilities; "calibration_softmax", "entropy_softmax": its logits' softmax), the image's own
                            "miou" and "boundary_f" float64 [images] (`mistudy.metrics`); and "ids"
 
 Every file is written through `mistudy.atomic`.  Also here: the project's default folders and the provenance

@@ -305,5 +305,6 @@ def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = 
         nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
     autocast = networks.autocast_for(networks.amp_dtype(cfg, ctx.device), ctx.device)
     result = inference.evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx, autocast, channels_last,
-                                passes=cfg.resolved_eval_passes, boundary_tolerance=cfg.boundary_tolerance)
+                                passes=cfg.resolved_eval_passes, boundary_tolerance=cfg.boundary_tolerance,
+                                probabilities=cfg.probabilities)
     return {n: json_metrics(m) for n, m in result.items()}

@@ -138,8 +138,9 @@ class UseCaseReport:
         checkpoint = self._checkpoint(checkpoint)
         diagrams = {NETWORK_LABELS[n]: {**m[checkpoint]["reliability"], "ece": m[checkpoint]["ece"]}
                     for n, m in self.summary["networks"].items()}
+        reading = "per-class sigmoids, as BCE trains them" if self.cfg.probabilities == "sigmoid" else "softmax"
         fig = viz.plot_reliability(diagrams, title=f"{self.title} on {self.cfg.dataset}: calibration ({checkpoint} "
-                                                   "weights)")
+                                                   f"weights; confidence: the predicted class's probability, {reading})")
         viz.save_figure(fig, f"{self.stem}_reliability.png", self.prov)
         return fig
 
@@ -174,7 +175,7 @@ class UseCaseReport:
             if self.cfg.use_case != "baseline":
                 lines.append(f"(no finished baseline run in {base_dir} to set this run beside)")
             return lines
-        for key, label in (("miou", "mIoU"), ("boundary_f", "boundary F"), ("ece", "ECE")):
+        for key, label in (("miou", "mIoU"), ("boundary_f", "boundary F"), ("ece", "ECE (own probabilities)")):
             if mine.get(key) is not None and theirs.get(key) is not None:
                 lines.append(f"{label}: {mine[key]:.3f} here against {theirs[key]:.3f} for the baseline of the same "
                              f"seed ({mine[key] - theirs[key]:+.3f}).")

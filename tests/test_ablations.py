@@ -61,10 +61,11 @@ def test_markers_become_the_profiles_pretrained_weights_and_a_slow_start_of_a_te
     assert cfgs["rmi, RMI authors' recipe (avg-pool 4, slow start)"].rmi_pool_size == 4
 
 
-def _run(tmp_path, name, use_case, seed, miou, counts, boundary_f=None):
+def _run(tmp_path, name, use_case, seed, miou, counts, boundary_f=None, networks=("unet",)):
     if boundary_f is not None:
         counts = {**counts, "boundary_f": np.full(len(counts["tp"]), boundary_f)}
-    return runs.load_run(fake_run(tmp_path / name, "synthetic", use_case, seed, scores(0.5, miou), counts=counts))
+    return runs.load_run(fake_run(tmp_path / name, "synthetic", use_case, seed, scores(0.5, miou), counts=counts,
+                                  networks=networks))
 
 
 
@@ -76,7 +77,8 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
         base, good = statistics(rng, 10, 0.6), statistics(rng, 10, 0.9)
         grid["baseline (CE)"].append(_run(tmp_path, "b", "baseline", seed, 0.4, base))
         grid[ablations.REFERENCES["rmi"]].append(_run(tmp_path, "r", "rmi", seed, 0.4, base, boundary_f=0.5))
-        grid[ablations.REFERENCES["mutual"]].append(_run(tmp_path, "m", "mutual", seed, 0.4, base))
+        grid[ablations.REFERENCES["mutual"]].append(_run(tmp_path, "m", "mutual", seed, 0.4 + 0.1 * seed, base,
+                                                         networks=("deeplabv3", "unet")))
         grid["rmi radius 2"].append(_run(tmp_path, "r2", "rmi", seed, 0.8, good, boundary_f=0.6 + 0.01 * seed))
     rows = {r["setting"]: r for r in ablations.effects(grid)}
     assert "vs_baseline" not in rows["baseline (CE)"]
@@ -92,6 +94,10 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
     # every row under the same columns: the references' empty cells too (the family's size, not the row's, names it)
     assert all(list(c) == list(table[-1]) for c in table)
     assert table[0]["vs baseline: Holm (3 tests)"] == "–"
+    # mutual learning: the partner's strength beside its student's (here both at 0.4, 0.5, 0.6 over the seeds)
+    mutual = next(c for c in table if c["setting"] == ablations.REFERENCES["mutual"])
+    assert mutual["partner's mIoU [95% CI]"] == "deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
+    assert table[0]["partner's mIoU [95% CI]"] == "–"
     lines = ablations.answer_lines(list(rows.values()))
     assert lines == [f"rmi radius 2: mIoU {r2['vs_paper_setting'].format(3, signed=True)} against the paper's "
                      "setting (better; holds after Holm's adjustment for 1 comparisons)."]
@@ -166,8 +172,17 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     from mistudy.train import train
 
     assert pretrain.main(["--profile", "tiny", "--samples", "8", "--epochs", "1", "--networks", "unet",
-                          "--out", str(tmp_path / "pre"), "--device", "cpu"]) == 0
+                          "--out", str(tmp_path / "pre"), "--device", "cpu", "--figures-dir", str(tmp_path / "f")]) == 0
     assert "unet: " in capsys.readouterr().out
+    # the pretraining's scores are a table the README can cite, read from the run itself
+    run = tmp_path / "pre" / "runs" / "unet"
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = metrics["networks"]["unet"]["best_miou"]
+    table = (tmp_path / "f" / "pretrain.md").read_text()
+    assert f"| unet | 1 | {metrics['train_samples']} | {best['epoch']} | {round(best['miou'], 4)} | {round(history[0]['unet/val_miou'], 4)} |" \
+        in table, table
+    assert "python -m mistudy pretrain --profile tiny" in table and (tmp_path / "f" / "pretrain.csv").is_file()
     weights = tmp_path / "pre" / "unet.pt"
     prov = (tmp_path / "pre" / "unet.pt.provenance.json").read_text()
     assert "data_seed 1000" in prov and "medium" in prov  # another corpus than the study's (data_seed 0, easy)

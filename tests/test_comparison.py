@@ -32,6 +32,12 @@ def test_paper_numbers_are_the_papers_tables():
     got = {k: (v["miou"], v["pixel_accuracy"]) for k, v in comparison.PAPER_RESULTS.items()}
     assert got == expected
     assert comparison.PAPER_TABLE_NUMBER == {"baseline": 1, "rmi": 2, "mutual": 3}
+    # its text's verdicts: on Cityscapes neither method "significantly" changes the result (not "worse")
+    assert comparison.paper_claim("mutual", "cityscapes") == ('"does not significantly change" (its text); mIoU 0.562 '
+                                                              'vs 0.593, -0.031 (Table 3, single runs)')
+    assert comparison.paper_claim("rmi", "voc").startswith('"achieves worse results"')
+    assert comparison.paper_claim("mutual", "voc").startswith('"achieves the best result"')
+    assert comparison.paper_claim("baseline", "voc") is None and comparison.paper_claim("rmi", "synthetic") is None
 
 
 def test_seeds_are_aggregated_and_missing_datasets_noted(tmp_path):
@@ -157,6 +163,20 @@ def test_tables_of_a_real_run(tmp_path):
                   "batch 3", "Adam lr 0.001", "2 epochs", "ImageNet normalisation", "random init", "centre 32 crop",
                   "1 pass", "checkpoint last"):
         assert words in row["protocol"], (words, row["protocol"])
+    # a BCE-trained (rmi) run is scored through its own sigmoids, with the softmax reading beside; both paired
+    rmi_summary = train(cfg.replace(use_case="rmi"))
+    own = rmi_summary["networks"]["unet"]["last"]
+    assert own["probabilities"] == "sigmoid" and own["ece"] != own["ece_softmax"]
+    assert summary["networks"]["unet"]["last"]["ece"] == summary["networks"]["unet"]["last"]["ece_softmax"]
+    table, _ = comparison.comparison(tmp_path, ["synthetic"], checkpoint="last")
+    rmi = _row(table, "synthetic", "rmi")
+    assert rmi["ece_mean"] == pytest.approx(own["ece"]) and rmi["ece_softmax_mean"] == pytest.approx(own["ece_softmax"])
+    assert rmi["ece_diff"] is not None and rmi["ece_softmax_diff"] is not None
+    assert rmi["mean_entropy_bits_softmax_diff"] is not None
+    # the boundary tolerance in pixels at the scored size (0.75% of a 32 x 32 diagonal is 0.34 px: 1 px)
+    assert rmi["boundary_tolerance"].startswith("1 px at 32x32 (max(1 px, 0.75% of the image diagonal)")
+    headers = comparison.format_extra(table)[1]
+    assert "ECE (own probabilities)" in headers and "Δ ECE (softmax reading)" in headers
 
 
 
@@ -232,7 +252,9 @@ def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
     assert extra[1]["use-case"] == "rmi" and extra[1]["Δ boundary F"].startswith(f"{d.mean():+.3f} [")
     comparison.write_comparison(rows, tmp_path / "figs" / "comparison_table")
     beyond = (tmp_path / "figs" / "comparison_table_beyond_miou.md").read_text()
-    assert beyond.count("| synthetic |") == 2 and "Csurka" in beyond and "0.75% of the image diagonal" in beyond
+    assert beyond.count("| synthetic |") == 2 and "Csurka" in beyond  # the fake runs' crop: the default 224
+    assert "2.38 px at 224x224 (max(1 px, 0.75% of the image diagonal))" in beyond
+    assert "sigmoid" in beyond and "softmax reading" in beyond
     assert "Protocol, synthetic: " in beyond and "precision" in beyond  # the precision named here too (issue 22)
     assert any(f"boundary F {d.mean():+.3f} [" in line and "(better)" in line for line in comparison.summary_lines(rows))
 

@@ -120,9 +120,32 @@ def _boundaries_by_definition(ids: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
-def _per_class_boundary_matches(p, t, c, tol):
+def _fill_void_band_by_loops(t, num_classes, width=3):
+    """The truth's void band labelled by hand: ``width`` rounds, each giving every void pixel with a labelled
+    8-neighbour the label most such neighbours have (lowest class id on ties)."""
+    t = t.copy()
+    h, w = t.shape
+    for _ in range(width):
+        new = t.copy()
+        for y in range(h):
+            for x in range(w):
+                if t[y, x] != 255:
+                    continue
+                votes = np.zeros(num_classes, int)
+                for yy in range(max(y - 1, 0), min(y + 2, h)):
+                    for xx in range(max(x - 1, 0), min(x + 2, w)):
+                        if t[yy, xx] != 255:
+                            votes[t[yy, xx]] += 1
+                if votes.any():
+                    new[y, x] = int(np.argmax(votes))
+        t = new
+    return t
+
+
+def _per_class_boundary_matches(p, t, c, tol, num_classes=4):
     """(matched predicted, predicted, matched true, true) boundary pixels of class c in one image, by brute force:
-    void in the truth made void in the prediction first, then every pairwise distance."""
+    the truth's void band filled, the void left made void in the prediction, then every pairwise distance."""
+    t = _fill_void_band_by_loops(t, num_classes)
     p = np.where(t == 255, 255, p)
     bp, bt = _boundaries_by_definition(p, c), _boundaries_by_definition(t, c)
     ps, ts = np.argwhere(bp), np.argwhere(bt)
@@ -145,7 +168,7 @@ def _boundary_f_by_definition(pred, target, num_classes, tol):
     for p, t in zip(pred, target):
         scores = []
         for c in range(num_classes):
-            counts = _per_class_boundary_matches(p, t, c, tol)
+            counts = _per_class_boundary_matches(p, t, c, tol, num_classes)
             pooled[c] += counts
             if counts[1] + counts[3]:
                 scores.append(_f(*counts))
@@ -159,7 +182,8 @@ def _boundary_f_by_definition(pred, target, num_classes, tol):
 def test_boundary_f_matches_the_definition(tol):
     rng = np.random.default_rng(int(tol * 2))
     target = np.kron(rng.integers(0, 4, (3, 4, 5)), np.ones((1, 4, 4), int))  # blocky maps, 16 x 20
-    target[0, 5:7, 3:12] = 255  # an ignored stripe
+    target[0, 5:7, 3:12] = 255  # an ignored stripe (a band, filled)
+    target[1, 2:16, 4:14] = 255  # a void region wider than the band (its middle stays void)
     pred = target.copy()
     pred[pred == 255] = 1
     shift = np.roll(pred, 1, axis=2)  # predictions off by a pixel here and there, plus noise
@@ -202,12 +226,13 @@ def test_boundary_f_against_scipy_distance_transform_without_void():
 
 
 def _disc_with_void_band(size=41, radius=12, band=3, shrink=0):
-    """A VOC-like object: a disc of class 1 outlined by a void band of ``band`` pixels; and a prediction of the disc
-    with its radius changed by -``shrink`` pixels (background elsewhere, never void)."""
+    """A VOC-like object: a disc of class 1 whose outline is covered by a void band of ``band`` pixels centred on it
+    (as VOC draws it); and a prediction of the disc with its radius changed by -``shrink`` pixels (background
+    elsewhere, never void)."""
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size // 2, xx - size // 2)
     target = np.where(r <= radius, 1, 0)
-    target[(r > radius) & (r <= radius + band)] = 255
+    target[np.abs(r - radius) <= band / 2] = 255
     pred = np.where(r <= radius - shrink, 1, 0)
     return torch.as_tensor(pred[None]), torch.as_tensor(target[None])
 
@@ -215,19 +240,59 @@ def _disc_with_void_band(size=41, radius=12, band=3, shrink=0):
 @pytest.mark.parametrize("band", [3, 5])
 def test_boundary_f_with_void_bands_rewards_the_right_answer(band):
     scores = {}
-    for name, shrink in (("perfect", 0), ("shrunk", 3), ("grown", -(band + 3))):
+    for name, shrink in (("perfect", 0), ("shrunk", 4), ("grown", -4)):
         pred, target = _disc_with_void_band(band=band, shrink=shrink)
         m = SegmentationMetrics(2, boundary_tolerance=1)
         m.update(pred, target)
         scores[name] = m.compute()["boundary_f"]
-        assert (m.compute()["miou"] == 1.0) == (name == "perfect")
     assert scores["perfect"] == 1.0
     assert scores["shrunk"] < scores["perfect"] and scores["grown"] < scores["perfect"]
-    # a disc grown only into the void band is as good as a perfect one: the truth there is unknown
-    pred, target = _disc_with_void_band(band=band, shrink=-band)
-    m = SegmentationMetrics(2, boundary_tolerance=1)
-    m.update(pred, target)
+
+
+def test_boundary_f_orders_missing_too_small_exact_on_voc_sized_masks():
+    """A 500 x 375 VOC-like mask (a person, outlined by VOC's 5-pixel void band) at the default tolerance: a
+    prediction that misses the object scores below one that finds it too small, which scores below the exact one.
+    Before the band was filled, the miss scored 0.34 and a disc of half the radius 0.29: the background's boundary
+    along the band's inner side was rewarded."""
+    h, w, cy, cx, radius = 375, 500, 180, 250, 90
+    yy, xx = np.mgrid[:h, :w]
+    target = np.where(np.hypot(yy - cy, xx - cx) <= radius, 15, 0)
+    target[np.abs(np.hypot(yy - cy, xx - cx) - radius) <= 2.5] = 255
+
+    def score(mask):
+        m = SegmentationMetrics(21)
+        m.update(torch.as_tensor(np.where(mask, 15, 0)[None]), torch.as_tensor(target[None]))
+        return m.compute()["boundary_f"]
+
+    exact = score(np.hypot(yy - cy, xx - cx) <= radius)
+    missing = score(np.zeros((h, w), bool))
+    # too small: a disc of 0.6 the radius touching the object's top (part of the outline found), and a concentric
+    # disc of half the radius (none of it)
+    touching = score(np.hypot(yy - (cy - 0.4 * radius), xx - cx) <= 0.6 * radius)
+    concentric = score(np.hypot(yy - cy, xx - cx) <= radius / 2)
+    assert exact == 1.0
+    assert missing == 0.0
+    assert missing < touching < exact
+    assert missing <= concentric < exact
+
+
+def test_boundary_f_at_the_studys_64_pixel_crops_matches_within_one_pixel():
+    """0.75 % of a 64 x 64 crop's diagonal is 0.68 px: without the 1-pixel floor only exact pixels matched and a
+    disc shifted by one pixel scored 0.5."""
+    from mistudy.metrics import boundary_tolerance_text, tolerance_pixels
+
+    assert tolerance_pixels(64, 64, None) == 1.0
+    assert tolerance_pixels(375, 500, None) == pytest.approx(0.0075 * 625)
+    assert boundary_tolerance_text(None, (64, 64)).startswith("1 px at 64x64")
+    assert boundary_tolerance_text(0.5, (64, 64)) == "0.5 px"
+    yy, xx = np.mgrid[:64, :64]
+    target = torch.as_tensor(np.where(np.hypot(yy - 32, xx - 30) <= 12, 1, 0)[None])
+    m = SegmentationMetrics(2)
+    m.update(torch.roll(target, 1, dims=2), target)
     assert m.compute()["boundary_f"] == 1.0
+    far = SegmentationMetrics(2)
+    far.update(torch.roll(target, 3, dims=2), target)
+    assert far.compute()["boundary_f"] < 0.6
 
 
 def test_boundary_tolerance_defaults_to_a_fraction_of_the_diagonal():
@@ -235,6 +300,7 @@ def test_boundary_tolerance_defaults_to_a_fraction_of_the_diagonal():
 
     assert BOUNDARY_TOLERANCE_FRACTION == 0.0075  # Csurka et al.'s 0.75 %
     assert tolerance_pixels(300, 400, None) == pytest.approx(3.75)
+    assert tolerance_pixels(48, 64, None) == 1.0  # 0.6 px by the fraction: never less than a pixel
     assert tolerance_pixels(300, 400, 2) == 2.0
     # a 300 x 400 image: the diagonal rule matches within 3.75 px, exactly as an explicit 3.75 px tolerance
     target = torch.zeros(1, 300, 400, dtype=torch.long)
@@ -289,6 +355,40 @@ def test_calibration_and_entropy_by_hand_and_scipy():
     assert out["reliability"]["count"] == counts.tolist()
     assert out["mean_entropy_bits"] == pytest.approx(np.mean(entropy(probs, base=2, axis=1)))
     assert out["pixel_accuracy"] == pytest.approx(correct.mean())
+
+
+def test_a_sigmoid_network_is_scored_by_its_own_probabilities_beside_the_softmax_reading():
+    """Logits (0, -4, -4) at every pixel, all predicting class 0 correctly: the network's own sigmoid says 0.5, the
+    softmax of the same logits 0.965.  Read through the softmax, a BCE-trained network looked well calibrated."""
+    from scipy.special import expit
+    from scipy.stats import entropy
+
+    logits = torch.tensor([0.0, -4.0, -4.0]).view(1, 3, 1, 1).expand(2, 3, 4, 4).contiguous()
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    own = SegmentationMetrics(3, probabilities="sigmoid")
+    own.update(logits, target)
+    out = own.compute()
+    sig = expit(np.array([0.0, -4.0, -4.0]))
+    soft = np.exp([0.0, -4.0, -4.0]) / np.exp([0.0, -4.0, -4.0]).sum()
+    assert out["probabilities"] == "sigmoid"
+    assert out["ece"] == pytest.approx(1 - 0.5)  # every pixel right at confidence 0.5
+    assert out["ece_softmax"] == pytest.approx(1 - soft[0], rel=1e-5)  # 0.035 (float32 softmax)
+    assert out["mean_entropy_bits"] == pytest.approx(entropy(sig / sig.sum(), base=2), rel=1e-5)
+    assert out["mean_entropy_bits_softmax"] == pytest.approx(entropy(soft, base=2), rel=1e-5)
+    assert out["mean_entropy_bits"] > out["mean_entropy_bits_softmax"]
+    # a softmax network's two readings are one
+    plain = SegmentationMetrics(3)
+    plain.update(logits, target)
+    p = plain.compute()
+    assert p["ece"] == p["ece_softmax"] == pytest.approx(1 - soft[0], rel=1e-5) and p["probabilities"] == "softmax"
+    # the rmi use-case's BCE networks are read through sigmoids; its softmax-CE control and the others through softmax
+    from mistudy.config import TrainConfig
+
+    assert TrainConfig(use_case="rmi").probabilities == "sigmoid"
+    assert TrainConfig(use_case="rmi", rmi_base="ce").probabilities == "softmax"
+    assert TrainConfig(use_case="baseline").probabilities == TrainConfig(use_case="mutual").probabilities == "softmax"
+    with pytest.raises(ValueError, match="probabilities"):
+        SegmentationMetrics(3, probabilities="probit")
 
 
 def test_mutual_information_between_prediction_and_truth_matches_sklearn():
