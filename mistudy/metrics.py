@@ -36,6 +36,10 @@ BOUNDARY_TOLERANCE_MIN_PX = 1.0
 # Void in the ground truth within this many pixels of a labelled pixel takes the nearest label before boundaries are
 # extracted: VOC's void band (5 px, drawn over every object's outline) then has the object's edge at its midline.
 VOID_BAND_PX = 3
+# Raised whenever what a score means changes, so that no table mixes runs scored under two definitions: a finished
+# run scored under another version is scored again from its checkpoints when it is reused (`train.train_or_load`).
+# 2: calibration and entropy under the network's own probabilities, boundary tolerance >= 1 px, void band filled.
+SCORING_VERSION = 2
 STATISTICS = ("confmat", "boundary", "calibration", "entropy", "calibration_softmax", "entropy_softmax")
 
 # How a network's output becomes probabilities: the reading its loss trains (TrainConfig.probabilities).

@@ -20,7 +20,7 @@ import torch
 from mistudy import atomic, data, distributed, engine, inference, loaders, networks, runs, safeload
 from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig
 from mistudy.engine import NonFiniteLossError, Setup
-from mistudy.metrics import nan_to_none
+from mistudy.metrics import SCORING_VERSION, nan_to_none
 from mistudy.progress import Progress
 
 SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
@@ -230,7 +230,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
         "eval_protocol": cfg.eval_protocol, "eval_passes": cfg.resolved_eval_passes,
         "primary_network": PRIMARY_NETWORK, "train_samples": len(s.datasets["train"]),
         "select_samples": len(select) if select is not None else 0, "val_samples": len(s.datasets["val"]),
-        "networks": by_network, "config": asdict(cfg) | {"resume": False},
+        "networks": by_network, "config": asdict(cfg) | {"resume": False}, "scoring_version": SCORING_VERSION,
     }
     if ctx.is_main:
         runs.write_per_image(run_dir, counts, image_ids(s.datasets["val"]))
@@ -278,6 +278,14 @@ def train_or_load(cfg: TrainConfig) -> dict:
     # compared with the configuration the results were computed with (metrics.json keeps it), not with
     # config.json, which describes last.pt and may have moved on since (an interrupted extension)
     diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED, saved=metrics.get("config"))
+    if not diff and metrics.get("scoring_version") != SCORING_VERSION:
+        if not (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} holds a finished run scored by an older version of the metrics "
+                                  f"({metrics.get('scoring_version', 1)}, now {SCORING_VERSION}) whose last.pt was "
+                                  "deleted, so it cannot be scored again; delete the run to train it again")
+        print(f"Scoring the finished run in {run_dir} again: its scores are of an older version of the metrics "
+              f"({metrics.get('scoring_version', 1)}, now {SCORING_VERSION}); nothing is trained.")
+        return train(cfg.replace(resume=True))
     if not diff:
         runs.check_weights(cfg, run_dir)
         print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")

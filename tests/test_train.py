@@ -553,3 +553,33 @@ def test_a_notebook_progress_bar_leaves_its_final_state_as_text(monkeypatch, cap
     list(bars.epochs(1))
     bars.close()
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_a_run_scored_by_older_metrics_is_scored_again_when_reused_without_training(tmp_path, monkeypatch, capsys):
+    """A table never mixes runs scored under two definitions: a finished run whose metrics.json is of an older scoring
+    version (as every run before the sigmoid calibration and the 1-pixel boundary tolerance) is scored again from
+    its checkpoints, not reused as it is and not trained again."""
+    from mistudy.metrics import SCORING_VERSION
+    from mistudy.train import train_or_load
+
+    cfg = tiny(tmp_path, epochs=2, use_case="rmi")
+    first = train(cfg)
+    assert first["scoring_version"] == SCORING_VERSION
+    path = tmp_path / "run" / "metrics.json"
+    old = json.loads(path.read_text())
+    del old["scoring_version"]  # written before versions existed
+    old["networks"]["unet"]["best_miou"]["ece"] = 0.123  # and scored otherwise
+    path.write_text(json.dumps(old))
+    calls = count_calls(monkeypatch, engine, "train_step")
+    again = train_or_load(cfg)
+    assert calls["n"] == 0 and "Scoring the finished run" in capsys.readouterr().out
+    assert again["scoring_version"] == SCORING_VERSION
+    assert again["networks"]["unet"]["best_miou"]["ece"] == first["networks"]["unet"]["best_miou"]["ece"]
+    assert json.loads(path.read_text())["networks"]["unet"]["best_miou"]["ece"] != 0.123
+    assert train_or_load(cfg)["epochs"] == 2 and "Reusing the finished run" in capsys.readouterr().out
+    # without last.pt it cannot be scored again: refused, naming why, rather than reused under the old definition
+    path.write_text(json.dumps(old))
+    (tmp_path / "run" / "last.pt").unlink()
+    with pytest.raises(FileExistsError, match="older version of the metrics"):
+        train_or_load(cfg)
