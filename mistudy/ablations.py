@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mistudy import comparison, runs, stats
+from dataclasses import asdict
+
+from mistudy import comparison, runs, stats, tuning
 from mistudy.tables import write_table
-from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
+from mistudy.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config
 
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
 SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
@@ -65,14 +67,20 @@ ABLATIONS = {
     "mutual, both pretrained": Setting("mutual", {"deeplab_weights": PRETRAINED, "unet_weights": PRETRAINED},
                                        baseline="baseline, pretrained U-Net"),
 }
+# each use-case at every rate of the tuning grid (`mistudy.tuning`)
+ABLATIONS |= {tuning.setting_name(uc, lr): Setting(uc, {"lr": lr}) for uc in USE_CASES for lr in tuning.LEARNING_RATES}
 GRIDS = {
     # notebook 06's default: the paper's open questions and the controls of each method's parts
-    "ablations": [n for n in ABLATIONS if n not in ("baseline, pretrained U-Net", "rmi, pretrained U-Net",
-                                                    "mutual, both pretrained")],
+    "ablations": [n for n, s in ABLATIONS.items() if "lr" not in s.changes and n not in (
+        "baseline, pretrained U-Net", "rmi, pretrained U-Net", "mutual, both pretrained")],
     # the pretrained regime: RMI fine-tuning a pretrained U-Net against CE fine-tuning it; the authors' mutual set-up
     # (a pretrained DeepLabV3, a U-Net from scratch) against the from-scratch baseline; both networks pretrained
     "pretrained": ["baseline, pretrained U-Net", "rmi, pretrained U-Net", "mutual, pretrained DeepLabV3 partner",
                    "mutual, both pretrained"],
+    # every use-case at every rate, on the tuning seeds, chosen on the selection split (`mistudy.tuning`)
+    "tuning": [n for n, s in ABLATIONS.items() if "lr" in s.changes],
+    # the controls of RMI's parts alone (e.g. at a longer budget): the switch to sigmoid BCE, RMI on softmax CE
+    "controls": ["rmi λ=1 (BCE alone)", "rmi added to softmax CE"],
 }
 REFERENCES = {"baseline": BASELINE, "rmi": "rmi (paper: λ 0.5, radius 3, no pooling)",
               "mutual": "mutual (paper: DeepLabV3, KL 1, T=1, sequential)"}
@@ -86,13 +94,17 @@ def _run_name(name: str, seed: int) -> str:
 
 
 def default_grid(profile: str, names=None, seeds=None, grid: str = "ablations") -> tuple[list[str], list[int]]:
-    """The grid's names and seeds where the caller gave None: the ``grid``'s settings (GRIDS) and seeds 0 1 2, except
-    for the tiny smoke-test profile (two ablations, seeds 0 1: the notebook test runs in seconds)."""
+    """The grid's names and seeds where the caller gave None: the ``grid``'s settings (GRIDS) and seeds 0 1 2 (the
+    tuning grid: its own seeds, `tuning.TUNING_SEEDS`), except for the tiny smoke-test profile (two settings, seeds
+    0 1: the notebook test runs in seconds)."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid: {list(GRIDS)}")
     tiny = profile == "tiny"
-    names = list(names) if names is not None else (["rmi radius 2", "mutual two U-Nets"] if tiny else GRIDS[grid])
-    return names, list(seeds) if seeds is not None else ([0, 1] if tiny else [0, 1, 2])
+    tiny_names = [tuning.setting_name("baseline", 3e-3), tuning.setting_name("rmi", 3e-3)] if grid == "tuning" \
+        else ["rmi radius 2", "mutual two U-Nets"]
+    names = list(names) if names is not None else (tiny_names if tiny else GRIDS[grid])
+    default_seeds = list(tuning.TUNING_SEEDS) if grid == "tuning" else [0, 1, 2]
+    return names, list(seeds) if seeds is not None else ([0, 1] if tiny else default_seeds)
 
 
 def settings(names=None) -> dict[str, Setting]:
@@ -137,7 +149,7 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     """
     profile = resolve_profile(profile)
     results = Path(results_dir or runs.default_results_dir(profile))
-    out = []
+    out, seen = [], {}
     for name, setting in settings(names).items():
         shared = name in REFERENCES.values() and not overrides
         for seed in seeds:
@@ -147,6 +159,9 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
             changes = _resolve(setting.changes, base, profile)
             cfg = study_config(setting.use_case, profile, {**(overrides or {}), **changes}, seed=seed, **where,
                                **fields)
+            # a setting that changes nothing (e.g. the tuning grid's rate that is the profile's) is an earlier
+            # setting's run, the reference's first: one run, never two identical ones
+            cfg = seen.setdefault((seed, comparison.setting_key(asdict(cfg))), cfg)
             out.append((name, runs.resume_if_started(cfg) if resume else cfg))
     return out
 
@@ -232,7 +247,10 @@ def effect_table(rows: list[dict]) -> list[dict]:
 
 def answer_lines(rows: list[dict]) -> list[str]:
     """The ablation's answer in words: the settings whose interval excludes zero, with their verdict once the
-    family of comparisons is accounted for (Holm), and a count of the rest."""
+    family of comparisons is accounted for (Holm), and a count of the rest (the tuning grid: the chosen rates)."""
+    if rows and "chosen" in rows[0]:
+        return [f"{r['use_case']}: learning rate {r['lr']:g} chosen, selection-split mIoU {r['selection mIoU [95% CI]']} "
+                f"(seeds {r['seeds']})" for r in rows if r["chosen"]]
     lines, quiet = [], []
     for r in rows:
         d = r.get("vs_paper_setting")
@@ -267,6 +285,11 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
     prov = dict(dataset=dataset, profile=profile, **comparison.runs_provenance(found), overrides=overrides or {},
                 checkpoint=checkpoint, notebook="06_ablations.ipynb", results_dir=str(results_dir))
     reference = grid[REFERENCES["baseline"]][0]
+    if name == "tuning":  # rows: `tuning.tuning_rows`; no figure
+        protocol = comparison.protocol_text(reference["config"], reference["metrics"], checkpoint)
+        tuning.write_tuning(rows, figures_dir, dataset, prov, protocol.replace(
+            f"Adam lr {reference['config']['lr']:g}", "Adam lr as in the row"))
+        return rows, None
     table = effect_table(rows)
     write_table(table, Path(figures_dir) / f"{dataset}_06_{name}", prov, title="\n".join([
         f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mistudy import runs, stats
-from mistudy.config import CHECKPOINT_RULES, DATASETS, PRIMARY_NETWORK, RUNTIME_OPTIONS, USE_CASES
+from mistudy.config import (CHECKPOINT_RULES, DATASETS, HEADLINE_CHECKPOINT, PRIMARY_NETWORK, RUNTIME_OPTIONS,
+                            USE_CASES)
 from mistudy.train import SCORES
 from mistudy.metrics import (PROBABILITY_TEXT, VOID_BAND_PX, boundary_tolerance_text, ece_from_calibration,
                              information_from_confmat, mean_entropy_from_sums, miou_from_confmat)
@@ -130,7 +131,8 @@ def find_and_load(results_dir, dataset: str, use_case: str) -> list[dict]:
     return [runs.load_run(p) for p in runs.find_runs(results_dir, dataset, use_case)]
 
 
-def _setting_key(config: dict) -> str:
+def setting_key(config: dict) -> str:
+    """What makes runs one setting: the config without the seed, paths and runtime options (NOT_SETTING)."""
     return json.dumps({k: v for k, v in sorted(config.items()) if k not in NOT_SETTING}, sort_keys=True)
 
 
@@ -138,7 +140,7 @@ def group_by_setting(found: list[dict]) -> list[list[dict]]:
     """Split runs into groups whose configs differ only in NOT_SETTING keys (seed, device, paths...)."""
     groups: dict[str, list[dict]] = {}
     for run in found:
-        groups.setdefault(_setting_key(run["config"]), []).append(run)
+        groups.setdefault(setting_key(run["config"]), []).append(run)
     return [sorted(g, key=lambda r: r["config"]["seed"]) for g in groups.values()]
 
 
@@ -411,6 +413,37 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append(f"{r['dataset']}, {r['use_case']} vs baseline, n = {r['n_seeds']} seeds: " + "; ".join(parts)
                      + "." + claim)
     return lines
+
+
+def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
+    """Each method's Δ mIoU against the baseline under every checkpoint rule (best_miou, best_loss, last), side by
+    side: one row per dataset x method setting, "robust" only where the three verdicts agree, else the rule each
+    verdict depends on is plain to see.  The headline rule (HEADLINE_CHECKPOINT) is marked."""
+    tables = {rule: comparison(results_dir, datasets, rule)[0] for rule in CHECKPOINT_RULES}
+    keyed = {rule: {(r["dataset"], r["use_case"], r.get("setting", "")): r for r in rows
+                    if r["network"] == PRIMARY_NETWORK and r.get("miou_diff") is not None}
+             for rule, rows in tables.items()}
+    out = []
+    for key in keyed[HEADLINE_CHECKPOINT]:
+        found = {rule: keyed[rule].get(key) for rule in CHECKPOINT_RULES}
+        verdicts = {rule: r["verdict"] if r else None for rule, r in found.items()}
+        row = {"dataset": key[0], "method (U-Net) vs baseline": key[1] + (f" ({key[2]})" if key[2] else ""),
+               "n": found[HEADLINE_CHECKPOINT]["n_seeds"]}
+        for rule, r in found.items():
+            label = f"{rule}{' (headline)' if rule == HEADLINE_CHECKPOINT else ''}"
+            row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}" if r else "–"
+        agree = len(set(verdicts.values())) == 1
+        row["across the rules"] = (f"robust: {verdicts[HEADLINE_CHECKPOINT]} under every rule" if agree else
+                                   "depends on the rule: " + ", ".join(f"{rule} {v or '–'}"
+                                                                       for rule, v in verdicts.items()))
+        out.append(row)
+    return out
+
+
+def by_rule_title() -> str:
+    return (f"Δ mIoU of each method's U-Net against the baseline under each checkpoint rule "
+            f"({'; '.join(f'{k}: {v}' for k, v in CHECKPOINT_RULES.items())}); headline rule {HEADLINE_CHECKPOINT}, "
+            f"declared before the runs; {stats.PAIRED_INTERVAL_TEXT}. A verdict is robust where the three rules agree.")
 
 
 def runs_provenance(found: list[dict]) -> dict:

@@ -29,6 +29,9 @@ PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, 
 DATASETS = ("synthetic", "voc", "cityscapes")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 CHECKPOINTS = ("best_miou", "best_loss", "last")
+# The selection rule of the headline verdicts, declared before any run; every verdict is also reported under the
+# other rules (`comparison.verdicts_by_rule`) and called robust only where all three agree.
+HEADLINE_CHECKPOINT = "best_miou"
 CHECKPOINT_RULES = {
     "best_miou": "weights of the epoch with the highest mIoU on the selection split (held out of train)",
     "best_loss": "weights of the epoch with the lowest training loss (the paper's rule)",
@@ -335,6 +338,14 @@ PROFILE_HELP = {
     "tiny": "a smoke test of the code paths in seconds (the notebook tests); learns nothing",
 }
 DEFAULT_PROFILE = "quick"
+# The number of seeds of each profile's study, declared before its runs (`mistudy study` trains seeds 0..n-1): five
+# wherever a headline verdict is drawn; three for quick, the first look that `make run` gives; two for the smoke test.
+STUDY_SEEDS = {"quick": 3, "standard": 5, "long": 5, "paper": 5, "tiny": 2}
+
+
+def study_seeds(profile: str | None) -> list[int]:
+    """The seeds a profile's study trains (STUDY_SEEDS): 0, 1, ..."""
+    return list(range(STUDY_SEEDS[resolve_profile(profile)]))
 
 
 def resolve_profile(name: str | None) -> str:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from mistudy import runs
 from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
-from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, parse_assignments, study_config
+from mistudy import tuning
+from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, USE_CASES, parse_assignments, study_config, study_seeds
 from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
 NOTEBOOKS = {
@@ -80,8 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
                         "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds of 02-04 (one run "
-                   "each; the comparison's intervals need at least 2)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="seeds of 02-04 and 06 (one run "
+                   "each; the comparison's intervals need at least 2); default: the profile's declared number, 0..n-1 "
+                   "(mistudy.config.STUDY_SEEDS), and for 06's tuning grid its own seeds (mistudy.tuning.TUNING_SEEDS)")
+    p.add_argument("--recipe", default="shared", choices=list(tuning.RECIPES), help="02-04's learning rates: shared "
+                   "(the profile's, one for every use-case) or tuned (each use-case its own, chosen by 06's tuning "
+                   "grid on the selection split and read from its committed table; runs and figures then go to "
+                   "results/<profile>/tuned/ and figures/<profile>/tuned/)")
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -99,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs (and extend finished ones to more epochs); runs not started yet "
                         "start")
-    p.add_argument("--grids", nargs="+", default=["ablations"], choices=["ablations", "pretrained"],
+    p.add_argument("--grids", nargs="+", default=["ablations"], choices=["ablations", "pretrained", "tuning", "controls"],
                    help="notebook 06's grids: ablations (the open questions and controls), pretrained (fine-tuned "
-                        "networks; needs `mistudy pretrain` first)")
+                        "networks; needs `mistudy pretrain` first), tuning (every use-case at every learning rate, "
+                        "on the tuning seeds), controls (RMI's parts alone: BCE alone, RMI on softmax CE)")
     p.add_argument("--ablations", nargs="+", default=None, metavar="NAME",
                    help="notebook 06: these settings (names of mistudy.ablations.ABLATIONS, e.g. a grid's leads "
                         "again on new --seeds) instead of each grid's; default: the grid's settings")
@@ -166,8 +173,25 @@ def plan(args: argparse.Namespace) -> list[Step]:
     """The notebook executions of a study, in order; raises UsageError for bad options before anything runs."""
     datasets = list(DATASETS) if args.dataset == "all" else [args.dataset]
     keys = sorted({_notebook_key(k) for k in args.notebooks})
-    if len(set(args.seeds)) != len(args.seeds):
-        raise UsageError(f"--seeds has repeated values: {args.seeds}")
+    seeds = args.seeds if args.seeds is not None else study_seeds(args.profile)
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds has repeated values: {seeds}")
+    tuning_seeds = args.seeds if args.seeds is not None else list(tuning.TUNING_SEEDS)
+    if "06" in keys and args.recipe == "tuned":
+        raise UsageError("--recipe tuned trains 02-04 at each use-case's tuned rate; notebook 06's grids vary the "
+                         "profile's shared recipe: run them without --recipe tuned")
+    if "06" in keys and "tuning" in args.grids:
+        reported = sorted(set(tuning_seeds) & set(study_seeds(args.profile)))
+        if reported:
+            raise UsageError(f"--grids tuning: seeds {reported} are the {args.profile} study's own seeds; tune on "
+                             f"seeds no table reports (default: {list(tuning.TUNING_SEEDS)})")
+    rates = {}
+    if args.recipe == "tuned" and set(keys) & set(PER_RUN):
+        _, figures = _folders(args, tuned_from=True)
+        try:
+            rates = {dataset: tuning.chosen_rates(figures, dataset) for dataset in datasets}
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--recipe tuned: {e}") from None
     roots = _data_roots(datasets, args.data_root) if set(keys) & {*PER_RUN, "06"} else {}
     nb_dir = Path(args.notebooks_dir).resolve()
     missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
@@ -197,19 +221,22 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps.append(step("01", {"figures_dir": str(theory_figures)}))
     for dataset in datasets:  # every use-case of one dataset and seed before the next seed
         root = str(roots[dataset]) if dataset in roots else None
+        per_use_case = {uc: {**overrides, **({"lr": rates[dataset][uc]} if rates else {})} for uc in USE_CASES}
         for key in (k for k in PER_RUN if k in keys):  # every option checked now, not hours later in a notebook
             try:
-                study_config(PER_RUN[key], args.profile, overrides, dataset=dataset, root=root, device=args.device)
+                study_config(PER_RUN[key], args.profile, per_use_case[PER_RUN[key]], dataset=dataset, root=root,
+                             device=args.device)
             except (ValueError, FileNotFoundError) as e:
                 raise UsageError(f"{PER_RUN[key]} on {dataset}: {e}") from None
-        for seed in args.seeds:
+        for seed in seeds:
             for key in (k for k in PER_RUN if k in keys):
+                config = per_use_case[PER_RUN[key]]
                 params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
                           "seed": seed, "results_dir": str(results), "figures_dir": str(figures)}
-                if overrides:
-                    params["config"] = overrides
+                if config:
+                    params["config"] = config
                 if args.resume and runs.resume_if_started(study_config(
-                        PER_RUN[key], args.profile, overrides, dataset=dataset, root=root, device=args.device,
+                        PER_RUN[key], args.profile, config, dataset=dataset, root=root, device=args.device,
                         seed=seed, results_dir=str(results))).resume:
                     params["resume"] = True  # the runs not started yet start: --resume is not a typo check here
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
@@ -219,8 +246,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
         for dataset in datasets:
             root = str(roots[dataset]) if dataset in roots else None
             for grid in args.grids:
+                grid_seeds = tuning_seeds if grid == "tuning" else seeds
                 params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
-                          "seeds": list(args.seeds), "results_dir": str(results), "figures_dir": str(figures),
+                          "seeds": list(grid_seeds), "results_dir": str(results), "figures_dir": str(figures),
                           "grid": grid}
                 if args.ablations is not None:
                     params["ablation_names"] = list(args.ablations)
@@ -233,10 +261,12 @@ def plan(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
-def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(results, figures): the study's folders, by default the profile's (`runs.default_results_dir`)."""
-    return (Path(args.results_dir or default_results_dir(args.profile)).resolve(),
-            Path(args.figures_dir or default_figures_dir(args.profile)).resolve())
+def _folders(args: argparse.Namespace, tuned_from: bool = False) -> tuple[Path, Path]:
+    """(results, figures): the study's folders, by default the profile's (`runs.default_results_dir`), in tuned/
+    under --recipe tuned; ``tuned_from``: where the tuning table the tuned recipe reads is (the profile's own)."""
+    sub = "tuned" if args.recipe == "tuned" and not tuned_from else ""
+    return (Path(args.results_dir or default_results_dir(args.profile) / sub).resolve(),
+            Path(args.figures_dir or default_figures_dir(args.profile) / sub).resolve())
 
 
 def _overrides(args: argparse.Namespace) -> dict:

@@ -196,3 +196,38 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     assert all(torch.equal(started[k], v) for k, v in state.items())  # every pretrained tensor is loaded
     train(cfg)
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_the_tuning_grid_chooses_each_use_cases_rate_on_the_selection_split(tmp_path):
+    """Every use-case at every rate on the tuning seeds; each chooses the rate whose runs reach the highest mean best
+    selection-split mIoU (history.json), whatever the validation scores say; the profile's own rate is the reference
+    run, not a second identical one."""
+    from mistudy import tuning
+
+    names, seeds = ablations.default_grid("quick", grid="tuning")
+    assert seeds == list(tuning.TUNING_SEEDS) and len(names) == 3 * len(tuning.LEARNING_RATES)
+    assert min(tuning.LEARNING_RATES) <= 1e-4 and max(tuning.LEARNING_RATES) >= 3e-3  # the paper's 1e-4 to 3e-3
+    cfgs = ablations.configs(names, [100], "quick", results_dir=str(tmp_path), device="cpu")
+    by_name = {name: cfg for name, cfg in cfgs}
+    assert by_name["rmi lr=0.001"] is by_name[ablations.REFERENCES["rmi"]]  # the quick recipe's rate: one run
+    assert by_name["rmi lr=0.0003"].lr == 3e-4 and by_name["rmi lr=0.0003"].seed == 100
+    assert len({c.resolved_run_dir() for _, c in cfgs}) == 3 * len(tuning.LEARNING_RATES)
+    # scores: rate 3e-4 best on the selection split for rmi, though its validation score is the worst
+    grid = {}
+    for lr, select in ((1e-3, [0.5, 0.6]), (3e-4, [0.7, 0.8])):
+        for seed, best in zip((100, 101), select):
+            run = fake_run(tmp_path / f"r{lr}", "synthetic", "rmi", seed, scores(0.5, 0.9 - best), lr=lr)
+            history = [{"epoch": 1, "unet/select_miou": best - 0.2}, {"epoch": 2, "unet/select_miou": best},
+                       {"epoch": 3, "unet/select_miou": best - 0.1}]
+            (run / "history.json").write_text(json.dumps(history))
+            grid.setdefault(tuning.setting_name("rmi", lr), []).append(runs.load_run(run))
+    rows = tuning.tuning_rows(grid)
+    assert [(r["lr"], r["chosen"]) for r in rows] == [(3e-4, True), (1e-3, False)]
+    assert next(r for r in rows if r["lr"] == 3e-4)["selection_miou"] == pytest.approx(0.75)
+    tuning.write_tuning(rows, tmp_path / "f", "synthetic", {}, "the protocol")
+    with pytest.raises(ValueError, match=r"chose no rate for \['baseline', 'mutual'\]"):
+        tuning.chosen_rates(tmp_path / "f", "synthetic")
+    md = (tmp_path / "f" / "synthetic_06_tuning.md").read_text()
+    assert "Chosen: rmi 0.0003" in md and "validation images are never looked at" in md
+    assert ablations.answer_lines(rows) == ["rmi: learning rate 0.0003 chosen, selection-split mIoU "
+                                            f"{rows[0]['selection mIoU [95% CI]']} (seeds 100 101)"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mistudy import comparison, comparison_figures, stats, tables, usecase
+from mistudy import comparison, comparison_figures, runs, stats, tables, usecase
 from mistudy.metrics import miou_from_confmat
 from mistudy.config import TrainConfig
 from mistudy.train import train
@@ -270,3 +270,26 @@ def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):
     assert prov["device"] == ["cpu", "cuda:0"]
     assert (prov["epochs"], prov["seed"], prov["datasets"]) == ([3], [0, 1, 2], ["synthetic"])
     assert prov["amp"] == [TrainConfig(dataset="synthetic").amp]
+
+
+def test_verdicts_under_every_selection_rule_and_robust_only_where_they_agree(tmp_path):
+    """RMI better under best_miou, not detectably different under best_loss, worse under last: its verdict depends on
+    the rule and the table says so; mutual learning identical to the baseline under every rule: robust."""
+    rng = np.random.default_rng(3)
+    for seed in range(3):
+        base = statistics(rng, 12, 0.6)
+        by_rule = {"best_miou": statistics(rng, 12, 0.95), "best_loss": base, "last": statistics(rng, 12, 0.2)}
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=base)
+        run = fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3), counts=base)
+        runs.write_per_image(run, {f"unet/{rule}": c for rule, c in by_rule.items()}, list(range(12)))
+        fake_run(tmp_path, "synthetic", "mutual", seed, _scores(0.5, 0.3), counts=base, networks=("deeplabv3", "unet"))
+    rows = {r["method (U-Net) vs baseline"]: r for r in comparison.verdicts_by_rule(tmp_path, ["synthetic"])}
+    assert set(rows) == {"rmi", "mutual"}
+    rmi = rows["rmi"]
+    assert rmi["best_miou (headline): Δ mIoU [95%] verdict"].endswith(" better")
+    assert rmi["best_loss: Δ mIoU [95%] verdict"] == "+0.000 [+0.000, +0.000] no detectable difference at n = 3"
+    assert rmi["last: Δ mIoU [95%] verdict"].endswith(" worse")
+    assert rmi["across the rules"] == ("depends on the rule: best_miou better, best_loss no detectable difference at "
+                                       "n = 3, last worse")
+    assert rows["mutual"]["across the rules"] == "robust: no detectable difference at n = 3 under every rule"
+    assert "headline rule best_miou, declared before the runs" in comparison.by_rule_title()

@@ -376,3 +376,38 @@ def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untim
     progress.finished(tasks[1], 120.0)
     progress.finished(tasks[2], 120.0)
     assert "100% of the study, nothing left" in out.getvalue().splitlines()[-1]
+
+
+def test_each_profile_declares_its_seeds_and_the_tuning_grid_never_uses_them(nb_dir, tmp_path):
+    from mistudy import tuning
+    from mistudy.config import STUDY_SEEDS
+
+    assert all(STUDY_SEEDS[p] >= 5 for p in ("standard", "long", "paper"))  # every headline budget: five seeds
+    assert [s.parameters["seed"] for s in _plan(nb_dir, "--notebooks", "02", "--profile", "long")] == [0, 1, 2, 3, 4]
+    assert [s.parameters["seed"] for s in _plan(nb_dir, "--notebooks", "02")] == [0, 1, 2]  # quick: the first look
+    grid = _plan(nb_dir, "--notebooks", "06", "--grids", "tuning", "--profile", "long", "--results-dir", str(tmp_path))
+    assert grid[0].parameters["seeds"] == list(tuning.TUNING_SEEDS) and grid[0].parameters["grid"] == "tuning"
+    assert not set(tuning.TUNING_SEEDS) & set(range(max(STUDY_SEEDS.values())))
+    with pytest.raises(UsageError, match=r"seeds \[1\] are the long study's own seeds"):
+        _plan(nb_dir, "--notebooks", "06", "--grids", "tuning", "--profile", "long", "--seeds", "1", "100")
+
+
+def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chose(nb_dir, tmp_path):
+    from mistudy import tuning
+    from mistudy.tables import write_table
+
+    figures = tmp_path / "figures"
+    argv = ["--notebooks", "02", "03", "04", "--seeds", "0", "--profile", "tiny", "--recipe", "tuned",
+            "--results-dir", str(tmp_path / "res")]
+    with pytest.raises(UsageError, match="tuning table .*_06_tuning.csv.*--grids tuning"):
+        _plan(nb_dir, *argv, "--figures-dir", str(figures))
+    rows = [{"use_case": uc, "lr": lr, "chosen": lr == best} for uc, best in
+            (("baseline", 1e-3), ("rmi", 3e-4), ("mutual", 1e-4)) for lr in tuning.LEARNING_RATES]
+    write_table(rows, figures / tuning.table_stem("synthetic"))
+    steps = _plan(nb_dir, *argv, "--figures-dir", str(figures))
+    assert [s.parameters["config"]["lr"] for s in steps] == [1e-3, 3e-4, 1e-4]
+    with pytest.raises(UsageError, match="notebook 06's grids vary the profile's shared recipe"):
+        _plan(nb_dir, *argv, "--figures-dir", str(figures), "--notebooks", "06")
+    write_table(rows[:4], figures / tuning.table_stem("synthetic"))  # the grid stopped after the baseline's rates
+    with pytest.raises(UsageError, match=r"chose no rate for \['rmi', 'mutual'\]"):
+        _plan(nb_dir, *argv, "--figures-dir", str(figures))
