@@ -368,9 +368,11 @@ def adjusted_verdict(difference: Interval, adjusted_p: float, alpha: float = 0.0
 # (1.4826 x the median absolute deviation) from the median of the seeds' differences, and farther than
 # SEED_OUTLIER_FLOOR (in mIoU; pass another floor for a metric on another scale); from 3 seeds up.  The floor
 # matters at 3-5 seeds, where the MAD of so few values is often tiny: in benchmarks/coverage.py's take-off regime
-# a floor of 0.05 flagged a seed in 9-18 % of the studies without any failure, 0.1 in at most 1 %, catching the
-# failing seeds as often (65 / 82 / 88 % of the studies with a failure at S = 3 / 5 / 8; at S = 3 two failures
-# among three seeds make the good seed the odd one out).
+# (figures/interval_coverage.md) a floor of 0.05 flagged a seed in 9-18 % of the studies without any failure, 0.1
+# in 0.4-0.6 %, catching the failing seeds as often (66 / 82 / 90 % of the studies with a failure at S = 3 / 5 / 8;
+# at S = 3 two failures among three seeds make the good seed the odd one out).  Where the seeds' differences spread
+# widely anyway (SD ~0.07, the assumed regime's) it flags a seed in 16-19 % of the studies: a flag says "far from
+# the others", not "failed".
 SEED_OUTLIER_SCALE = 3.0
 SEED_OUTLIER_FLOOR = 0.1
 SEED_CHECK_TEXT = (f"seed check: seeds better / worse with an exact two-sided sign test; an outlier seed lies more "
