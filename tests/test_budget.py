@@ -3,28 +3,104 @@ against scikit-learn's IoU on the pooled pixels."""
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 from sklearn.metrics import confusion_matrix, jaccard_score
 
 from fakes import CLASSES, fake_run, masks, per_image, scores
 from mistudy import budget, runs
 
 
-def test_plateau_on_a_rising_and_a_flat_curve():
-    epochs = list(range(1, 9))
-    rising = budget.plateau(epochs, [0.1 * e for e in epochs])
-    # the last quarter of epochs 1..8 starts at 6.25 (epochs 7 and 8); at least three epochs: 6, 7, 8
-    assert (rising["from_epoch"], rising["to_epoch"]) == (6, 8)
-    assert rising["gain"] == pytest.approx(0.2) and rising["slope_per_epoch"] == pytest.approx(0.1)
-    assert not rising["plateaued"]
-    flat = budget.plateau(epochs, [0.5, 0.6, 0.65, 0.68, 0.69, 0.695, 0.698, 0.699])
-    # least squares through (6, .695), (7, .698), (8, .699): slope 0.002, gain 0.004
-    assert flat["plateaued"] and flat["gain"] == pytest.approx(0.004)
-    assert not budget.plateau(epochs, [0.5] * 6 + [0.5, 0.52])["plateaued"]  # a late rise is not a plateau
-    # one noisy last epoch does not make a rising curve a plateau (the quick baseline: 0.449, 0.533, 0.522)
-    noisy = budget.plateau([1, 2, 3, 4, 5, 6], [0.15, 0.27, 0.39, 0.449, 0.533, 0.522])
-    assert not noisy["plateaued"] and noisy["gain"] == pytest.approx(0.073)
-    long = budget.plateau(list(range(1, 25)), [0.9 - 0.5 * 0.8 ** e for e in range(1, 25)])
-    assert long["plateaued"] and (long["from_epoch"], long["to_epoch"]) == (19, 24)
+def test_plateau_window_is_the_last_quarter_of_the_validated_epochs_with_at_least_four():
+    for count, window in ((24, (19, 24)), (12, (9, 12)), (8, (5, 8)), (13, (10, 13)), (3, (1, 3))):
+        epochs = list(range(1, count + 1))
+        found = budget.plateau(epochs, [0.01 * e for e in epochs])
+        assert (found["from_epoch"], found["to_epoch"]) == window
+        assert found["window"] == window[1] - window[0] + 1
+        assert found["horizon"] == pytest.approx(0.25 * count)
+    sparse = budget.plateau([2, 4, 6, 8, 10, 12, 14, 16], np.linspace(0.3, 0.6, 8))  # validated every other epoch
+    assert (sparse["from_epoch"], sparse["to_epoch"], sparse["window"], sparse["horizon"]) == (10, 16, 4, 4.0)
+
+
+def test_one_seed_the_slope_interval_is_the_least_squares_one():
+    """One seed: slope and standard error from scipy's linregress over the window, t with points - 2 df."""
+    rng = np.random.default_rng(3)
+    epochs = np.arange(1, 25)
+    curve = 0.4 + 0.003 * epochs + rng.normal(0, 0.01, 24)
+    found = budget.plateau(epochs, curve)
+    fit = sps.linregress(epochs[-6:], curve[-6:])
+    half = sps.t.ppf(0.975, 4) * fit.stderr
+    assert found["slope"].estimate == pytest.approx(fit.slope)
+    assert found["slope"].low == pytest.approx(fit.slope - half)
+    assert found["slope"].high == pytest.approx(fit.slope + half)
+    assert (found["gain"].low, found["gain"].high) == (pytest.approx(6 * (fit.slope - half)),
+                                                       pytest.approx(6 * (fit.slope + half)))
+    assert found["n_seeds"] == 1 and found["gain"].components[0][1] == 4
+
+
+def test_several_seeds_the_slope_interval_is_a_t_interval_over_the_seeds_slopes():
+    rng = np.random.default_rng(4)
+    epochs = np.arange(1, 13)
+    curves = 0.5 + 0.002 * epochs + rng.normal(0, 0.01, (3, 12))
+    found = budget.plateau(epochs, curves)
+    slopes = [sps.linregress(epochs[-4:], c[-4:]).slope for c in curves]
+    low, high = sps.t.interval(0.95, 2, loc=np.mean(slopes), scale=sps.sem(slopes))
+    assert found["slope"].estimate == pytest.approx(np.mean(slopes))
+    assert (found["slope"].low, found["slope"].high) == (pytest.approx(low), pytest.approx(high))
+    assert found["gain"].estimate == pytest.approx(3 * np.mean(slopes)) and found["n_seeds"] == 3
+    state = ("plateaued" if 3 * high < 0.01 else "still climbing" if 3 * low > 0 else "undetermined")
+    assert found["state"] == state
+
+
+@pytest.mark.parametrize("slope,count", [(0.004, 12), (0.0019, 24)])
+def test_a_noise_free_line_still_rising_is_not_a_plateau(slope, count):
+    """Issue 28's cases: 0.004/epoch at 12 epochs and 0.0019/epoch at 24 gain more than 0.01 over the next quarter
+    of the budget (0.012 and 0.0114); the old rule called both plateaued (its window's own gain: 0.008, 0.0095)."""
+    epochs = list(range(1, count + 1))
+    found = budget.plateau(epochs, [0.3 + slope * e for e in epochs])
+    assert found["state"] == budget.CLIMBING and not found["plateaued"]
+    assert found["gain"].estimate == pytest.approx(slope * count / 4)
+    seeds = budget.plateau(epochs, [[0.3 + slope * e + 0.01 * s for e in epochs] for s in range(3)])
+    assert seeds["state"] == budget.CLIMBING  # three seeds, equal slopes: no spread, the same verdict
+
+
+def test_one_dip_in_the_last_epoch_does_not_make_a_rising_curve_a_plateau():
+    epochs = list(range(1, 25))
+    curve = [0.3 + 0.004 * e for e in epochs]
+    curve[-1] -= 0.03
+    found = budget.plateau(epochs, curve)
+    assert found["state"] != budget.PLATEAUED and found["gain"].high > 0.01
+    # the quick baseline's last epochs (0.449, 0.533, 0.522): rising, one noisy last epoch, never a plateau
+    assert not budget.plateau([1, 2, 3, 4, 5, 6], [0.15, 0.27, 0.39, 0.449, 0.533, 0.522])["plateaued"]
+    assert not budget.plateau(list(range(1, 9)), [0.5] * 6 + [0.5, 0.52])["plateaued"]  # a late rise
+
+
+def _simulated_states(slope, seeds, noise, runs=1000, count=24):
+    """The plateau test's state in ``runs`` simulated studies: ``seeds`` curves 0.5 + slope x epoch with independent
+    Gaussian noise per epoch and seed."""
+    rng = np.random.default_rng(int(1e6 * slope) + 10 * seeds + int(1e4 * noise))
+    epochs = np.arange(1, count + 1)
+    curves = 0.5 + slope * epochs + rng.normal(0, noise, (runs, seeds, count))
+    return np.array([budget.plateau(epochs, c)["state"] for c in curves])
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_plateau_error_rates_in_simulated_noisy_runs(seeds):
+    """24 epochs, noise SD 0.02 per epoch: a curve still rising 0.004/epoch (0.024 over the next 6 epochs) is
+    called plateaued, and a flat one still climbing, each in under 5% of the runs (the old rule: about a third);
+    and the test can say "plateaued": a flat curve with little noise is called so nearly always."""
+    assert np.mean(_simulated_states(0.004, seeds, 0.02) == budget.PLATEAUED) < 0.05
+    assert np.mean(_simulated_states(0.0, seeds, 0.02) == budget.CLIMBING) < 0.05
+    assert np.mean(_simulated_states(0.0, seeds, 0.001) == budget.PLATEAUED) > 0.9
+    assert np.mean(_simulated_states(0.004, seeds, 0.001) == budget.CLIMBING) > 0.9
+
+
+def test_a_curve_levelling_off_is_plateaued():
+    epochs = list(range(1, 25))
+    found = budget.plateau(epochs, [0.9 - 0.5 * 0.8 ** e for e in epochs])
+    assert found["plateaued"] and found["state"] == budget.PLATEAUED
+    assert (found["from_epoch"], found["to_epoch"]) == (19, 24)
+    assert 0 < found["gain"].low < found["gain"].high < 0.01
+    assert budget.plateau([1, 2], [0.3, 0.5])["state"] == budget.UNDETERMINED  # one seed, two epochs: no interval
 
 
 def test_plateau_needs_two_epochs_and_matching_lengths():
@@ -32,15 +108,23 @@ def test_plateau_needs_two_epochs_and_matching_lengths():
         budget.plateau([3], [0.4])
     with pytest.raises(ValueError, match="one value per epoch"):
         budget.plateau([1, 2, 3], [0.4, 0.5])
+    with pytest.raises(ValueError, match="one value per epoch"):
+        budget.plateau([1, 2, 3], np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="increasing epochs"):
+        budget.plateau([1, 3, 2], [0.4, 0.5, 0.6])
 
 
-def _epoch_run(results, use_case, seed, quality_by_epoch, images=8):
+def _epoch_run(results, use_case, seed, quality_by_epoch, images=8, final_counts=False):
+    """A run with per-epoch confusion matrices of masks right with the given probability at each epoch (and, if
+    ``final_counts``, per-image statistics of the last epoch's masks for the final tables)."""
     rng = np.random.default_rng(100 * seed + len(use_case))
-    fake_run(results, "synthetic", use_case, seed, scores(0.8, 0.5), epochs=len(quality_by_epoch))
     run_dir = results / "synthetic" / use_case / f"seed{seed}"
     pixels = {}
     for epoch, quality in enumerate(quality_by_epoch, start=1):
         preds, targets = masks(rng, images, quality, size=16)
+        if epoch == 1:
+            fake_run(results, "synthetic", use_case, seed, scores(0.8, 0.5), epochs=len(quality_by_epoch),
+                     counts=per_image(*masks(rng, images, quality_by_epoch[-1], size=16)) if final_counts else None)
         cm = np.stack([confusion_matrix(t.ravel(), p.ravel(), labels=range(CLASSES)) for p, t in zip(preds, targets)])
         runs.add_epoch_confmats(run_dir, epoch, {"unet": cm})
         pixels[epoch] = (preds.ravel(), targets.ravel())
@@ -70,6 +154,43 @@ def test_difference_by_epoch_is_the_mean_of_per_seed_sklearn_differences(tmp_pat
     assert [r["use_case"] for r in rows] == ["baseline", "rmi"]
     assert rows[1]["diff_last"].estimate == pytest.approx(diffs[-1][1].estimate)
     assert "still climbing" in budget.budget_lines(rows)[1]
+    for row, line in zip(rows, budget.budget_lines(rows)):
+        assert row["state"] in (budget.PLATEAUED, budget.CLIMBING, budget.UNDETERMINED)
+        assert line.endswith(f"({budget.PLATEAU_RULE_TEXT})") and f"; {row['state']}: " in line
+    curve = budget.miou_curve(found["rmi"])[1]
+    assert rows[1]["state"] == budget.plateau([1, 2, 3], curve)["state"] == budget.CLIMBING
+    assert rows[1]["miou_last"] == pytest.approx(np.mean([miou(method[s][3]) for s in range(3)]))
+
+
+def test_the_budget_table_holds_every_number_of_the_budget_rows(tmp_path):
+    import csv
+
+    for seed in range(3):
+        _epoch_run(tmp_path / "results", "baseline", seed, [0.3, 0.5, 0.6, 0.65, 0.66])
+        _epoch_run(tmp_path / "results", "rmi", seed, [0.2, 0.4, 0.7, 0.8, 0.9])
+    rows = budget.budget_rows(tmp_path / "results", "synthetic")
+    csv_path, md_path = budget.write_budget(rows, tmp_path / "figures" / "synthetic_05_budget", {"profile": "test"})
+    assert csv_path.name == "synthetic_05_budget.csv" and md_path.name == "synthetic_05_budget.md"
+    assert csv_path.with_name(csv_path.name + ".provenance.json").is_file()
+    assert md_path.with_name(md_path.name + ".provenance.json").is_file()
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    assert [t["use_case"] for t in table] == ["baseline", "rmi"]
+    for t, r in zip(table, rows):
+        assert int(t["epochs"]) == 5 and int(t["n_seeds"]) == 3 and int(t["window_epochs"]) == 4
+        assert (int(t["window_from_epoch"]), int(t["window_to_epoch"])) == (2, 5)
+        assert float(t["miou_last"]) == pytest.approx(r["miou_last"])
+        for column, value in (("slope_per_epoch", r["slope"].estimate), ("slope_low", r["slope"].low),
+                              ("slope_high", r["slope"].high), ("projected_gain", r["gain"].estimate),
+                              ("gain_low", r["gain"].low), ("gain_high", r["gain"].high), ("horizon_epochs", 1.25)):
+            assert float(t[column]) == pytest.approx(value)
+        assert t["state"] == r["state"] and t["rule"] == budget.PLATEAU_RULE_TEXT
+    assert table[0]["diff_last"] == "" and float(table[1]["diff_last"]) == pytest.approx(rows[1]["diff_last"].estimate)
+    assert float(table[1]["diff_low"]) == pytest.approx(rows[1]["diff_last"].low)
+    assert table[1]["diff_verdict"] == "better"
+    md = md_path.read_text()
+    assert budget.PLATEAU_RULE_TEXT in md and "| rmi |" in md and f"| {rows[1]['state']} |" in md
+    assert rows[1]["gain"].format(3, signed=True) in md and rows[1]["diff_last"].format(signed=True) in md
 
 
 def test_budget_figure_is_saved_with_provenance_and_absent_without_epoch_scores(tmp_path):
@@ -78,6 +199,10 @@ def test_budget_figure_is_saved_with_provenance_and_absent_without_epoch_scores(
         _epoch_run(tmp_path / "results", "mutual", seed, [0.4, 0.5])
     fig = budget.budget_figure(tmp_path / "results", "synthetic", tmp_path / "figures", {"profile": "test"})
     assert fig is not None
+    curves = budget.budget_curves(tmp_path / "results", "synthetic")
+    states = [budget.plateau(curves[uc]["epochs"], curves[uc]["curve"])["state"] for uc in ("baseline", "mutual")]
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"baseline U-Net (n=2; {states[0]})", f"mutual U-Net (n=2; {states[1]})"]
     assert (tmp_path / "figures" / "synthetic_05_budget.png").is_file()
     assert (tmp_path / "figures" / "synthetic_05_budget.png.provenance.json").is_file()
     fake_run(tmp_path / "old", "synthetic", "baseline", 0, scores(0.8, 0.5))  # no val_per_epoch.npz
@@ -109,3 +234,23 @@ def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_pa
         expected = [r for r in comparison(tmp_path / profile, ["synthetic"])[0] if r["use_case"] == "rmi"][0]
         cell = rows[0][f"{profile}: Δ mIoU [95%] verdict"]
         assert cell.startswith(f"{expected['miou_diff']:+.3f}") and f" {word} (2 epochs, n=3)" in cell
+
+
+def test_verdicts_by_budget_name_the_plateau_state_of_each_curve(tmp_path):
+    """With per-epoch matrices each cell names the method's own curve's state and a first row the baseline's."""
+    from mistudy.comparison import runs_for
+
+    for seed in range(3):
+        _epoch_run(tmp_path / "long", "baseline", seed, list(np.linspace(0.2, 0.9, 8)), final_counts=True)
+        _epoch_run(tmp_path / "long", "rmi", seed, [0.3, 0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7], final_counts=True)
+    rows = budget.verdicts_by_budget({"long": tmp_path / "long"}, epochs={"long": 8})
+    assert [r["method (U-Net) vs baseline"] for r in rows] == [budget.BASELINE_CURVE_ROW, "rmi"]
+    base = budget.plateau(*budget.miou_curve(runs_for(tmp_path / "long", "synthetic", "baseline")))
+    assert base["state"] == budget.CLIMBING
+    assert rows[0]["long: Δ mIoU [95%] verdict"] == (f"curve still climbing: projected gain "
+                                                     f"{base['gain'].format(3, signed=True)} over the next 2 epochs "
+                                                     "(8 epochs, n=3)")
+    rmi = budget.plateau(*budget.miou_curve(runs_for(tmp_path / "long", "synthetic", "rmi")))
+    assert rows[1]["long: Δ mIoU [95%] verdict"].endswith(f"(8 epochs, n=3; curve {rmi['state']})")
+    # runs of another length than the profile's: no cell, no curve row
+    assert budget.verdicts_by_budget({"long": tmp_path / "long"}, epochs={"long": 24}) == []
