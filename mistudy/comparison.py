@@ -196,6 +196,19 @@ def paired_difference(method: list[dict], baseline: list[dict], metric: str = "m
 
     None when no seed is shared, the runs were scored on different images, or per-image statistics are missing.
     """
+    found = _paired_statistics(method, baseline, metric, network, checkpoint)
+    if found is None:
+        return None
+    a, b, score, _ = found
+    try:
+        return stats.paired_difference(a, b, score)
+    except ValueError:  # a score undefined for some seed (e.g. no boundary anywhere)
+        return None
+
+
+def _paired_statistics(method, baseline, metric, network, checkpoint):
+    """(method's [S, N, ...], baseline's [S, N, ...] per-image statistics of the seeds both have, the score of
+    their sums over images, the seeds); None when no seed is shared or the statistics are missing or differ."""
     statistic, transform, score = PAIRED_SCORES[metric]
     by_seed = {r["config"]["seed"]: r for r in baseline}
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in method if r["config"]["seed"] in by_seed]
@@ -210,10 +223,19 @@ def paired_difference(method: list[dict], baseline: list[dict], metric: str = "m
         return None
     if transform is not None:
         a, b = transform(a), transform(b)
-    try:
-        return stats.paired_difference(a, b, score)
-    except ValueError:  # a score undefined for some seed (e.g. no boundary anywhere)
+    return a, b, score, [m["config"]["seed"] for m, _ in pairs]
+
+
+def seed_check(method: list[dict], baseline: list[dict], network: str = PRIMARY_NETWORK,
+               checkpoint: str = "best_miou") -> tuple[stats.SeedCheck, list[int]] | None:
+    """The mIoU difference seed by seed (each seed's on the whole validation set) checked for what the mean hides:
+    how many seeds are better or worse (sign test) and a seed far from the others, e.g. a take-off failure
+    (`stats.seed_check`), with the seeds in the check's order; None where `paired_difference` is None."""
+    found = _paired_statistics(method, baseline, "miou", network, checkpoint)
+    if found is None:
         return None
+    a, b, score, seeds = found
+    return stats.seed_check(score(a.sum(axis=1)) - score(b.sum(axis=1)), seeds=seeds), seeds
 
 
 def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") -> tuple[list[dict], list[str]]:
@@ -287,7 +309,11 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
                 f"{m}_diff_images_low": _finite(images_only.low) if d else None,
                 f"{m}_diff_images_high": _finite(images_only.high) if d else None,
                 f"{m}_verdict": _directed_verdict(d, better) if d else None}
-    row |= {"verdict": row.pop("miou_verdict"), "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
+    found = seed_check(group, base, network, checkpoint) if base else None
+    check, seeds = found or (None, [])
+    row |= {"verdict": row.pop("miou_verdict"), "seeds_check": check.text if check else None,
+            "outlier_seeds": " ".join(str(seeds[i]) for i in check.outlier_seeds) if check else None,
+            "protocol": protocol_text(first["config"], first["metrics"], checkpoint)}
     return {**row, **(paper_cols if network == PRIMARY_NETWORK else dict.fromkeys(paper_cols))}
 
 
@@ -352,6 +378,7 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",
+                 "seed by seed": r.get("seeds_check") or "–",
                  "paper mIoU": r.get("paper_iou"), "paper accuracy": r.get("paper_accuracy")}
         out.append(cell)
     return out
@@ -365,6 +392,7 @@ def comparison_title(rows: list[dict], checkpoint: str) -> str:
         "the baseline's, trained with the same seeds and scored on the same validation images, averaged over seeds, "
         f"with a {stats.PAIRED_INTERVAL_TEXT}; the verdict reads the interval: better / worse when it excludes 0, else "
         "no detectable difference at that n. The paper reports single runs; its IoU is the mean IoU over classes.",
+        f"Seed by seed: {stats.SEED_CHECK_TEXT}.",
         *[f"Protocol, {p}." for p in protocols]])
 
 

@@ -293,3 +293,20 @@ def test_verdicts_under_every_selection_rule_and_robust_only_where_they_agree(tm
                                        "n = 3, last worse")
     assert rows["mutual"]["across the rules"] == "robust: no detectable difference at n = 3 under every rule"
     assert "headline rule best_miou, declared before the runs" in comparison.by_rule_title()
+
+
+def test_a_seed_that_failed_to_take_off_is_named_beside_the_mean(tmp_path):
+    """Five seeds, four where RMI is as good as the baseline and one (seed 3) where it failed: the mean's interval
+    alone would hide that the typical run is not worse; the table names the seed and the sign count."""
+    rng = np.random.default_rng(5)
+    for seed in range(5):
+        base = statistics(rng, 12, 0.9)
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=base)
+        fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3),
+                 counts=statistics(rng, 12, 0.1) if seed == 3 else base)
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
+    rmi = _row(rows, "synthetic", "rmi")
+    assert rmi["outlier_seeds"] == "3"
+    assert rmi["seeds_check"].startswith("0 of 5 seeds better, 1 worse") and "seed 3 an outlier" in rmi["seeds_check"]
+    assert comparison.format_comparison(rows)[1]["seed by seed"] == rmi["seeds_check"]
+    assert _row(rows, "synthetic", "baseline")["seeds_check"] is None
