@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mistudy import runs, stats, viz
-from mistudy.comparison import comparison, diff_cell, runs_for
+from mistudy.comparison import comparison, diff_cell, paper_claim, runs_for
 from mistudy.config import PRIMARY_NETWORK, PROFILES, USE_CASES
 from mistudy.metrics import miou_from_confmat
 
@@ -309,7 +309,8 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
             columns[profile] = cells
     methods = [uc for uc in USE_CASES if any(uc in c for c in columns.values())]
     out = [{"dataset": dataset, "method (U-Net) vs baseline": uc,
-            **{f"{p}: Δ mIoU [95%] verdict": c.get(uc, "–") for p, c in columns.items()}} for uc in methods]
+            **{f"{p}: Δ mIoU [95%] verdict": c.get(uc, "–") for p, c in columns.items()},
+            "the paper": paper_claim(uc, dataset) or "– (no claim on this dataset)"} for uc in methods]
     if baseline_cells:
         out.insert(0, {"dataset": dataset, "method (U-Net) vs baseline": BASELINE_CURVE_ROW,
                        **{f"{p}: Δ mIoU [95%] verdict": baseline_cells.get(p, "–")

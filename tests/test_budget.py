@@ -229,7 +229,9 @@ def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_pa
     rows = budget.verdicts_by_budget({"quick": tmp_path / "quick", "standard": tmp_path / "none",
                                       "long": tmp_path / "long"}, epochs={"quick": 2, "standard": 2, "long": 2})
     assert [r["method (U-Net) vs baseline"] for r in rows] == ["rmi"]
-    assert list(rows[0])[2:] == ["quick: Δ mIoU [95%] verdict", "long: Δ mIoU [95%] verdict"]  # no standard runs
+    assert list(rows[0])[2:] == ["quick: Δ mIoU [95%] verdict", "long: Δ mIoU [95%] verdict",  # no standard runs
+                                 "the paper"]
+    assert rows[0]["the paper"] == "– (no claim on this dataset)"  # the paper's claims are on VOC and Cityscapes
     for profile, word in (("quick", "worse"), ("long", "better")):
         expected = [r for r in comparison(tmp_path / profile, ["synthetic"])[0] if r["use_case"] == "rmi"][0]
         cell = rows[0][f"{profile}: Δ mIoU [95%] verdict"]
