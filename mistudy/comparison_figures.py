@@ -50,12 +50,15 @@ def comparison_reliability(results_dir, dataset: str, checkpoint: str, figures_d
         group = runs_for(results_dir, dataset, uc)
         for net in networks_in_order(group[0]["metrics"]["networks"]) if group else []:
             found = [r["metrics"]["networks"][net].get(checkpoint, {}).get("reliability") for r in group]
+            reading = group[0]["metrics"]["networks"][net].get(checkpoint, {}).get("probabilities", "softmax")
             if all(found):
-                label = uc if uc != "mutual" else f"mutual {NETWORK_LABELS[net]}"
+                label = (uc if uc != "mutual" else f"mutual {NETWORK_LABELS[net]}") + \
+                    (" (its sigmoids)" if reading == "sigmoid" else "")
                 diagrams[f"{label} (n={len(group)})"] = pool_reliability(found)
     if not diagrams:
         return None
-    fig = viz.plot_reliability(diagrams, title=f"Calibration on {dataset} ({checkpoint} weights, pooled over seeds)")
+    fig = viz.plot_reliability(diagrams, title=f"Calibration on {dataset} ({checkpoint} weights, pooled over seeds; "
+                                               "each network's own probabilities: the predicted class's)")
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_reliability.png", {**prov, "dataset": dataset})
     return fig
 
