@@ -18,7 +18,7 @@ from mistudy import runs, stats
 from mistudy.config import (CHECKPOINT_RULES, DATASETS, HEADLINE_CHECKPOINT, PRIMARY_NETWORK, RUNTIME_OPTIONS,
                             USE_CASES)
 from mistudy.train import SCORES
-from mistudy.metrics import (PROBABILITY_TEXT, VOID_BAND_PX, boundary_tolerance_text, ece_from_calibration,
+from mistudy.metrics import (PROBABILITY_TEXT, SCORING_VERSION, VOID_BAND_PX, boundary_tolerance_text, ece_from_calibration,
                              information_from_confmat, mean_entropy_from_sums, miou_from_confmat)
 from mistudy.tables import write_table
 
@@ -128,7 +128,16 @@ def _precision(amp: str) -> str:
 
 
 def find_and_load(results_dir, dataset: str, use_case: str) -> list[dict]:
-    return [runs.load_run(p) for p in runs.find_runs(results_dir, dataset, use_case)]
+    """Every finished run of a dataset x use-case; a run scored under another version of the metrics raises naming it
+    and how to score it again (a table never mixes two definitions of a score)."""
+    found = [runs.load_run(p) for p in runs.find_runs(results_dir, dataset, use_case)]
+    stale = [str(r["run_dir"]) for r in found if r["metrics"].get("scoring_version", 1) != SCORING_VERSION]
+    if stale:
+        raise ValueError(f"{len(stale)} run(s) were scored under an older version of the metrics (now "
+                         f"{SCORING_VERSION}), e.g. {stale[0]}: score them again from their checkpoints with the "
+                         "command that trained them (a notebook, `mistudy train` or `mistudy study`; nothing is "
+                         "trained), or move them out of the results directory")
+    return found
 
 
 def setting_key(config: dict) -> str:

@@ -10,7 +10,7 @@ import torch
 
 from mistudy import runs
 from mistudy.config import TrainConfig
-from mistudy.metrics import SegmentationMetrics
+from mistudy.metrics import SCORING_VERSION, SegmentationMetrics
 
 CLASSES = 3
 
@@ -72,7 +72,8 @@ def fake_run(results, dataset, use_case, seed, checkpoint_scores, epochs=2, name
             for n in networks}
     (run / "metrics.json").write_text(json.dumps({"use_case": use_case, "dataset": dataset, "seed": seed,
                                                   "epochs": epochs, "train_samples": 8, "select_samples": 2,
-                                                  "val_samples": 4, "eval_passes": 1, "networks": nets}))
+                                                  "val_samples": 4, "eval_passes": 1, "networks": nets,
+                                                  "scoring_version": SCORING_VERSION}))
     if counts is not None:
         runs.write_per_image(run, {f"{n}/{rule}": counts for n in networks for rule in ("last", "best_loss", "best_miou")},
                              list(range(len(counts["tp"]))))

@@ -310,3 +310,15 @@ def test_a_seed_that_failed_to_take_off_is_named_beside_the_mean(tmp_path):
     assert rmi["seeds_check"].startswith("0 of 5 seeds better, 1 worse") and "seed 3 an outlier" in rmi["seeds_check"]
     assert comparison.format_comparison(rows)[1]["seed by seed"] == rmi["seeds_check"]
     assert _row(rows, "synthetic", "baseline")["seeds_check"] is None
+
+
+def test_a_table_never_mixes_runs_scored_under_two_definitions(tmp_path):
+    rng = np.random.default_rng(6)
+    for seed in range(2):
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=statistics(rng, 6, 0.6))
+    metrics = tmp_path / "synthetic" / "baseline" / "seed1" / "metrics.json"
+    old = json.loads(metrics.read_text())
+    del old["scoring_version"]  # a run scored before versions were kept: softmax ECE, 0.68-px boundary tolerance
+    metrics.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"1 run\(s\) were scored under an older version .*seed1: score them again"):
+        comparison.comparison(tmp_path, ["synthetic"])
