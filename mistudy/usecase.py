@@ -58,9 +58,10 @@ class UseCaseReport:
     @classmethod
     def for_notebook(cls, use_case: str, profile: str | None = None, config: dict | None = None, results_dir=None,
                      figures_dir=None, **fields) -> "UseCaseReport":
-        """The report of a use-case notebook's parameters: the profile's settings, ``fields`` (dataset, root,
-        device, seed, resume), then ``config``; runs and figures in the profile's default folders unless given."""
-        profile = resolve_profile(profile)
+        """The report of a use-case notebook's parameters: the profile's settings (no profile: the dataset's default,
+        `config.resolve_profile`), ``fields`` (dataset, data_root, download, device, seed, resume), then ``config``;
+        runs and figures in the profile's default folders unless given."""
+        profile = resolve_profile(profile, fields.get("dataset", "synthetic"))
         cfg = study_config(use_case, profile, config, results_dir=str(results_dir or runs.default_results_dir(profile)),
                            **fields)
         return cls(cfg, figures_dir or runs.default_figures_dir(profile))

@@ -285,7 +285,8 @@ def _cli(*args, env=None):
     (["train", "--batch-size", "0"], "positive integer"),
     (["train", "--epochs", "-3"], "positive integer"),
     (["train", "--dataset", "cityscapes"], "root"),
-    (["train", "--dataset", "voc", "--root", "/does/not/exist"], "/does/not/exist"),
+    (["train", "--dataset", "voc", "--data-root", "/does/not/exist"], "/does/not/exist"),
+    (["train", "--dataset", "voc", "--root", "/does/not/exist"], "/does/not/exist"),  # the old name, an alias
     (["train", "--use-case", "mutual", "--batch-size", "1"], "ASPP"),
     (["train", "--compile-mode", "reduce-overhead"], "needs --compile"),
     (["train", "--finite-check-every", "0"], "positive integer"),
@@ -335,7 +336,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 @pytest.mark.slow
 def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
-    common = dict(TINY, dataset="voc", root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None,
+    common = dict(TINY, dataset="voc", data_root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None,
                   select_fraction=0.2)  # 1 of the tree's 3 training images held out for selection
     plain = train(TrainConfig(**common, run_dir=str(tmp_path / "plain")))
     cached = train(TrainConfig(**common, run_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache")))
@@ -398,7 +399,7 @@ def test_synthetic_selection_split_is_its_own_and_sized_by_the_fraction(tmp_path
 
 
 def test_voc_selection_split_is_held_out_of_train_and_never_the_validation_split(voc_root, tmp_path):
-    cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None, "val_samples": None,
                          "select_fraction": 0.2, "run_dir": str(tmp_path / "r")})
     sets = loaders.build_datasets(cfg)
     stems = {k: [p[0].stem for p in ds.samples] for k, ds in sets.items()}
@@ -422,7 +423,7 @@ def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
     import numpy as np
     from PIL import Image
 
-    cfg = TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None, "val_samples": None,
                          "select_fraction": 0.2, "epochs": 1, "eval_protocol": "full", "resize_size": 36,
                          "crop_size": 32, "run_dir": str(tmp_path / "r")})
     val = loaders.build_datasets(cfg)["val"]

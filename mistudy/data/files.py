@@ -4,6 +4,7 @@ read; the selection split held out of the official training list."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +123,41 @@ def _check_ids(mask: np.ndarray, num_valid: int, path: Path, allow_ignore: bool 
                          + (f" other than {IGNORE_INDEX}" if allow_ignore else ""))
 
 
+VOC_ARCHIVE = torchvision.datasets.voc.DATASET_YEAR_DICT["2012"]  # url, filename, md5 of torchvision's download
+
+
+def _voc_complete(root) -> bool:
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    return all((base / p).exists() for p in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt",
+                                             "ImageSets/Segmentation/val.txt"))
+
+
+def download(dataset: str, root) -> None:
+    """Fetch ``dataset`` into ``root`` where it is not there yet: PASCAL VOC 2012 with torchvision's
+    ``VOCSegmentation(download=True)`` (its archive, md5-checked, extracted under ``root``); Cityscapes has no public
+    download.  Failures raise one line: FileNotFoundError naming the URL and where to put the archive, ValueError
+    naming a root that cannot be written."""
+    check_choice("dataset", dataset, ("voc", "cityscapes"))
+    if dataset == "cityscapes":
+        raise FileNotFoundError("Cityscapes cannot be downloaded without an account. " + cityscapes_layout(root))
+    if _voc_complete(root):
+        return
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--download: cannot create the data root {root} ({e.strerror})") from None
+    if not os.access(root, os.W_OK):
+        raise ValueError(f"--download: the data root {root} is not writable; choose a writable --data-root")
+    try:
+        torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=True)
+    except (OSError, RuntimeError) as e:  # no network (URLError), a full disk, an md5 mismatch
+        reason = " ".join(str(getattr(e, "reason", e)).split())
+        raise FileNotFoundError(f"cannot download PASCAL VOC 2012 from {VOC_ARCHIVE['url']} ({reason}): put "
+                                f"{VOC_ARCHIVE['filename']} at {root / VOC_ARCHIVE['filename']} (e.g. fetched on a "
+                                "machine with network) and run again with --download to extract it") from None
+
+
 def _require(paths: list[Path], message: str) -> None:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -149,9 +185,8 @@ class VOCSegmentation(_PairedFiles):
                       base / "ImageSets" / "Segmentation" / f"{image_set}.txt"],
                      f"Expected PASCAL VOC 2012 under {root}: <root>/VOCdevkit/VOC2012/JPEGImages/*.jpg, "
                      "<root>/VOCdevkit/VOC2012/SegmentationClass/*.png and "
-                     "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; download "
-                     "VOCtrainval_11-May-2012.tar from the PASCAL VOC site "
-                     "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and extract it under <root>.")
+                     "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; pass --download to fetch "
+                     f"{VOC_ARCHIVE['url']} there, or extract that archive under <root>.")
         tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
         samples = [(Path(i), Path(m)) for i, m in zip(tv.images, tv.masks)]
         samples = _split_for_selection(split, samples, select_fraction, self.name)
@@ -161,6 +196,14 @@ class VOCSegmentation(_PairedFiles):
         mask = _read_index_png(path)
         _check_ids(mask, self.num_classes, path)
         return mask
+
+
+def cityscapes_layout(root, split: str = "train") -> str:
+    """Where Cityscapes must be put, and where to get it (it has no public download)."""
+    return (f"Expected Cityscapes under {root}: <root>/leftImg8bit/{split}/<city>/*_leftImg8bit.png and "
+            f"<root>/gtFine/{split}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
+            "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required, no public "
+            "download) and extract both under <root>.")
 
 
 class CityscapesSegmentation(_PairedFiles):
@@ -183,10 +226,7 @@ class CityscapesSegmentation(_PairedFiles):
         zips = [root_path / "leftImg8bit_trainvaltest.zip", root_path / "gtFine_trainvaltest.zip"]
         if not all(z.is_file() for z in zips):
             _require([root_path / "leftImg8bit" / official, root_path / "gtFine" / official],
-                     f"Expected Cityscapes under {root}: <root>/leftImg8bit/{official}/<city>/*_leftImg8bit.png and "
-                     f"<root>/gtFine/{official}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
-                     "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required) and "
-                     "extract both under <root>.")
+                     cityscapes_layout(root, official))
         tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
         samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
                          if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
