@@ -393,7 +393,7 @@ def test_voc_train_items_and_loader(voc_root):
 
 
 def test_voc_missing_root_names_the_layout_and_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"VOCdevkit/VOC2012/JPEGImages.*PASCAL VOC site"):
+    with pytest.raises(FileNotFoundError, match=r"VOCdevkit/VOC2012/JPEGImages.*--download.*VOCtrainval_11-May-2012"):
         build_dataset("voc", "train", tmp_path, train=True)
 
 
@@ -616,3 +616,82 @@ def test_cityscapes_selection_split_is_held_out_of_train(cityscapes_root):
     assert all(data.in_selection_split(p[0].stem, 0.5) for p in select.samples)
     with pytest.raises(ValueError, match="needs select_fraction > 0"):
         build_dataset("cityscapes", "select", cityscapes_root, train=False)
+
+
+# ----------------------------------------------------------------------------- data on request (--download)
+
+def test_voc_is_fetched_by_torchvisions_download_into_the_root_once(voc_root, tmp_path, monkeypatch):
+    import shutil
+
+    import torchvision.datasets.voc as tv_voc
+
+    calls = []
+
+    def extract(url, download_root, filename=None, md5=None):  # what torchvision's download leaves in the root
+        calls.append((url, download_root, filename))
+        shutil.copytree(voc_root / "VOCdevkit", os.path.join(download_root, "VOCdevkit"))
+
+    monkeypatch.setattr(tv_voc, "download_and_extract_archive", extract)
+    from mistudy.config import TrainConfig
+
+    root = tmp_path / "new" / "voc"
+    TrainConfig(dataset="voc", data_root=str(root), download=True).check_paths()  # what a run does first
+    assert calls == [("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar", str(root),
+                      "VOCtrainval_11-May-2012.tar")]
+    assert len(build_dataset("voc", "val", root, train=False)) == len(VOC_SPLITS["val"])
+    data.download("voc", root)
+    assert len(calls) == 1  # complete: the 2 GB archive is not fetched nor extracted again
+
+
+def test_voc_download_without_network_names_the_url_and_where_to_put_the_archive(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def refused(*args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("voc", tmp_path / "voc")
+    message = str(e.value)
+    assert "\n" not in message and "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar" in message
+    assert "Connection refused" in message and f"put VOCtrainval_11-May-2012.tar at " \
+        f"{tmp_path / 'voc' / 'VOCtrainval_11-May-2012.tar'}" in message
+
+
+def test_voc_download_into_a_read_only_root_names_it(tmp_path, monkeypatch):
+    import torchvision.datasets.voc as tv_voc
+
+    root = tmp_path / "readonly"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anywhere: the refusal an ordinary user's write meets
+            def refuse(url, download_root, filename=None, md5=None):
+                raise PermissionError(13, "Permission denied", os.path.join(download_root, filename))
+            monkeypatch.setattr(tv_voc, "download_and_extract_archive", refuse)
+        with pytest.raises(ValueError, match=rf"^--download: the data root {root} is not writable"):
+            data.download("voc", root)
+    finally:
+        root.chmod(0o755)
+
+
+def test_cityscapes_download_names_the_archives_the_site_and_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("cityscapes", tmp_path)
+    message = str(e.value)
+    for part in ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip", "https://www.cityscapes-dataset.com",
+                 "<root>/leftImg8bit/train/<city>/*_leftImg8bit.png", "<root>/gtFine/train/<city>/*_gtFine_labelIds.png"):
+        assert part in message
+    assert "\n" not in message
+
+
+def test_nothing_is_fetched_without_download(tmp_path, monkeypatch):
+    from mistudy.config import TrainConfig
+
+    monkeypatch.setattr(data, "download", lambda *a: pytest.fail("fetched without --download"))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        TrainConfig(dataset="voc", data_root=str(tmp_path / "none")).check_paths()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"pass --download to fetch https://thor\.robots\.ox\.ac\.uk/.*\.tar"):
+        build_dataset("voc", "train", tmp_path / "empty", train=True)

@@ -151,6 +151,8 @@ def download(dataset: str, root) -> None:
         raise ValueError(f"--download: the data root {root} is not writable; choose a writable --data-root")
     try:
         torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=True)
+    except PermissionError:
+        raise ValueError(f"--download: the data root {root} is not writable; choose a writable --data-root") from None
     except (OSError, RuntimeError) as e:  # no network (URLError), a full disk, an md5 mismatch
         reason = " ".join(str(getattr(e, "reason", e)).split())
         raise FileNotFoundError(f"cannot download PASCAL VOC 2012 from {VOC_ARCHIVE['url']} ({reason}): put "
