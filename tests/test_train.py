@@ -576,3 +576,29 @@ def test_a_terminal_progress_bar_prints_nothing_extra(monkeypatch, capsys):
     list(bars.epochs(1))
     bars.close()
     assert capsys.readouterr().out == ""
+
+
+def test_a_run_says_what_it_will_do_before_its_first_step_and_projects_its_time(tmp_path, capsys):
+    import re
+
+    from mistudy import progress
+
+    run_dir = tmp_path / "run"
+    history = train(tiny(tmp_path, progress="log", train_samples=40, epochs=2)) and runs.load_history(run_dir)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[baseline] profile tiny, with train_samples=40, val_samples=6, select_fraction=0.1, "
+                               "lr=None, unet_features=4: ")  # the nearest profile and what departs from it
+    assert "synthetic images (train 40, val 6, select 4), crop 32 after resize 36; 2 epochs x 10 steps of batch 4; " \
+           f"device cpu; writing {run_dir}" in lines[0]
+    assert lines[1].startswith("[baseline] projected: ") and "for the 2 epochs x 10 steps left on this device" in lines[1]
+    assert "over steps 2-6" in lines[1]  # the first step (warm-up) is not timed
+    assert lines[2].startswith("[baseline] epoch 1/2")  # said before the first epoch ends
+    per_step = float(re.search(r"\(([\d.e+-]+) s/step", lines[1]).group(1))
+    trained = sum(row["seconds"] for row in history)
+    assert trained / 5 < per_step * 20 < trained * 5, (per_step, trained)
+    train(tiny(tmp_path, progress="log", train_samples=40, epochs=3, resume=True))
+    lines = capsys.readouterr().out.splitlines()
+    assert "3 epochs from epoch 3 x 10 steps" in lines[0]
+    assert "for the 1 epochs x 10 steps left" in lines[1]
+    assert progress.duration(42) == "42 s" and progress.duration(5400) == "1.5 h" and progress.duration(3 * 86400) \
+        == "3.0 days"
