@@ -263,7 +263,7 @@ def test_evaluate_run_matches_metrics_json(tmp_path):
 def test_a_missing_root_is_found_before_training_not_when_a_config_is_read(tmp_path):
     """Values are checked when a config is made; files when a run starts: a saved VOC run's config loads on a
     machine without the data (to tabulate it), and training it there fails at once, naming the path."""
-    cfg = TrainConfig(dataset="voc", root=str(tmp_path / "nowhere"), run_dir=str(tmp_path / "run"))
+    cfg = TrainConfig(dataset="voc", data_root=str(tmp_path / "nowhere"), run_dir=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         cfg.check_paths()
     with pytest.raises(FileNotFoundError, match="nowhere"):
