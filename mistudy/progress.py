@@ -103,10 +103,18 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def weights_text(cfg) -> list[str]:
+    """The weights a run's networks start from, e.g. "deeplab_weights COCO_WITH_VOC_LABELS_V1 (deeplab_head
+    replace)"."""
+    return [f"{name} {value}" + (f" (deeplab_head {cfg.deeplab_head})" if name == "deeplab_weights" else "")
+            for name, value in cfg.weights_options().items()]
+
+
 def start_line(profile: str, sizes: dict, cfg, steps: int, first_epoch: int, device: str, run_dir) -> str:
     """What a run will do, before its first step: profile, split sizes, image sizes, epochs, steps, device, folder."""
     splits = ", ".join(f"{split} {n}" for split, n in sizes.items())
     resumed = f" from epoch {first_epoch}" if first_epoch > 1 else ""
+    weights = "".join(f"; {part}" for part in weights_text(cfg))
     return (f"profile {profile}: {cfg.dataset} images ({splits}), crop {cfg.crop_size} after resize "
-            f"{cfg.resize_size}; {cfg.epochs} epochs{resumed} x {steps} steps of batch {cfg.resolved_batch_size}; "
-            f"device {device}; writing {run_dir}")
+            f"{cfg.resize_size}; {cfg.epochs} epochs{resumed} x {steps} steps of batch {cfg.resolved_batch_size}"
+            f"{weights}; device {device}; writing {run_dir}")

@@ -32,6 +32,7 @@ from mistudy import data, runs
 from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
 from mistudy.config import (DATASETS, DEFAULT_PROFILE_TEXT, PROFILE_HELP, PROFILES, parse_assignments, resolve_profile,
                             study_config)
+from mistudy.models import fetch_weights
 from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
 NOTEBOOKS = {
@@ -343,14 +344,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--device {args.device!r}: {e}") from None
         steps = plan(args)
         checked = set()
-        for s in steps:
-            if s.key in PER_RUN and s.parameters.get("data_root") and s.parameters["dataset"] not in checked:
-                checked.add(s.parameters["dataset"])
+        for s in (s for s in steps if s.key in PER_RUN):  # data and weights there (or fetched) before hours of runs
+            cfg = study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"), dataset=s.parameters["dataset"],
+                               data_root=s.parameters["data_root"], device=args.device)
+            if cfg.data_root and cfg.dataset not in checked:
+                checked.add(cfg.dataset)
                 if args.download:
-                    data.download(s.parameters["dataset"], s.parameters["data_root"])
-                _check_dataset(study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
-                                            dataset=s.parameters["dataset"], data_root=s.parameters["data_root"],
-                                            device=args.device))
+                    data.download(cfg.dataset, cfg.data_root)
+                _check_dataset(cfg)
+            for name, value in cfg.weights_options().items():
+                fetch_weights(name, value, args.download)
         _check_kernel(args.kernel)
         if args.executor == "ray":
             _check_ray()

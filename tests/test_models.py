@@ -203,6 +203,7 @@ def test_a_weights_name_loads_torchvisions_file_from_the_hub_cache(tmp_path, mon
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     from mistudy import networks, runs
+    from mistudy.progress import start_line
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(0)
@@ -215,6 +216,8 @@ def test_a_weights_name_loads_torchvisions_file_from_the_hub_cache(tmp_path, mon
     cfg.check_paths()  # in the cache: nothing to fetch (the fixture refuses any download)
     assert cfg.weights_files() == {"deeplab_weights": path}
     assert runs.weights_record(cfg)["deeplab_weights"]["path"] == str(path)
+    assert "; deeplab_weights COCO_WITH_VOC_LABELS_V1 (deeplab_head replace); device cpu" in \
+        start_line("paper", {"train": 8}, cfg, 2, 1, "cpu", "run")  # what the run says before its first step
     net = networks.build_networks(cfg)["deeplabv3"]
     assert torch.equal(net.net.backbone.layer4[2].conv3.weight, coco["backbone.layer4.2.conv3.weight"])
     assert not torch.equal(net.net.classifier[0].convs[0][0].weight, coco["classifier.0.convs.0.0.weight"])  # new head

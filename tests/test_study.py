@@ -182,6 +182,15 @@ def test_study_download_fetches_into_a_new_root_and_tells_the_notebooks(nb_dir, 
     assert "download" not in _plan(nb_dir, "--notebooks", "02", "--seeds", "0")[0].parameters
 
 
+def test_a_missing_named_weights_file_stops_the_study_before_it_runs(nb_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, _, err = _run(capsys, "--profile", "paper", "--notebooks", "02", "04", "--seeds", "0", "--notebooks-dir",
+                        str(nb_dir), "--results-dir", str(tmp_path / "res"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "deeplab_weights COCO_WITH_VOC_LABELS_V1" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "--download" in err and not (tmp_path / "res").exists()
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--dataset", "voc"], "needs --data-root"),
     (["--dataset", "all", "--data-root", "/tmp"], "NAME=DIR"),
