@@ -108,13 +108,14 @@ def main() -> None:
             data = {k: epochs * (n_train + n_val) / (r * args.workers) / 60 for k, r in rates.items()}
             bound = max(compute, data["cache"])
             steps = epochs * -(-(n_train - n_select) // recipe["batch_size"])
-            rows.append(f"| {use_case} | {dataset} | {train:.0f} / {evaluate:.0f} | {n_train - n_select} + {n_select} + "
-                        f"{n_val} | {steps:,} | {rates['no cache']:.0f} / {rates['cache']:.0f} | {compute:.0f} | "
+            rows.append(f"| {use_case} | {dataset} | {train:.0f} / {evaluate:.0f} | "
+                        f"{n_train - n_select} + {n_select} + {n_val} | {steps:,} | "
+                        f"{rates['no cache']:.0f} / {rates['cache']:.0f} | {compute:.0f} | "
                         f"{data['no cache']:.0f} / {data['cache']:.0f} | "
                         f"{bound:.0f} ({'compute' if compute >= data['cache'] else 'data'}) |")
-    print(f"| use-case | dataset | GFLOP per image, training / evaluation | images per epoch (train + select + val) | "
-          "training steps (paper batch) | pipeline images/s, 1 CPU process (decode / cache) | compute min | data min (decode / cache) | "
-          f"projected min for {epochs} epochs, with the cache (bound) |")
+    print("| use-case | dataset | GFLOP per image, training / evaluation | images per epoch (train + select + val) | "
+          "training steps (paper batch) | pipeline images/s, 1 CPU process (decode / cache) | compute min | "
+          f"data min (decode / cache) | projected min for {epochs} epochs, with the cache (bound) |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 

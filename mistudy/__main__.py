@@ -59,7 +59,8 @@ def add_config_options(p: argparse.ArgumentParser, defaults: dict, cls=TrainConf
             kind = positive_int if meta.get("low") == 1 else non_negative_int
         elif kind_name.startswith("float"):
             kind = positive_float if meta.get("positive") else non_negative_float
-        p.add_argument(flag, *aliases, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text)
+        p.add_argument(flag, *aliases, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"),
+                       help=help_text)
 
 
 def _profile_of(argv: list[str]) -> str | None:

@@ -351,8 +351,8 @@ PROFILES = {
     "quick": dict(_CPU, train_samples=256, val_samples=64, epochs=6),
     "standard": dict(_CPU, train_samples=512, val_samples=256, epochs=12),
     "long": dict(_CPU, train_samples=512, val_samples=256, epochs=24),
-    # the partner of mutual learning as the authors': torchvision's COCO checkpoint (deeplabv3_resnet50(pretrained=True))
-    # with a new DeepLabHead(2048, classes), alike on every dataset (their models.py)
+    # the partner of mutual learning as the authors': torchvision's COCO checkpoint (their
+    # deeplabv3_resnet50(pretrained=True)) with a new DeepLabHead(2048, classes), alike on every dataset (models.py)
     "paper": dict(resize_size=234, crop_size=224, train_samples=None, val_samples=None, select_fraction=0.1,
                   epochs=200, batch_size=None, lr=None, deeplab_weights="COCO_WITH_VOC_LABELS_V1",
                   deeplab_head="replace"),
@@ -387,9 +387,9 @@ def resolve_profile(name: str | None, dataset: str = "synthetic") -> str:
 
 
 def profile_settings(name: str | None, device: str = "auto", dataset: str = "synthetic") -> dict:
-    """The TrainConfig fields of a profile (None: `resolve_profile`'s default for ``dataset``).  bf16 autocast is kept on CPU
-    only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then falls back
-    to float32."""
+    """The TrainConfig fields of a profile (None: `resolve_profile`'s default for ``dataset``).  bf16 autocast is
+    kept on CPU only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then
+    falls back to float32."""
     from mistudy.distributed import cpu_has_native_bf16, resolve_device
 
     settings = dict(PROFILES[resolve_profile(name, dataset)])

@@ -301,7 +301,8 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
         key, needs, run_dirs = _task_key(step), (), ()
         if step.key in PER_RUN:
             cfg = study_config(PER_RUN[step.key], p["profile"], p.get("config"), dataset=p["dataset"],
-                               data_root=p["data_root"], device=p["device"], seed=p["seed"], results_dir=p["results_dir"])
+                               data_root=p["data_root"], device=p["device"], seed=p["seed"],
+                               results_dir=p["results_dir"])
             run_dirs = (str(cfg.resolved_run_dir()),)
             use_case_tasks.setdefault(p["dataset"], []).append(key)
         elif step.key == "05":
@@ -345,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = plan(args)
         checked = set()
         for s in (s for s in steps if s.key in PER_RUN):  # data and weights there (or fetched) before hours of runs
-            cfg = study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"), dataset=s.parameters["dataset"],
-                               data_root=s.parameters["data_root"], device=args.device)
+            cfg = study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
+                               dataset=s.parameters["dataset"], data_root=s.parameters["data_root"], device=args.device)
             if cfg.data_root and cfg.dataset not in checked:
                 checked.add(cfg.dataset)
                 if args.download:

@@ -654,7 +654,8 @@ def test_voc_download_without_network_names_the_url_and_where_to_put_the_archive
     with pytest.raises(FileNotFoundError) as e:
         data.download("voc", tmp_path / "voc")
     message = str(e.value)
-    assert "\n" not in message and "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar" in message
+    assert "\n" not in message
+    assert "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar" in message
     assert "Connection refused" in message and f"put VOCtrainval_11-May-2012.tar at " \
         f"{tmp_path / 'voc' / 'VOCtrainval_11-May-2012.tar'}" in message
 
@@ -681,7 +682,8 @@ def test_cityscapes_download_names_the_archives_the_site_and_the_layout(tmp_path
         data.download("cityscapes", tmp_path)
     message = str(e.value)
     for part in ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip", "https://www.cityscapes-dataset.com",
-                 "<root>/leftImg8bit/train/<city>/*_leftImg8bit.png", "<root>/gtFine/train/<city>/*_gtFine_labelIds.png"):
+                 "<root>/leftImg8bit/train/<city>/*_leftImg8bit.png",
+                 "<root>/gtFine/train/<city>/*_gtFine_labelIds.png"):
         assert part in message
     assert "\n" not in message
 

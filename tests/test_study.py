@@ -171,8 +171,8 @@ def test_study_download_fetches_into_a_new_root_and_tells_the_notebooks(nb_dir, 
     from mistudy import data
 
     new = tmp_path / "fresh"
-    steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(new), "--download", "--notebooks", "02", "--seeds", "0",
-                  "--profile", "tiny")  # a root that does not exist yet: the download makes it
+    steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(new), "--download", "--notebooks", "02",
+                  "--seeds", "0", "--profile", "tiny")  # a root that does not exist yet: the download makes it
     assert steps[0].parameters["download"] is True and steps[0].parameters["data_root"] == str(new.resolve())
     fetched = []
     monkeypatch.setattr(data, "download", lambda name, root: fetched.append((name, root)))

@@ -336,8 +336,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 @pytest.mark.slow
 def test_voc_training_identical_with_and_without_cache(voc_root, tmp_path):
-    common = dict(TINY, dataset="voc", data_root=str(voc_root), epochs=2, batch_size=2, train_samples=None, val_samples=None,
-                  select_fraction=0.2)  # 1 of the tree's 3 training images held out for selection
+    common = dict(TINY, dataset="voc", data_root=str(voc_root), epochs=2, batch_size=2, train_samples=None,
+                  val_samples=None, select_fraction=0.2)  # 1 of the tree's 3 training images held out for selection
     plain = train(TrainConfig(**common, run_dir=str(tmp_path / "plain")))
     cached = train(TrainConfig(**common, run_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache")))
     assert any((tmp_path / "cache").iterdir())
@@ -399,7 +399,8 @@ def test_synthetic_selection_split_is_its_own_and_sized_by_the_fraction(tmp_path
 
 
 def test_voc_selection_split_is_held_out_of_train_and_never_the_validation_split(voc_root, tmp_path):
-    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None, "val_samples": None,
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None,
+                         "val_samples": None,
                          "select_fraction": 0.2, "run_dir": str(tmp_path / "r")})
     sets = loaders.build_datasets(cfg)
     stems = {k: [p[0].stem for p in ds.samples] for k, ds in sets.items()}
@@ -423,7 +424,8 @@ def test_full_protocol_scores_at_the_masks_own_resolution(voc_root, tmp_path):
     import numpy as np
     from PIL import Image
 
-    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None, "val_samples": None,
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None,
+                         "val_samples": None,
                          "select_fraction": 0.2, "epochs": 1, "eval_protocol": "full", "resize_size": 36,
                          "crop_size": 32, "run_dir": str(tmp_path / "r")})
     val = loaders.build_datasets(cfg)["val"]
@@ -590,7 +592,8 @@ def test_a_run_says_what_it_will_do_before_its_first_step_and_projects_its_time(
                                "lr=None, unet_features=4: ")  # the nearest profile and what departs from it
     assert "synthetic images (train 40, val 6, select 4), crop 32 after resize 36; 2 epochs x 10 steps of batch 4; " \
            f"device cpu; writing {run_dir}" in lines[0]
-    assert lines[1].startswith("[baseline] projected: ") and "for the 2 epochs x 10 steps left on this device" in lines[1]
+    assert lines[1].startswith("[baseline] projected: ")
+    assert "for the 2 epochs x 10 steps left on this device" in lines[1]
     assert "over steps 2-6" in lines[1]  # the first step (warm-up) is not timed
     assert lines[2].startswith("[baseline] epoch 1/2")  # said before the first epoch ends
     per_step = float(re.search(r"\(([\d.e+-]+) s/step", lines[1]).group(1))
