@@ -400,10 +400,12 @@ def profile_settings(name: str | None, device: str = "auto", dataset: str = "syn
 
 def profile_of(cfg: TrainConfig) -> str:
     """The profile ``cfg`` was made from, as far as its settings tell: "paper", or the nearest profile and the
-    settings that depart from it ("quick, with epochs=1").  (amp is left out: a profile's bf16 is dropped on CPUs
-    without it.)"""
+    settings that depart from it ("quick, with epochs=1").  Left out: amp (a profile's bf16 is dropped on CPUs
+    without it) and the weights of networks the run does not build."""
+    ignored = {"amp", *(set(WEIGHTS_OPTIONS) - set(cfg.weights_options()))}
+
     def departures(name: str) -> dict:
-        return {k: getattr(cfg, k) for k, v in PROFILES[name].items() if k != "amp" and getattr(cfg, k) != v}
+        return {k: getattr(cfg, k) for k, v in PROFILES[name].items() if k not in ignored and getattr(cfg, k) != v}
 
     name = min(PROFILES, key=lambda n: len(departures(n)))
     changed = ", ".join(f"{k}={v}" for k, v in departures(name).items())
@@ -415,5 +417,8 @@ def study_config(use_case: str, profile: str | None = None, overrides: dict | No
     parameters), then ``overrides`` (any TrainConfig field, e.g. the study's --set values).  No profile: the
     dataset's default (`resolve_profile`)."""
     given = {**fields_, **(overrides or {})}
-    settings = {**profile_settings(profile, given.get("device", "auto"), given.get("dataset", "synthetic")), **given}
-    return TrainConfig.from_dict({"use_case": use_case, **settings})
+    chosen = profile_settings(profile, given.get("device", "auto"), given.get("dataset", "synthetic"))
+    cfg = TrainConfig.from_dict({"use_case": use_case, **chosen, **given})
+    # a profile's weights go to the runs that build their network (a baseline run of the paper profile records none)
+    unused = [k for k in WEIGHTS_OPTIONS if k in chosen and k not in given and k not in cfg.weights_options()]
+    return cfg.replace(**dict.fromkeys(unused)) if unused else cfg

@@ -212,7 +212,10 @@ def test_no_profile_means_quick_on_synthetic_data_and_the_paper_on_real_data(mon
     # the authors' partner: torchvision's COCO checkpoint with a new DeepLabHead
     assert (paper.deeplab_weights, paper.deeplab_head) == ("COCO_WITH_VOC_LABELS_V1", "replace")
     city = study_config("baseline", None, {"data_root": "/c"}, dataset="cityscapes", device="cpu")
-    assert city.epochs == 200 and city.deeplab_weights == "COCO_WITH_VOC_LABELS_V1"
+    assert city.epochs == 200 and city.deeplab_weights is None  # no DeepLabV3 trained: the run records no weights
+    assert study_config("baseline", "paper", {"network": "deeplabv3"}, device="cpu").deeplab_weights == \
+        "COCO_WITH_VOC_LABELS_V1"
+    assert study_config("mutual", "paper", {"mutual_partner": "unet"}, device="cpu").deeplab_weights is None
     assert study_config("rmi", "quick", dataset="voc", data_root="/v", device="cpu").crop_size == 64  # named: kept
     monkeypatch.setenv("MISTUDY_PROFILE", "tiny")
     assert study_config("rmi", None, dataset="voc", data_root="/v", device="cpu").epochs == 2  # env names one
@@ -255,3 +258,10 @@ def test_profile_of_names_the_profile_and_what_departs_from_it():
     assert config.profile_of(study_config("rmi", "paper", device="cpu")) == "paper"
     assert config.profile_of(study_config("rmi", "quick", {"epochs": 1}, device="cpu")) == "quick, with epochs=1"
     assert config.profile_of(study_config("rmi", "long", device="cpu")) == "long"
+
+
+def test_pretraining_starts_from_random_init_whatever_the_profile(tmp_path):
+    from mistudy.pretrain import pretrain_config
+
+    cfg = pretrain_config("deeplabv3", "paper", tmp_path, 16, 1, "cpu")  # the stand-in of the COCO weights
+    assert cfg.network == "deeplabv3" and cfg.weights_options() == {}

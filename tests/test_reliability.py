@@ -44,7 +44,7 @@ def cli(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def cli_train_args(run_dir, **kw) -> list[str]:
     options = {**TINY, "run_dir": str(run_dir), **kw}
-    out = ["train", "--profile", "paper"]  # the paper's profile is TrainConfig's defaults, as tiny() uses
+    out = ["train", "--profile", "paper"]  # TrainConfig's defaults, as tiny() uses (and the COCO DeepLabV3 of mutual)
     for k, v in options.items():
         if v is None:
             continue
