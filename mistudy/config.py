@@ -51,15 +51,17 @@ class TrainConfig:
     # what to train
     use_case: str = _opt("baseline", "baseline (U-Net + CE), rmi (U-Net + BCE/RMI) or mutual (DeepLabV3 + U-Net, "
                          "deep mutual learning)", choices=tuple(USE_CASES))
-    dataset: str = _opt("synthetic", "synthetic (generated, no download), voc (PASCAL VOC 2012) or cityscapes",
+    dataset: str = _opt("synthetic", "synthetic (generated, no download), voc (PASCAL VOC 2012), voc_aug (VOC 2012 "
+                        "trained on its 10,582 images with the SBD annotations, the RMI authors' set) or cityscapes",
                         choices=DATASETS)
     synthetic_level: str = _opt(data.SYNTHETIC_DEFAULT_LEVEL, "difficulty of the synthetic dataset: easy, medium "
                                 "or hard (the original generator)", choices=tuple(data.SYNTHETIC_LEVELS))
-    data_root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/; Cityscapes: the folder "
-                                 "holding leftImg8bit/ and gtFine/", kind="runtime")
+    data_root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/ (voc_aug: and SBD/); "
+                                 "Cityscapes: the folder holding leftImg8bit/ and gtFine/", kind="runtime")
     download: bool = _opt(False, "fetch what the run needs and lacks: PASCAL VOC 2012 into data_root (torchvision's "
-                          "VOCSegmentation(download=True), 2 GB) and named weights into torch's hub cache; without "
-                          "it nothing is downloaded", kind="runtime")
+                          "VOCSegmentation(download=True), 2 GB; voc_aug: and SBD, its SBDataset(download=True), "
+                          "1.4 GB) and named weights into torch's hub cache; without it nothing is downloaded",
+                          kind="runtime")
     # where
     run_dir: str | None = _opt(None, "run directory (none: <results-dir>/<dataset>/<use-case>/<run-name>)",
                                kind="where")

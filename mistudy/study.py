@@ -81,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="synthetic", choices=[*DATASETS, "all"], help="dataset(s) of 02-04")
     p.add_argument("--data-root", "--root", action="append", default=[], metavar="[NAME=]DIR",
-                   help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
-                        "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR (--root: an "
-                        "alias, the old name of `mistudy train`)")
-    p.add_argument("--download", action="store_true", help="fetch what the runs need and lack: PASCAL VOC 2012 into "
-                   "its --data-root (torchvision), named weights (the paper profile's COCO DeepLabV3) into torch's "
+                   help="root of a real dataset (VOC: the folder holding VOCdevkit/, voc_aug: and SBD/; Cityscapes: "
+                        "the folder holding leftImg8bit/ and gtFine/); with --dataset all give NAME=DIR for each of "
+                        f"{', '.join(REAL_DATASETS)} (--root: an alias, the old name of `mistudy train`)")
+    p.add_argument("--download", action="store_true", help="fetch what the runs need and lack: PASCAL VOC 2012 (and "
+                   "SBD for voc_aug) into its --data-root (torchvision), named weights (the paper profile's COCO DeepLabV3) into torch's "
                    "hub cache; without it nothing is downloaded")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds of 02-04 (one run "

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_voc_mask
+from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_sbd, write_voc_mask
 from mistudy import data
 from mistudy.data import files, synthetic
 from mistudy.data import (IGNORE_INDEX, ResizedCache, SyntheticSegmentation, build_dataset, colorize_mask,
@@ -446,7 +446,7 @@ def test_voc_image_and_mask_sizes_must_match(voc_root):
 
 
 def test_bad_names_and_arguments(voc_root):
-    with pytest.raises(ValueError, match="'synthetic', 'voc', 'cityscapes'"):
+    with pytest.raises(ValueError, match="'synthetic', 'voc', 'voc_aug', 'cityscapes'"):
         build_dataset("ade20k", "train", train=True)
     with pytest.raises(ValueError, match="'train', 'val', 'trainval'"):
         build_dataset("voc", "test", voc_root, train=False)
@@ -697,3 +697,46 @@ def test_nothing_is_fetched_without_download(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"pass --download to fetch https://thor\.robots\.ox\.ac\.uk/.*\.tar"):
         build_dataset("voc", "train", tmp_path / "empty", train=True)
+
+
+# ------------------------------------------------------------------- voc_aug: VOC 2012 + SBD (torchvision's SBDataset)
+
+def test_voc_aug_trains_on_voc_and_sbd_less_voc_val(voc_root):
+    write_sbd(voc_root)
+    train = build_dataset("voc_aug", "train", voc_root, train=False)
+    stems = [image.stem for image, _ in train.samples]
+    # VOC train and SBD train + val, without VOC val's 2007_000033; sorted, each image once
+    assert stems == sorted(set(VOC_SPLITS["train"]) | {"2008_100001", "2009_200002"})
+    masks = {image.stem: mask for image, mask in train.samples}
+    assert masks["2007_000032"].suffix == ".png" and masks["2008_100001"].suffix == ".mat"  # VOC's own mask kept
+    files.check_files(train, decode_masks=True)
+    _, mask = train[stems.index("2008_100001")]
+    assert mask.shape == (224, 224) and set(mask.unique().tolist()) == {7}
+    val = build_dataset("voc_aug", "val", voc_root, train=False)
+    assert [i.stem for i, _ in val.samples] == VOC_SPLITS["val"]  # scored on VOC 2012 val
+    assert data.dataset_info("voc_aug").class_names == data.dataset_info("voc").class_names
+
+
+def test_voc_aug_names_a_bad_sbd_mask_and_a_missing_sbd(voc_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Expected SBD under .*SBD/cls/\*\.mat.*--download.*benchmark\.tgz"):
+        build_dataset("voc_aug", "train", voc_root, train=True)
+    write_sbd(voc_root, value=30)
+    train = build_dataset("voc_aug", "train", voc_root, train=True)
+    with pytest.raises(ValueError, match=r"2008_100001\.mat has values \[30\] outside \[0, 21\)"):
+        files.check_files(train, decode_masks=True)
+
+
+def test_voc_aug_download_fetches_sbd_with_torchvision_and_names_the_url_without_network(voc_root, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.sbd as tv_sbd
+
+    def refused(url, download_root, filename=None, md5=None):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(tv_sbd, "download_and_extract_archive", refused)
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("voc_aug", voc_root)  # VOC is there: only SBD is fetched
+    message = str(e.value)
+    assert message.startswith("cannot download SBD from https://www2.eecs.berkeley.edu/") and "\n" not in message
+    assert f"put benchmark.tgz at {voc_root / 'SBD' / 'benchmark.tgz'}" in message

@@ -605,3 +605,15 @@ def test_a_run_says_what_it_will_do_before_its_first_step_and_projects_its_time(
     assert "for the 1 epochs x 10 steps left" in lines[1]
     assert progress.duration(42) == "42 s" and progress.duration(5400) == "1.5 h" and progress.duration(3 * 86400) \
         == "3.0 days"
+
+
+def test_voc_aug_trains_end_to_end_the_same_with_the_cache(voc_root, tmp_path):
+    from datatrees import write_sbd
+
+    write_sbd(voc_root)
+    common = dict(TINY, dataset="voc_aug", data_root=str(voc_root), epochs=1, batch_size=2, train_samples=None,
+                  val_samples=None, select_fraction=0.2)
+    plain = train(TrainConfig(**common, run_dir=str(tmp_path / "plain")))
+    cached = train(TrainConfig(**common, cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "cached")))
+    assert plain["train_samples"] + plain["select_samples"] == 5 and plain["val_samples"] == 2  # VOC + SBD, VOC val
+    assert plain["networks"] == cached["networks"]
