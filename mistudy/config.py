@@ -376,7 +376,7 @@ PROFILE_HELP = {
 DEFAULT_PROFILE = "quick"
 REAL_DATA_PROFILE = "paper"
 DEFAULT_PROFILE_TEXT = (f"{DEFAULT_PROFILE} on synthetic data, {REAL_DATA_PROFILE} on "
-                        f"{' and '.join(d for d in DATASETS if d != 'synthetic')}, or env MISTUDY_PROFILE")
+                        f"{', '.join(d for d in DATASETS if d != 'synthetic')}, or env MISTUDY_PROFILE")
 
 
 def resolve_profile(name: str | None, dataset: str = "synthetic") -> str:
