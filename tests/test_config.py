@@ -234,6 +234,7 @@ def test_train_cli_on_real_data_without_a_profile_runs_the_paper_profile(tmp_pat
         cfg = seen.pop()
         assert cfg.data_root == "/data/voc" and cfg.epochs == 200 and cfg.train_samples is None
         assert cfg.resolved_run_dir() == tmp_path / "results" / "paper" / "voc" / "baseline" / "seed0"
+    assert build_parser().parse_args(["evaluate", "--run", "r", "--root", "/d"]).data_root == "/d"  # every command
     assert main(["train", "--use-case", "mutual", "--deeplab-weights", "none", "--device", "cpu"]) == 0
     assert seen.pop().deeplab_weights is None  # "none" on the command line, as in --set
     assert main(["train", "--dataset", "voc", "--data-root", "/v", "--deeplab-weights", "COCO_V2"]) == 2
