@@ -15,8 +15,9 @@ from dataclasses import fields
 
 import mistudy
 from mistudy.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_float, positive_int
-from mistudy.config import (CHECKPOINTS, DEFAULT_PROFILE, PROFILE_HELP, PROFILES, TrainConfig, default_of,
-                            parse_assignments, profile_settings, resolve_profile, study_config, type_name)
+from mistudy.config import (CHECKPOINTS, DEFAULT_PROFILE_TEXT, OLD_NAMES, PROFILE_HELP, PROFILES, TrainConfig,
+                            default_of, parse_assignments, parse_value, profile_settings, resolve_profile, study_config,
+                            type_name)
 
 DESCRIPTION = ("Does mutual information help semantic segmentation?  Train and compare the paper's three use-cases "
                "(U-Net with cross-entropy, with BCE + RMI, and deep mutual learning with DeepLabV3) on the embedded "
@@ -38,22 +39,28 @@ def add_config_options(p: argparse.ArgumentParser, defaults: dict, cls=TrainConf
     its help naming the default in ``defaults`` (the profile's value, else the field's)."""
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
+        aliases = [f"--{old.replace('_', '-')}" for old, new in OLD_NAMES.items() if new == f.name]
         meta = f.metadata
         default = defaults.get(f.name, default_of(f))
         help_text = meta.get("help", "")
         if default is not None or "(none:" not in help_text:  # what None means is in the help itself
             help_text += f" (default: {default})"
+        if aliases:
+            help_text = f"{', '.join(aliases)}: the old name, kept as an alias. " + help_text
         help_text = help_text.replace("%", "%%")  # argparse formats help
         kind_name = type_name(f)
         if kind_name.startswith("bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
         kind = str
-        if kind_name.startswith("int"):
+        if kind_name == "str | None":  # "none" means None, as in --set
+            kind = lambda text, name=f.name: parse_value(name, text, cls)  # noqa: E731
+        elif kind_name.startswith("int"):
             kind = positive_int if meta.get("low") == 1 else non_negative_int
         elif kind_name.startswith("float"):
             kind = positive_float if meta.get("positive") else non_negative_float
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text)
+        p.add_argument(flag, *aliases, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"),
+                       help=help_text)
 
 
 def _profile_of(argv: list[str]) -> str | None:
@@ -81,7 +88,8 @@ def build_parser(profile: str | None = None) -> argparse.ArgumentParser:
                        "notebooks 02-04 and `mistudy study` make with the same settings, so either reuses the other's.")
     p.add_argument("--profile", default=None, choices=list(PROFILES),
                    help="the settings to start from: " + "; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items())
-                   + f" (default: {DEFAULT_PROFILE}, or env MISTUDY_PROFILE); the options below override it")
+                   + f" (default: {DEFAULT_PROFILE_TEXT}); the options below override it; the defaults shown below "
+                   "are the quick profile's unless --profile is given")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NAME=VALUE",
                    help="any option below by its field name, as in `mistudy study --set` (e.g. --set rmi_pool=avg)")
     add_config_options(p, defaults)
@@ -91,7 +99,8 @@ def build_parser(profile: str | None = None) -> argparse.ArgumentParser:
                    "best_miou)")
     p.add_argument("--protocol", default=None, choices=["paper", "full", "random-crop"],
                    help="evaluation protocol (default: the run's)")
-    p.add_argument("--root", default=None, help="dataset root (default: the run's)")
+    p.add_argument("--data-root", "--root", default=None, help="dataset root (default: the run's; --root: its old "
+                   "name, kept as an alias)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
     for name, (module, text) in COMMANDS.items():
@@ -110,25 +119,26 @@ def cli_words(message: str) -> str:
         return f"--{name.replace('_', '-')}" if name in _FIELDS else m.group(0)
 
     message = re.sub(r"\b([a-z_]+)=True\b", flag, message)
-    message = re.sub(r"\b([a-z_]+)=(?=[\s),;]|$)", flag, message)  # "needs root=" -> "needs --root"
-    return re.sub(r"(?<![-\w])([a-z_]+)(?= must | needs | holds | is | has )", flag, message)
+    message = re.sub(r"\b([a-z_]+)=(?=[\s),;]|$)", flag, message)  # "needs data_root=" -> "needs --data-root"
+    message = re.sub(r"(?<![-\w])([a-z_]+)(?= must | needs | holds | is | has )", flag, message)
+    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", message)  # "pass resume (resume=True)": the flag once
 
 
 def _train(args) -> int:
     from mistudy.runs import default_results_dir
-    from mistudy.train import RUN_ERRORS, train
+    from mistudy.train import RUN_ERRORS, train_or_load
 
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "profile", "assignments")}
     try:
         opts = {**parse_assignments(args.assignments), **opts}
-        profile = resolve_profile(args.profile)
+        profile = resolve_profile(args.profile, opts.get("dataset", "synthetic"))
         opts.setdefault("results_dir", str(default_results_dir(profile)))
         cfg = study_config(opts.pop("use_case", "baseline"), profile, opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"mistudy train: error: {cli_words(str(e))}", file=sys.stderr)
         return 2
     try:
-        summary = train(cfg)
+        summary = train_or_load(cfg)  # a finished run of the same configuration: its scores again
     except RUN_ERRORS as e:
         print(f"mistudy train: error: {cli_words(error_line(e))}", file=sys.stderr)
         return 1
@@ -149,7 +159,7 @@ def _evaluate(args) -> int:
         print(f"mistudy evaluate: error: {args.run} is not a run directory (no config.json)", file=sys.stderr)
         return 2
     try:
-        result = evaluate_run(args.run, args.checkpoint, args.protocol, args.root, args.device, args.batch_size)
+        result = evaluate_run(args.run, args.checkpoint, args.protocol, args.data_root, args.device, args.batch_size)
     except RUN_ERRORS as e:
         print(f"mistudy evaluate: error: {cli_words(error_line(e))}", file=sys.stderr)
         return 2

@@ -147,7 +147,7 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     study's own runs of notebooks 02-04 (``<results_dir>/<dataset>/<use-case>/seed<k>``, reused when finished);
     with overrides they are trained beside the ablations.
     """
-    profile = resolve_profile(profile)
+    profile = resolve_profile(profile, fields.get("dataset", "synthetic"))
     results = Path(results_dir or runs.default_results_dir(profile))
     out, seen = [], {}
     for name, setting in settings(names).items():

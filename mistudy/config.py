@@ -26,7 +26,7 @@ USE_CASES = {
     "mutual": dict(networks=("deeplabv3", "unet"), batch_size=10, lr=1e-4),
 }
 PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, for mutual)
-DATASETS = ("synthetic", "voc", "cityscapes")
+DATASETS = data.DATASETS
 LR_SCHEDULES = ("constant", "cosine", "poly")
 CHECKPOINTS = ("best_miou", "best_loss", "last")
 # The selection rule of the headline verdicts, declared before any run; every verdict is also reported under the
@@ -54,12 +54,17 @@ class TrainConfig:
     # what to train
     use_case: str = _opt("baseline", "baseline (U-Net + CE), rmi (U-Net + BCE/RMI) or mutual (DeepLabV3 + U-Net, "
                          "deep mutual learning)", choices=tuple(USE_CASES))
-    dataset: str = _opt("synthetic", "synthetic (generated, no download), voc (PASCAL VOC 2012) or cityscapes",
+    dataset: str = _opt("synthetic", "synthetic (generated, no download), voc (PASCAL VOC 2012), voc_aug (VOC 2012 "
+                        "trained on its 10,582 images with the SBD annotations, the RMI authors' set) or cityscapes",
                         choices=DATASETS)
     synthetic_level: str = _opt(data.SYNTHETIC_DEFAULT_LEVEL, "difficulty of the synthetic dataset: easy, medium "
                                 "or hard (the original generator)", choices=tuple(data.SYNTHETIC_LEVELS))
-    root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/; Cityscapes: the folder "
-                            "holding leftImg8bit/ and gtFine/", kind="runtime")
+    data_root: str | None = _opt(None, "dataset root: VOC: the folder holding VOCdevkit/ (voc_aug: and SBD/); "
+                                 "Cityscapes: the folder holding leftImg8bit/ and gtFine/", kind="runtime")
+    download: bool = _opt(False, "fetch what the run needs and lacks: PASCAL VOC 2012 into data_root (torchvision's "
+                          "VOCSegmentation(download=True), 2 GB; voc_aug: and SBD, its SBDataset(download=True), "
+                          "1.4 GB) and named weights into torch's hub cache; without it nothing is downloaded",
+                          kind="runtime")
     # where
     run_dir: str | None = _opt(None, "run directory (none: <results-dir>/<dataset>/<use-case>/<run-name>)",
                                kind="where")
@@ -133,12 +138,14 @@ class TrainConfig:
                                     "written by `mistudy pretrain` (never downloaded)")
     unet_head: str = _opt("keep", "with --unet-weights: keep (every layer; the last one new only if the number of "
                           "classes differs) or replace (the last 1x1 layer always new)", choices=("keep", "replace"))
-    deeplab_weights: str | None = _opt(None, "local DeepLabV3-ResNet50 state dict to start from, e.g. torchvision's "
-                                       "COCO checkpoint as the authors did (never downloaded)")
+    deeplab_weights: str | None = _opt(None, "DeepLabV3-ResNet50 weights to start from: a torchvision weights name "
+                                       "(COCO_WITH_VOC_LABELS_V1, the authors' choice; fetched with --download) or a "
+                                       "local state dict")
     deeplab_head: str = _opt("replace", "with --deeplab-weights: replace (a new DeepLabHead, as the authors) or "
                              "keep (ASPP and convs from the file, only the last layer new)", choices=("replace", "keep"))
-    deeplab_backbone_weights: str | None = _opt(None, "local ImageNet ResNet-50 state dict for DeepLabV3's backbone "
-                                                "(never downloaded)")
+    deeplab_backbone_weights: str | None = _opt(None, "ImageNet ResNet-50 weights for DeepLabV3's backbone: a "
+                                                "torchvision weights name (IMAGENET1K_V1, IMAGENET1K_V2; fetched with "
+                                                "--download) or a local state dict")
     # machinery
     seed: int = _opt(0, "seed of initialisation, data order and augmentation", low=0)
     data_seed: int = _opt(0, "seed of the generated synthetic images (fixed across --seed, so that seeds vary "
@@ -196,22 +203,46 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
-        if self.dataset != "synthetic" and self.root is None:
-            raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
+        if self.dataset != "synthetic" and self.data_root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data_root= (the directory holding the data)")
+        from mistudy.models import named_weights
+
+        for name in WEIGHTS_OPTIONS:  # an unknown torchvision weights name raises listing the valid ones
+            if getattr(self, name):
+                named_weights(name, getattr(self, name))
         if self.use_case == "mutual" and self.resolved_batch_size == 1 and self.mutual_partner == "deeplabv3":
             raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
                              "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")
 
     def check_paths(self) -> None:
-        """The files a run reads exist (validate() checks values only, so a saved run's configuration loads on a
-        machine without its data): FileNotFoundError naming the first missing one."""
-        if self.dataset != "synthetic" and not Path(self.root).is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} is not a directory")
-        for name in WEIGHTS_OPTIONS:
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
+        """The files a run reads exist, fetched first where ``download`` asks (validate() checks values only, so a
+        saved run's configuration loads on a machine without its data): FileNotFoundError naming the first
+        missing one."""
+        from mistudy.models import fetch_weights
+
+        if self.dataset != "synthetic":
+            if self.download:
+                data.download(self.dataset, self.data_root)
+            if not Path(self.data_root).is_dir():
+                raise FileNotFoundError(f"dataset root {self.data_root} is not a directory")
+        for name, value in self.weights_options().items():
+            path = fetch_weights(name, value, self.download)
+            if not path.is_file():
                 raise FileNotFoundError(f"{name} {path} does not exist" + (" (it is a directory)"
-                                                                             if Path(path).is_dir() else ""))
+                                                                             if path.is_dir() else ""))
+
+    def weights_options(self) -> dict[str, str]:
+        """{option: value} of the weights options this run's networks start from (a DeepLabV3 option counts only
+        where a DeepLabV3 is trained)."""
+        builds = {"unet_weights": "unet" in self.networks, "deeplab_weights": "deeplabv3" in self.networks,
+                  "deeplab_backbone_weights": "deeplabv3" in self.networks}
+        return {name: getattr(self, name) for name in WEIGHTS_OPTIONS if builds[name] and getattr(self, name)}
+
+    def weights_files(self) -> dict[str, Path]:
+        """{option: local file} of `weights_options` (a torchvision weights name: its file in torch's hub cache)."""
+        from mistudy.models import weights_file
+
+        return {name: weights_file(name, value) for name, value in self.weights_options().items()}
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -247,7 +278,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """From a dict such as config.json; unknown keys raise naming them."""
+        """From a dict such as config.json (old names such as "root" read as their new ones); unknown keys raise
+        naming them."""
+        d = {OLD_NAMES.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -257,6 +290,10 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated)."""
         return type(self).from_dict({**asdict(self), **changes})
+
+
+# Options renamed since: old name -> new name (old config.json files, `--set root=...`, the CLI's --root).
+OLD_NAMES = {"root": "data_root"}
 
 
 def type_name(f) -> str:
@@ -281,6 +318,7 @@ def default_of(f):
 def parse_value(name: str, text: str, cls=TrainConfig):
     """A field's value from text (``--set name=value``): ints, floats, booleans (true/false), none, strings."""
     by_name = {f.name: f for f in fields(cls)}
+    name = OLD_NAMES.get(name, name)
     if name not in by_name:
         raise ValueError(f"unknown option {name!r}; valid: {', '.join(sorted(by_name))}")
     kind = type_name(by_name[name])
@@ -308,7 +346,8 @@ def parse_assignments(items: list[str], cls=TrainConfig) -> dict:
         name, sep, text = item.partition("=")
         if not sep or not name:
             raise ValueError(f"--set {item!r}: expected NAME=VALUE")
-        out[name.strip().replace("-", "_")] = parse_value(name.strip().replace("-", "_"), text.strip(), cls)
+        key = name.strip().replace("-", "_")
+        out[OLD_NAMES.get(key, key)] = parse_value(key, text.strip(), cls)
     return out
 
 
@@ -323,8 +362,11 @@ PROFILES = {
     "quick": dict(_CPU, train_samples=256, val_samples=64, epochs=6),
     "standard": dict(_CPU, train_samples=512, val_samples=256, epochs=12),
     "long": dict(_CPU, train_samples=512, val_samples=256, epochs=24),
+    # the partner of mutual learning as the authors': torchvision's COCO checkpoint (their
+    # deeplabv3_resnet50(pretrained=True)) with a new DeepLabHead(2048, classes), alike on every dataset (models.py)
     "paper": dict(resize_size=234, crop_size=224, train_samples=None, val_samples=None, select_fraction=0.1,
-                  epochs=200, batch_size=None, lr=None),
+                  epochs=200, batch_size=None, lr=None, deeplab_weights="COCO_WITH_VOC_LABELS_V1",
+                  deeplab_head="replace"),
     # a smoke test of the notebooks' code paths (the nbval run sets MISTUDY_PROFILE=tiny): seconds, learns nothing
     "tiny": dict(resize_size=36, crop_size=32, train_samples=16, val_samples=8, select_fraction=0.25, epochs=2,
                  batch_size=4, lr=1e-3, unet_features=8),
@@ -334,10 +376,16 @@ PROFILE_HELP = {
              "Adam 1e-3 for every use-case",
     "standard": "512 training and 256 validation images, 12 epochs, the quick recipe",
     "long": "the standard runs trained to 24 epochs, where the baseline has plateaued",
-    "paper": "the paper's protocol: resize 234, crop 224, 200 epochs, the paper's batch sizes and learning rates",
+    "paper": "the paper's protocol: resize 234, crop 224, the whole training list, 200 epochs, the paper's batch sizes "
+             "and learning rates, mutual learning's DeepLabV3 from torchvision's COCO checkpoint with a new head (the "
+             "authors')",
     "tiny": "a smoke test of the code paths in seconds (the notebook tests); learns nothing",
 }
+# With no profile named (nor env MISTUDY_PROFILE): the quick study on synthetic data, the paper's protocol on real data.
 DEFAULT_PROFILE = "quick"
+REAL_DATA_PROFILE = "paper"
+DEFAULT_PROFILE_TEXT = (f"{DEFAULT_PROFILE} on synthetic data, {REAL_DATA_PROFILE} on "
+                        f"{', '.join(d for d in DATASETS if d != 'synthetic')}, or env MISTUDY_PROFILE")
 # The number of seeds of each profile's study, declared before its runs (`mistudy study` trains seeds 0..n-1): five
 # wherever a headline verdict is drawn; three for quick, the first look that `make run` gives; two for the smoke test.
 STUDY_SEEDS = {"quick": 3, "standard": 5, "long": 5, "paper": 5, "tiny": 2}
@@ -348,28 +396,48 @@ def study_seeds(profile: str | None) -> list[int]:
     return list(range(STUDY_SEEDS[resolve_profile(profile)]))
 
 
-def resolve_profile(name: str | None) -> str:
-    """A profile's name; None means env MISTUDY_PROFILE, else "quick"."""
-    name = name or os.environ.get("MISTUDY_PROFILE") or DEFAULT_PROFILE
+def resolve_profile(name: str | None, dataset: str = "synthetic") -> str:
+    """A profile's name; None means env MISTUDY_PROFILE, else "quick" for synthetic data and "paper" for real data."""
+    name = name or os.environ.get("MISTUDY_PROFILE") or (DEFAULT_PROFILE if dataset == "synthetic"
+                                                         else REAL_DATA_PROFILE)
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
     return name
 
 
-def profile_settings(name: str | None, device: str = "auto") -> dict:
-    """The TrainConfig fields of a profile (None: env MISTUDY_PROFILE, else "quick").  bf16 autocast is kept on CPU
-    only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then falls back
-    to float32."""
+def profile_settings(name: str | None, device: str = "auto", dataset: str = "synthetic") -> dict:
+    """The TrainConfig fields of a profile (None: `resolve_profile`'s default for ``dataset``).  bf16 autocast is
+    kept on CPU only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then
+    falls back to float32."""
     from mistudy.distributed import cpu_has_native_bf16, resolve_device
 
-    settings = dict(PROFILES[resolve_profile(name)])
+    settings = dict(PROFILES[resolve_profile(name, dataset)])
     if settings.get("amp") == "bf16" and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
         settings.update(amp="off")  # channels-last stays: it pays in float32 too (1.4x for the U-Net, measured)
     return settings
 
 
+def profile_of(cfg: TrainConfig) -> str:
+    """The profile ``cfg`` was made from, as far as its settings tell: "paper", or the nearest profile and the
+    settings that depart from it ("quick, with epochs=1").  Left out: amp (a profile's bf16 is dropped on CPUs
+    without it) and the weights of networks the run does not build."""
+    ignored = {"amp", *(set(WEIGHTS_OPTIONS) - set(cfg.weights_options()))}
+
+    def departures(name: str) -> dict:
+        return {k: getattr(cfg, k) for k, v in PROFILES[name].items() if k not in ignored and getattr(cfg, k) != v}
+
+    name = min(PROFILES, key=lambda n: len(departures(n)))
+    changed = ", ".join(f"{k}={v}" for k, v in departures(name).items())
+    return f"{name}, with {changed}" if changed else name
+
+
 def study_config(use_case: str, profile: str | None = None, overrides: dict | None = None, **fields_) -> TrainConfig:
     """The TrainConfig of a use-case notebook: the profile's settings, then ``fields_`` (the notebook's own
-    parameters), then ``overrides`` (any TrainConfig field, e.g. the study's --set values)."""
-    settings = {**profile_settings(profile, fields_.get("device", "auto")), **fields_, **(overrides or {})}
-    return TrainConfig.from_dict({"use_case": use_case, **settings})
+    parameters), then ``overrides`` (any TrainConfig field, e.g. the study's --set values).  No profile: the
+    dataset's default (`resolve_profile`)."""
+    given = {**fields_, **(overrides or {})}
+    chosen = profile_settings(profile, given.get("device", "auto"), given.get("dataset", "synthetic"))
+    cfg = TrainConfig.from_dict({"use_case": use_case, **chosen, **given})
+    # a profile's weights go to the runs that build their network (a baseline run of the paper profile records none)
+    unused = [k for k in WEIGHTS_OPTIONS if k in chosen and k not in given and k not in cfg.weights_options()]
+    return cfg.replace(**dict.fromkeys(unused)) if unused else cfg

@@ -253,7 +253,7 @@ def train_one_epoch(s: Setup, epoch: int, progress) -> dict:
             bad = meter.first_nonfinite()
             if bad is not None:
                 raise NonFiniteLossError(f"non-finite {bad[1]} loss ({bad[2]}) at epoch {epoch}, step {bad[0]}; stopped")
-            progress.step_done(meter, time.perf_counter() - t0, s.ctx.world_size)
+            progress.step_done(meter, time.perf_counter() - t0, s.ctx.world_size, step)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
             "images_per_second": round(meter.seen * s.ctx.world_size / seconds, 3), **meter.means(s.ctx)}

@@ -76,8 +76,8 @@ def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
     masks of the scored splits decoded unless a cache holds them), so that a bad file stops the run before it
     trains, not an epoch later.
     """
-    common = dict(root=cfg.root, resize_size=cfg.resize_size, crop_size=cfg.crop_size, square_resize=cfg.square_resize,
-                  normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed,
+    common = dict(root=cfg.data_root, resize_size=cfg.resize_size, crop_size=cfg.crop_size,
+                  square_resize=cfg.square_resize, normalize=cfg.normalize, cache_dir=cfg.cache_dir, seed=cfg.data_seed,
                   synthetic_level=cfg.synthetic_level, select_fraction=cfg.select_fraction)
     evaluation = dict(train=False, protocol=cfg.eval_protocol)
     sizes = {"train": cfg.train_samples, "val": cfg.val_samples, "select": None}

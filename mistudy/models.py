@@ -1,18 +1,23 @@
 """The two networks of the study: Buda et al.'s U-Net and torchvision's DeepLabV3-ResNet50.
 
-Both map images [N, 3, H, W] to logits [N, num_classes, H, W] (no final activation). Nothing is
-downloaded: DeepLabV3 starts from random weights unless a local weights file is given.
+Both map images [N, 3, H, W] to logits [N, num_classes, H, W] (no final activation).  DeepLabV3 starts from random
+weights unless a weights file is given: a local file, or a torchvision weights name (`weights_file`) resolved to its
+file in torch's hub cache, fetched only on request (`fetch_weights`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.models import ResNet50_Weights, get_weight
+from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
 from mistudy import safeload
 
@@ -213,3 +218,54 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# The weights options that accept a torchvision weights name besides a local file, and the enum of their names.
+NAMED_WEIGHTS = {"deeplab_weights": DeepLabV3_ResNet50_Weights, "deeplab_backbone_weights": ResNet50_Weights}
+
+
+def named_weights(option: str, value: str):
+    """The torchvision weights a weights option's value names (``COCO_WITH_VOC_LABELS_V1`` or
+    ``DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1``), else None (a local path).  A value spelt like a name
+    (capitals, digits, underscores) that names none of the option's weights, and is no file, raises ValueError
+    listing the valid names."""
+    enum = NAMED_WEIGHTS.get(option)
+    if enum is None:
+        return None
+    name = value.removeprefix(enum.__name__ + ".")
+    if name in enum.__members__:
+        return get_weight(f"{enum.__name__}.{name}")
+    if re.fullmatch(r"(\w+_Weights\.)?[A-Z][A-Z0-9_]*", value) and not Path(value).exists():
+        raise ValueError(f"unknown {option} weights name {value!r}; valid: {', '.join(enum.__members__)} "
+                         "(or a local state dict file)")
+    return None
+
+
+def weights_file(option: str, value: str) -> Path:
+    """The local file of a weights option's value: the path as given, or for a torchvision weights name its file in
+    torch's hub cache (<TORCH_HOME>/hub/checkpoints/<the URL's file name>, where torchvision keeps it)."""
+    weights = named_weights(option, value)
+    if weights is None:
+        return Path(value)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def fetch_weights(option: str, value: str, download: bool) -> Path:
+    """``weights_file``, downloaded first when it is a missing named file and ``download`` is set (torchvision's
+    ``get_state_dict`` with its hash check, into torch's hub cache).  A missing file raises FileNotFoundError in one
+    line naming the file, the URL and how to run without it."""
+    path, weights = weights_file(option, value), named_weights(option, value)
+    if weights is None or path.is_file():
+        return path
+    flag = "--" + option.replace("_", "-")
+    without = f"or pass {flag} none to start without it"
+    if not download:
+        raise FileNotFoundError(f"{option} {value} is not in torch's hub cache ({path}): pass --download to fetch "
+                                f"it from {weights.url}, put the file there, {without}")
+    try:
+        weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as e:  # no network (URLError), a refused write, a hash mismatch
+        reason = " ".join(str(getattr(e, "reason", e)).split())
+        raise FileNotFoundError(f"cannot download {option} {value} from {weights.url} ({reason}): put the file at "
+                                f"{path} (e.g. fetched on a machine with network), {without}") from None
+    return path

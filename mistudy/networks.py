@@ -15,15 +15,17 @@ from torch import nn
 from mistudy import data
 from mistudy.config import TrainConfig
 from mistudy.distributed import Context
-from mistudy.models import build_model, load_unet_weights
+from mistudy.models import build_model, load_unet_weights, weights_file
 
 # --------------------------------------------------------------------------------- networks and precision
 
 def build_networks(cfg: TrainConfig, num_classes: int | None = None,
                    names: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
-    """The use-case's networks (or those of ``names``), untrained (DeepLabV3 from a local weights file if cfg
-    names one)."""
+    """The use-case's networks (or those of ``names``), untrained (from the weights files cfg names, a torchvision
+    weights name read from torch's hub cache)."""
     num_classes = num_classes or data.dataset_info(cfg.dataset).num_classes
+    deeplab = {option: weights_file(option, value) if (value := getattr(cfg, option)) else None
+               for option in ("deeplab_weights", "deeplab_backbone_weights")}
     nets = {}
     for name in names or cfg.networks:
         if name in ("unet", "unet_peer"):  # the peer is built first: another initialisation from the same seed
@@ -31,8 +33,8 @@ def build_networks(cfg: TrainConfig, num_classes: int | None = None,
             if name == "unet" and cfg.unet_weights:
                 load_unet_weights(nets[name], cfg.unet_weights, cfg.unet_head)
         else:
-            nets[name] = build_model("deeplabv3_resnet50", num_classes, weights_path=cfg.deeplab_weights,
-                                     backbone_weights_path=cfg.deeplab_backbone_weights, head=cfg.deeplab_head)
+            nets[name] = build_model("deeplabv3_resnet50", num_classes, weights_path=deeplab["deeplab_weights"],
+                                     backbone_weights_path=deeplab["deeplab_backbone_weights"], head=cfg.deeplab_head)
     return nets
 
 

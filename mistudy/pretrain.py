@@ -28,7 +28,7 @@ import torch
 
 from mistudy import atomic, runs, safeload
 from mistudy.cli import OneLineParser, error_line, positive_int
-from mistudy.config import PROFILES, TrainConfig, profile_settings
+from mistudy.config import PROFILES, WEIGHTS_OPTIONS, TrainConfig, profile_settings
 
 NETWORKS = ("unet", "deeplabv3")
 PRETRAIN_DATA_SEED = 1_000  # the study's synthetic data use data_seed 0: another seed, other images
@@ -62,7 +62,8 @@ def pretrain_config(network: str, profile: str, out: Path, samples: int, epochs:
     resume = started and (metrics is None or metrics["epochs"] < epochs)
     settings.update(use_case="baseline", network=network, synthetic_level=PRETRAIN_LEVEL,
                     data_seed=PRETRAIN_DATA_SEED, train_samples=samples, val_samples=256, select_fraction=0.0625,
-                    epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=resume)
+                    epochs=epochs, device=device, run_dir=str(run_dir), seed=0, resume=resume,
+                    **dict.fromkeys(WEIGHTS_OPTIONS))  # from random init: the stand-ins of pretrained weights
     return TrainConfig.from_dict(settings)
 
 

@@ -40,7 +40,7 @@ import torch
 
 import mistudy
 from mistudy import atomic
-from mistudy.config import RESUMABLE_CHANGES, WEIGHTS_OPTIONS, TrainConfig, default_of
+from mistudy.config import OLD_NAMES, RESUMABLE_CHANGES, TrainConfig, default_of
 
 WEIGHTS_RECORD = "weights.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
@@ -177,7 +177,7 @@ def write_config(cfg: TrainConfig, run_dir: Path) -> None:
 def weights_record(cfg: TrainConfig) -> dict:
     """{option: {"path", "sha256"}} of the weights files ``cfg`` starts its networks from (taken before they are
     loaded: a path alone would not notice a file pretrained again)."""
-    return {name: {"path": path, "sha256": _sha256(path)} for name in WEIGHTS_OPTIONS if (path := getattr(cfg, name))}
+    return {name: {"path": str(path), "sha256": _sha256(path)} for name, path in cfg.weights_files().items()}
 
 
 def write_weights_record(run_dir: Path, record: dict) -> None:
@@ -196,10 +196,7 @@ def check_weights(cfg: TrainConfig, run_dir: Path) -> None:
     started from (replaced since, e.g. by `mistudy pretrain` run again, or deleted): an error naming the file."""
     record_path = run_dir / WEIGHTS_RECORD
     record = _read_json(record_path) if record_path.is_file() else None
-    for name in WEIGHTS_OPTIONS:
-        path = getattr(cfg, name)
-        if path is None:
-            continue
+    for name, path in cfg.weights_files().items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"{name} {path} does not exist, so the run in {run_dir} that started from it "
                                     "cannot be checked: put the file back, or delete the run to train it again")
@@ -234,6 +231,7 @@ def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str], saved:
     """{option: (saved value, cfg's value)} where cfg differs from the run saved in run_dir (its config.json, or
     ``saved``), options in ``ignore`` left out."""
     saved = saved if saved is not None else _read_json(run_dir / "config.json")
+    saved = {OLD_NAMES.get(k, k): v for k, v in saved.items()}  # a run written before an option was renamed
     defaults = {f.name: default_of(f) for f in fields(cfg)}
     # a field added after the run was written counts as its default (the behaviour before it existed)
     return {k: (saved.get(k, defaults[k]), v) for k, v in asdict(cfg).items()

@@ -28,10 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mistudy import runs
+from mistudy import data, runs
 from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
 from mistudy import tuning
-from mistudy.config import DATASETS, PROFILE_HELP, PROFILES, USE_CASES, parse_assignments, study_config, study_seeds
+from mistudy.config import (DATASETS, DEFAULT_PROFILE_TEXT, PROFILE_HELP, PROFILES, USE_CASES, parse_assignments,
+                            resolve_profile, study_config, study_seeds)
+from mistudy.models import fetch_weights
 from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
 NOTEBOOKS = {
@@ -44,7 +46,9 @@ NOTEBOOKS = {
 }
 DEFAULT_NOTEBOOKS = ("01", "02", "03", "04", "05")
 PER_RUN = {"02": "baseline", "03": "rmi", "04": "mutual"}  # run once per dataset and seed
-REAL_DATASETS = ("voc", "cityscapes")
+REAL_DATASETS = tuple(d for d in DATASETS if d != "synthetic")
+
+
 def _default_notebooks_dir() -> Path:
     """The checkout's notebooks/, or, for a plain `pip install .`, the copies it installs in <prefix>/share."""
     checkout = PROJECT_ROOT / "notebooks"
@@ -77,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Run the study's notebooks headless with papermill: 01, then 02-04 for "
                       "each dataset and seed, then 05.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="synthetic", choices=[*DATASETS, "all"], help="dataset(s) of 02-04")
-    p.add_argument("--data-root", action="append", default=[], metavar="[NAME=]DIR",
-                   help="root of a real dataset (VOC: the folder holding VOCdevkit/; Cityscapes: the folder holding "
-                        "leftImg8bit/ and gtFine/); with --dataset all give voc=DIR and cityscapes=DIR")
+    p.add_argument("--data-root", "--root", action="append", default=[], metavar="[NAME=]DIR",
+                   help="root of a real dataset (VOC: the folder holding VOCdevkit/, voc_aug: and SBD/; Cityscapes: "
+                        "the folder holding leftImg8bit/ and gtFine/); with --dataset all give NAME=DIR for each of "
+                        f"{', '.join(REAL_DATASETS)} (--root: an alias, the old name of `mistudy train`)")
+    p.add_argument("--download", action="store_true", help="fetch what the runs need and lack: PASCAL VOC 2012 (and "
+                   "SBD for voc_aug) into its --data-root (torchvision), named weights (the paper profile's COCO DeepLabV3) into torch's "
+                   "hub cache; without it nothing is downloaded")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="seeds of 02-04 and 06 (one run "
                    "each; the comparison's intervals need at least 2); default: the profile's declared number, 0..n-1 "
@@ -88,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the profile's, one for every use-case) or tuned (each use-case its own, chosen by 06's tuning "
                    "grid on the selection split and read from its committed table; runs and figures then go to "
                    "results/<profile>/tuned/ and figures/<profile>/tuned/)")
-    p.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()))
+    p.add_argument("--profile", default=None, choices=list(PROFILES),
+                   help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()) + f" (default: {DEFAULT_PROFILE_TEXT}; "
+                        "with --dataset all: paper)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="any TrainConfig field for 02-04, e.g. --set rmi_pool=avg --set cache_dir=/data/cache "
                         "(`python -m mistudy train --help` lists them); applied after the profile")
@@ -136,8 +145,8 @@ def _notebook_key(text: str) -> str:
     return key
 
 
-def _data_roots(datasets: list[str], values: list[str]) -> dict[str, Path]:
-    """--data-root values ("DIR" or "NAME=DIR") -> {real dataset: existing directory}."""
+def _data_roots(datasets: list[str], values: list[str], download: bool = False) -> dict[str, Path]:
+    """--data-root values ("DIR" or "NAME=DIR") -> {real dataset: existing directory (with --download: to be made)}."""
     real = [d for d in datasets if d in REAL_DATASETS]
     roots: dict[str, Path] = {}
     for value in values:
@@ -152,8 +161,8 @@ def _data_roots(datasets: list[str], values: list[str]) -> dict[str, Path]:
     for name in real:
         if name not in roots:
             raise UsageError(f"dataset {name!r} needs --data-root{'' if len(real) == 1 else f' {name}=DIR'} "
-                             f"(nothing is downloaded)")
-        if not roots[name].is_dir():
+                             f"(with --download, the folder to fetch it into)")
+        if not roots[name].is_dir() and not download:
             raise UsageError(f"data root {roots[name]} of {name} is not a directory")
     return {name: roots[name].resolve() for name in real}
 
@@ -166,12 +175,14 @@ def _check_dataset(cfg) -> None:
     try:
         loaders.build_datasets(cfg, check=True)
     except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"{cfg.dataset} at {cfg.root}: {e}") from None
+        raise UsageError(f"{cfg.dataset} at {cfg.data_root}: {e}") from None
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
-    """The notebook executions of a study, in order; raises UsageError for bad options before anything runs."""
+    """The notebook executions of a study, in order; raises UsageError for bad options before anything runs.
+    No --profile: the datasets' default (`config.resolve_profile`), set in ``args``."""
     datasets = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    args.profile = resolve_profile(args.profile, "synthetic" if datasets == ["synthetic"] else REAL_DATASETS[0])
     keys = sorted({_notebook_key(k) for k in args.notebooks})
     seeds = args.seeds if args.seeds is not None else study_seeds(args.profile)
     if len(set(seeds)) != len(seeds):
@@ -192,7 +203,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
             rates = {dataset: tuning.chosen_rates(figures, dataset) for dataset in datasets}
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--recipe tuned: {e}") from None
-    roots = _data_roots(datasets, args.data_root) if set(keys) & {*PER_RUN, "06"} else {}
+    roots = _data_roots(datasets, args.data_root, args.download) if set(keys) & {*PER_RUN, "06"} else {}
     nb_dir = Path(args.notebooks_dir).resolve()
     missing = [NOTEBOOKS[k] for k in keys if not (nb_dir / NOTEBOOKS[k]).is_file()]
     if missing:
@@ -224,8 +235,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
         per_use_case = {uc: {**overrides, **({"lr": rates[dataset][uc]} if rates else {})} for uc in USE_CASES}
         for key in (k for k in PER_RUN if k in keys):  # every option checked now, not hours later in a notebook
             try:
-                study_config(PER_RUN[key], args.profile, per_use_case[PER_RUN[key]], dataset=dataset, root=root,
-                             device=args.device)
+                study_config(PER_RUN[key], args.profile, per_use_case[PER_RUN[key]], dataset=dataset,
+                             data_root=root, device=args.device)
             except (ValueError, FileNotFoundError) as e:
                 raise UsageError(f"{PER_RUN[key]} on {dataset}: {e}") from None
         for seed in seeds:
@@ -235,8 +246,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
                           "seed": seed, "results_dir": str(results), "figures_dir": str(figures)}
                 if config:
                     params["config"] = config
+                if args.download:
+                    params["download"] = True
                 if args.resume and runs.resume_if_started(study_config(
-                        PER_RUN[key], args.profile, config, dataset=dataset, root=root, device=args.device,
+                        PER_RUN[key], args.profile, config, dataset=dataset, data_root=root, device=args.device,
                         seed=seed, results_dir=str(results))).resume:
                     params["resume"] = True  # the runs not started yet start: --resume is not a typo check here
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
@@ -275,10 +288,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides = parse_assignments(args.overrides)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    reserved = {"use_case", "dataset", "root", "seed", "device", "results_dir", "run_dir", "resume"} & set(overrides)
+    reserved = {"use_case", "dataset", "data_root", "seed", "device", "results_dir", "run_dir", "resume",
+                "download"} & set(overrides)
     if reserved:
         raise UsageError(f"--set {', '.join(sorted(reserved))}: set by the study itself (use --dataset, --data-root, "
-                         "--seeds, --device, --results-dir, --resume)")
+                         "--seeds, --device, --results-dir, --resume, --download)")
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.eval_protocol is not None:
@@ -317,7 +331,8 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
         key, needs, run_dirs = _task_key(step), (), ()
         if step.key in PER_RUN:
             cfg = study_config(PER_RUN[step.key], p["profile"], p.get("config"), dataset=p["dataset"],
-                               root=p["data_root"], device=p["device"], seed=p["seed"], results_dir=p["results_dir"])
+                               data_root=p["data_root"], device=p["device"], seed=p["seed"],
+                               results_dir=p["results_dir"])
             run_dirs = (str(cfg.resolved_run_dir()),)
             use_case_tasks.setdefault(p["dataset"], []).append(key)
         elif step.key == "05":
@@ -330,7 +345,7 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
                 trains = []
                 for name, cfg in ablations.configs(names, seeds, p["profile"], p.get("config"), p["results_dir"],
                                                    resume=p.get("resume", False), dataset=p["dataset"],
-                                                   root=p["data_root"], device=p["device"]):
+                                                   data_root=p["data_root"], device=p["device"]):
                     run_dir = str(cfg.resolved_run_dir())
                     if run_dir in made:
                         continue  # a 02-04 run (a reference), or an ablation another grid trains too
@@ -360,12 +375,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--device {args.device!r}: {e}") from None
         steps = plan(args)
         checked = set()
-        for s in steps:
-            if s.key in PER_RUN and s.parameters.get("data_root") and s.parameters["dataset"] not in checked:
-                checked.add(s.parameters["dataset"])
-                _check_dataset(study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
-                                            dataset=s.parameters["dataset"], root=s.parameters["data_root"],
-                                            device=args.device))
+        for s in (s for s in steps if s.key in PER_RUN):  # data and weights there (or fetched) before hours of runs
+            cfg = study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
+                               dataset=s.parameters["dataset"], data_root=s.parameters["data_root"], device=args.device)
+            if cfg.data_root and cfg.dataset not in checked:
+                checked.add(cfg.dataset)
+                if args.download:
+                    data.download(cfg.dataset, cfg.data_root)
+                _check_dataset(cfg)
+            for name, value in cfg.weights_options().items():
+                fetch_weights(name, value, args.download)
         _check_kernel(args.kernel)
         if args.executor == "ray":
             _check_ray()

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from mistudy import atomic, data, distributed, engine, inference, loaders, networks, runs, safeload
-from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig
+from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig, profile_of
 from mistudy.engine import NonFiniteLossError, Setup
 from mistudy.metrics import SCORING_VERSION, nan_to_none
-from mistudy.progress import Progress
+from mistudy.progress import Progress, start_line
 
 SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
 
@@ -64,6 +64,9 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
         runs.write_config(cfg, run_dir)  # marks the directory as this run's before the first epoch
         runs.write_weights_record(run_dir, weights)
     progress = Progress(cfg.use_case, cfg.epochs, cfg.progress, enabled=ctx.is_main)
+    steps, sizes = len(s.loaders["train"]), {split: len(d) for split, d in s.datasets.items()}
+    progress.start(start_line(profile_of(cfg), sizes, cfg, steps, state["epoch"] + 1,
+                              distributed.device_name(ctx.device), run_dir), steps, state["epoch"] + 1)
     if state.get("unevaluated"):  # an evaluation failed after this epoch's weights were saved: redo it first
         evaluate_epoch(s, run_dir, state, state["history"][-1], cfg.epochs)
     last_val = None
@@ -299,7 +302,7 @@ def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = 
                  device: str = "auto", batch_size: int | None = None) -> dict:
     """Evaluate the saved networks of a run on its validation split; returns {network: metrics}."""
     cfg = runs.load_config(run_dir)
-    overrides = {k: v for k, v in dict(eval_protocol=protocol, root=root, eval_batch_size=batch_size).items()
+    overrides = {k: v for k, v in dict(eval_protocol=protocol, data_root=root, eval_batch_size=batch_size).items()
                  if v is not None}
     if protocol is not None and protocol != cfg.eval_protocol:
         overrides["eval_passes"] = None  # the new protocol's default number of passes

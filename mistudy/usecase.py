@@ -9,6 +9,7 @@ from mistudy import data, runs, viz
 from mistudy.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
 from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
 from mistudy.inference import predict_samples
+from mistudy.progress import weights_text
 from mistudy.tables import Table, Tables, write_table
 from mistudy.train import SCORES, train_or_load
 
@@ -58,9 +59,10 @@ class UseCaseReport:
     @classmethod
     def for_notebook(cls, use_case: str, profile: str | None = None, config: dict | None = None, results_dir=None,
                      figures_dir=None, **fields) -> "UseCaseReport":
-        """The report of a use-case notebook's parameters: the profile's settings, ``fields`` (dataset, root,
-        device, seed, resume), then ``config``; runs and figures in the profile's default folders unless given."""
-        profile = resolve_profile(profile)
+        """The report of a use-case notebook's parameters: the profile's settings (no profile: the dataset's default,
+        `config.resolve_profile`), ``fields`` (dataset, data_root, download, device, seed, resume), then ``config``;
+        runs and figures in the profile's default folders unless given."""
+        profile = resolve_profile(profile, fields.get("dataset", "synthetic"))
         cfg = study_config(use_case, profile, config, results_dir=str(results_dir or runs.default_results_dir(profile)),
                            **fields)
         return cls(cfg, figures_dir or runs.default_figures_dir(profile))
@@ -73,7 +75,8 @@ class UseCaseReport:
                 f"{c.crop_size} after resize {c.resize_size}, {c.eval_protocol} evaluation protocol "
                 f"({c.resolved_eval_passes} pass{'es' if c.resolved_eval_passes > 1 else ''})\n"
                 f"samples: train {c.train_samples or 'all'}, validation {c.val_samples or 'all'}, selection split "
-                f"{c.select_fraction:g} of train; seed {c.seed}")
+                f"{c.select_fraction:g} of train; seed {c.seed}"
+                + "".join(f"\nstarts from {part}" for part in weights_text(c)))
 
     def train(self) -> dict:
         """Train the run, or reuse it when finished; prints where the run and the figures go."""

@@ -1,4 +1,4 @@
-"""Tiny PASCAL VOC 2012 and Cityscapes trees in their real layouts and file formats (fixtures in conftest.py).
+"""Tiny PASCAL VOC 2012 (+ SBD) and Cityscapes trees in their real layouts and file formats (fixtures in conftest.py).
 
 A module of its own, not conftest.py: tests import its constants, and `conftest` is not a unique module name
 (notebooks/ has one too)."""
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.io import savemat
 
 from mistudy.data import voc_palette
 
@@ -95,3 +96,18 @@ def cityscapes_root(tmp_path: Path) -> Path:
                 (labels_dir / f"{stem}_gtFine_polygons.json").write_text(
                     json.dumps({"imgHeight": height, "imgWidth": width, "objects": []}))
     return root
+
+
+SBD_SPLITS = {"train": ["2007_000032", "2008_100001", "2007_000033"], "val": ["2009_200002"]}
+
+
+def write_sbd(root, splits=SBD_SPLITS, value: int = 7) -> None:
+    """<root>/SBD/{img/*.jpg, cls/*.mat, train.txt, val.txt} as the SBD release (a GTcls struct per mask)."""
+    sbd = root / "SBD"
+    (sbd / "img").mkdir(parents=True)
+    (sbd / "cls").mkdir()
+    for split, ids in splits.items():
+        (sbd / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for i in ids:
+            Image.fromarray(np.full((30, 40, 3), 128, np.uint8)).save(sbd / "img" / f"{i}.jpg")
+            savemat(sbd / "cls" / f"{i}.mat", {"GTcls": {"Segmentation": np.full((30, 40), value, np.uint8)}})

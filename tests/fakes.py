@@ -66,7 +66,7 @@ def fake_run(results, dataset, use_case, seed, checkpoint_scores, epochs=2, name
     run.mkdir(parents=True)
     cfg = {**TrainConfig(dataset="synthetic").__dict__, "use_case": use_case, "dataset": dataset, "seed": seed,
            "epochs": epochs, "results_dir": str(results), "run_name": name,
-           "root": None if dataset == "synthetic" else f"/data/{dataset}", **config}  # a root not on this machine
+           "data_root": None if dataset == "synthetic" else f"/data/{dataset}", **config}  # a root not on this machine
     (run / "config.json").write_text(json.dumps(cfg))
     nets = {n: {"last": checkpoint_scores, "best_loss": checkpoint_scores, "best_miou": checkpoint_scores}
             for n in networks}

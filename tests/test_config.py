@@ -45,7 +45,7 @@ def test_every_field_is_a_cli_option_with_its_help_and_the_profiles_default():
 
 
 def test_every_field_can_be_set_in_the_study_and_the_notebooks():
-    reserved = {"use_case", "dataset", "root", "seed", "device", "results_dir", "run_dir", "resume"}
+    reserved = {"use_case", "dataset", "data_root", "seed", "device", "results_dir", "run_dir", "resume", "download"}
     for f in fields(TrainConfig):
         values = parse_assignments([f"{f.name}={_sample(f)}"])
         assert set(values) == {f.name}
@@ -108,7 +108,7 @@ def test_bad_assignments_are_named(item, match):
 
 
 def test_kinds_of_options():
-    assert {"device", "num_workers", "compile", "cache_dir", "root"} <= config.RUNTIME_OPTIONS
+    assert {"device", "num_workers", "compile", "cache_dir", "data_root", "download"} <= config.RUNTIME_OPTIONS
     assert {"epochs", "eval_every", "run_dir"} <= config.RESUMABLE_CHANGES
     assert not {"lr", "rmi_radius", "seed", "select_fraction"} & config.RESUMABLE_CHANGES
     json.dumps([f.metadata["help"] for f in fields(TrainConfig)])  # plain strings
@@ -142,6 +142,14 @@ def test_train_cli_shares_the_notebooks_defaults_and_layout(tmp_path, monkeypatc
     assert report.cfg.resolved_run_dir() == run
     report.train()
     assert "Reusing the finished run" in capsys.readouterr().out
+    # the README's commands one after another: the same command again reports the finished run and its scores
+    # (it used to fail with "already holds a run; pass --resume (--resume)")
+    assert main(["train", "--set", "epochs=1", "--device", "cpu", "--set", "use_case=rmi"]) == 0
+    out = capsys.readouterr().out
+    scores = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert "Reusing the finished run" in out and scores["unet"] == {
+        k: v for k, v in json.loads((run / "metrics.json").read_text())["networks"]["unet"]["best_miou"].items()
+        if k in scores["unet"]}
 
 
 def test_the_command_line_introduces_itself(capsys):
@@ -163,8 +171,10 @@ def test_cli_errors_name_flags_not_fields(capsys):
     assert cli_words("pass resume=True to continue") == "pass --resume to continue"
     assert cli_words("warmup_factor must be in (0, 1]") == "--warmup-factor must be in (0, 1]"
     assert cli_words("the dataset voc needs root") == "the dataset voc needs root"  # prose is left alone
+    assert cli_words("holds a run; pass --resume (resume=True) to continue") == \
+        "holds a run; pass --resume to continue"  # the flag once, not "--resume (--resume)"
     assert main(["train", "--dataset", "voc", "--device", "cpu"]) == 2
-    assert "needs --root" in capsys.readouterr().err
+    assert "needs --data-root" in capsys.readouterr().err
 
 
 # Values are checked when a config is made (the filesystem only when a run starts: test_train.py).
@@ -175,7 +185,7 @@ TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36
 @pytest.mark.parametrize("kw,match", [
     (dict(use_case="segformer"), "use_case"), (dict(dataset="coco"), "dataset"), (dict(epochs=0), "epochs"),
     (dict(batch_size=0), "batch_size"), (dict(use_case="mutual", batch_size=1), "ASPP"),
-    (dict(dataset="voc"), "root"), (dict(crop_size=64, resize_size=32), "crop_size"),
+    (dict(dataset="voc"), "data_root"), (dict(crop_size=64, resize_size=32), "crop_size"),
     (dict(compile_mode="reduce-overhead"), "needs compile=True"), (dict(compile=True, compile_mode="fast"), "compile_mode"),
     (dict(finite_check_every=0), "finite_check_every"),
 ])
@@ -187,3 +197,72 @@ def test_config_rejects_bad_values(kw, match):
 def test_bad_device_is_rejected_before_training():
     with pytest.raises(ValueError, match="device"):
         TrainConfig(**{**TINY, "device": "tpu"})
+
+
+# ------------------------------------------------------------------------- issue 30: defaults and names per dataset
+
+def test_no_profile_means_quick_on_synthetic_data_and_the_paper_on_real_data(monkeypatch):
+    monkeypatch.delenv("MISTUDY_PROFILE", raising=False)
+    quick = study_config("rmi", None, device="cpu")
+    assert (quick.epochs, quick.crop_size, quick.train_samples) == (6, 64, 256)
+    paper = study_config("mutual", None, dataset="voc", data_root="/data/voc", device="cpu")
+    assert (paper.epochs, paper.crop_size, paper.resize_size, paper.train_samples, paper.val_samples) == \
+        (200, 224, 234, None, None)
+    assert (paper.resolved_batch_size, paper.resolved_lr) == (10, 1e-4)
+    # the authors' partner: torchvision's COCO checkpoint with a new DeepLabHead
+    assert (paper.deeplab_weights, paper.deeplab_head) == ("COCO_WITH_VOC_LABELS_V1", "replace")
+    city = study_config("baseline", None, {"data_root": "/c"}, dataset="cityscapes", device="cpu")
+    assert city.epochs == 200 and city.deeplab_weights is None  # no DeepLabV3 trained: the run records no weights
+    assert study_config("baseline", "paper", {"network": "deeplabv3"}, device="cpu").deeplab_weights == \
+        "COCO_WITH_VOC_LABELS_V1"
+    assert study_config("mutual", "paper", {"mutual_partner": "unet"}, device="cpu").deeplab_weights is None
+    assert study_config("rmi", "quick", dataset="voc", data_root="/v", device="cpu").crop_size == 64  # named: kept
+    monkeypatch.setenv("MISTUDY_PROFILE", "tiny")
+    assert study_config("rmi", None, dataset="voc", data_root="/v", device="cpu").epochs == 2  # env names one
+
+
+def test_train_cli_on_real_data_without_a_profile_runs_the_paper_profile(tmp_path, monkeypatch, capsys):
+    from mistudy import train as train_module
+    from mistudy.__main__ import main
+
+    monkeypatch.delenv("MISTUDY_PROFILE", raising=False)
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    seen = []
+    monkeypatch.setattr(train_module, "train_or_load", lambda cfg: seen.append(cfg) or {"networks": {}, "run_dir": "r"})
+    for flag in ("--data-root", "--root"):  # the old name, an alias
+        assert main(["train", "--dataset", "voc", flag, "/data/voc", "--device", "cpu"]) == 0
+        cfg = seen.pop()
+        assert cfg.data_root == "/data/voc" and cfg.epochs == 200 and cfg.train_samples is None
+        assert cfg.resolved_run_dir() == tmp_path / "results" / "paper" / "voc" / "baseline" / "seed0"
+    assert build_parser().parse_args(["evaluate", "--run", "r", "--root", "/d"]).data_root == "/d"  # every command
+    assert main(["train", "--use-case", "mutual", "--deeplab-weights", "none", "--device", "cpu"]) == 0
+    assert seen.pop().deeplab_weights is None  # "none" on the command line, as in --set
+    assert main(["train", "--dataset", "voc", "--data-root", "/v", "--deeplab-weights", "COCO_V2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'COCO_V2'" in err[0] and "COCO_WITH_VOC_LABELS_V1" in err[0]
+
+
+def test_a_run_saved_with_the_old_root_option_still_loads(tmp_path):
+    from mistudy import runs
+
+    cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": "/data/voc"})
+    saved = {k if k != "data_root" else "root": v for k, v in json.loads(json.dumps(cfg.__dict__)).items()}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = runs.load_config(tmp_path)
+    assert loaded.data_root == "/data/voc" and loaded == cfg
+    assert runs.config_differences(cfg.replace(data_root="/elsewhere"), tmp_path, ignore=set()) == {
+        "data_root": ("/data/voc", "/elsewhere")}  # compared under its new name
+    assert parse_assignments(["root=/x"]) == {"data_root": "/x"}
+
+
+def test_profile_of_names_the_profile_and_what_departs_from_it():
+    assert config.profile_of(study_config("rmi", "paper", device="cpu")) == "paper"
+    assert config.profile_of(study_config("rmi", "quick", {"epochs": 1}, device="cpu")) == "quick, with epochs=1"
+    assert config.profile_of(study_config("rmi", "long", device="cpu")) == "long"
+
+
+def test_pretraining_starts_from_random_init_whatever_the_profile(tmp_path):
+    from mistudy.pretrain import pretrain_config
+
+    cfg = pretrain_config("deeplabv3", "paper", tmp_path, 16, 1, "cpu")  # the stand-in of the COCO weights
+    assert cfg.network == "deeplabv3" and cfg.weights_options() == {}

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_voc_mask
+from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_sbd, write_voc_mask
 from mistudy import data
 from mistudy.data import files, synthetic
 from mistudy.data import (IGNORE_INDEX, ResizedCache, SyntheticSegmentation, build_dataset, colorize_mask,
@@ -393,7 +393,7 @@ def test_voc_train_items_and_loader(voc_root):
 
 
 def test_voc_missing_root_names_the_layout_and_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"VOCdevkit/VOC2012/JPEGImages.*PASCAL VOC site"):
+    with pytest.raises(FileNotFoundError, match=r"VOCdevkit/VOC2012/JPEGImages.*--download.*VOCtrainval_11-May-2012"):
         build_dataset("voc", "train", tmp_path, train=True)
 
 
@@ -446,7 +446,7 @@ def test_voc_image_and_mask_sizes_must_match(voc_root):
 
 
 def test_bad_names_and_arguments(voc_root):
-    with pytest.raises(ValueError, match="'synthetic', 'voc', 'cityscapes'"):
+    with pytest.raises(ValueError, match="'synthetic', 'voc', 'voc_aug', 'cityscapes'"):
         build_dataset("ade20k", "train", train=True)
     with pytest.raises(ValueError, match="'train', 'val', 'trainval'"):
         build_dataset("voc", "test", voc_root, train=False)
@@ -616,3 +616,127 @@ def test_cityscapes_selection_split_is_held_out_of_train(cityscapes_root):
     assert all(data.in_selection_split(p[0].stem, 0.5) for p in select.samples)
     with pytest.raises(ValueError, match="needs select_fraction > 0"):
         build_dataset("cityscapes", "select", cityscapes_root, train=False)
+
+
+# ----------------------------------------------------------------------------- data on request (--download)
+
+def test_voc_is_fetched_by_torchvisions_download_into_the_root_once(voc_root, tmp_path, monkeypatch):
+    import shutil
+
+    import torchvision.datasets.voc as tv_voc
+
+    calls = []
+
+    def extract(url, download_root, filename=None, md5=None):  # what torchvision's download leaves in the root
+        calls.append((url, download_root, filename))
+        shutil.copytree(voc_root / "VOCdevkit", os.path.join(download_root, "VOCdevkit"))
+
+    monkeypatch.setattr(tv_voc, "download_and_extract_archive", extract)
+    from mistudy.config import TrainConfig
+
+    root = tmp_path / "new" / "voc"
+    TrainConfig(dataset="voc", data_root=str(root), download=True).check_paths()  # what a run does first
+    assert calls == [("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar", str(root),
+                      "VOCtrainval_11-May-2012.tar")]
+    assert len(build_dataset("voc", "val", root, train=False)) == len(VOC_SPLITS["val"])
+    data.download("voc", root)
+    assert len(calls) == 1  # complete: the 2 GB archive is not fetched nor extracted again
+
+
+def test_voc_download_without_network_names_the_url_and_where_to_put_the_archive(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def refused(*args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("voc", tmp_path / "voc")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar" in message
+    assert "Connection refused" in message and f"put VOCtrainval_11-May-2012.tar at " \
+        f"{tmp_path / 'voc' / 'VOCtrainval_11-May-2012.tar'}" in message
+
+
+def test_voc_download_into_a_read_only_root_names_it(tmp_path, monkeypatch):
+    import torchvision.datasets.voc as tv_voc
+
+    root = tmp_path / "readonly"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anywhere: the refusal an ordinary user's write meets
+            def refuse(url, download_root, filename=None, md5=None):
+                raise PermissionError(13, "Permission denied", os.path.join(download_root, filename))
+            monkeypatch.setattr(tv_voc, "download_and_extract_archive", refuse)
+        with pytest.raises(ValueError, match=rf"^--download: the data root {root} is not writable"):
+            data.download("voc", root)
+    finally:
+        root.chmod(0o755)
+
+
+def test_cityscapes_download_names_the_archives_the_site_and_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("cityscapes", tmp_path)
+    message = str(e.value)
+    for part in ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip", "https://www.cityscapes-dataset.com",
+                 "<root>/leftImg8bit/train/<city>/*_leftImg8bit.png",
+                 "<root>/gtFine/train/<city>/*_gtFine_labelIds.png"):
+        assert part in message
+    assert "\n" not in message
+
+
+def test_nothing_is_fetched_without_download(tmp_path, monkeypatch):
+    from mistudy.config import TrainConfig
+
+    monkeypatch.setattr(data, "download", lambda *a: pytest.fail("fetched without --download"))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        TrainConfig(dataset="voc", data_root=str(tmp_path / "none")).check_paths()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"pass --download to fetch https://thor\.robots\.ox\.ac\.uk/.*\.tar"):
+        build_dataset("voc", "train", tmp_path / "empty", train=True)
+
+
+# ------------------------------------------------------------------- voc_aug: VOC 2012 + SBD (torchvision's SBDataset)
+
+def test_voc_aug_trains_on_voc_and_sbd_less_voc_val(voc_root):
+    write_sbd(voc_root)
+    train = build_dataset("voc_aug", "train", voc_root, train=False)
+    stems = [image.stem for image, _ in train.samples]
+    # VOC train and SBD train + val, without VOC val's 2007_000033; sorted, each image once
+    assert stems == sorted(set(VOC_SPLITS["train"]) | {"2008_100001", "2009_200002"})
+    masks = {image.stem: mask for image, mask in train.samples}
+    assert masks["2007_000032"].suffix == ".png" and masks["2008_100001"].suffix == ".mat"  # VOC's own mask kept
+    files.check_files(train, decode_masks=True)
+    _, mask = train[stems.index("2008_100001")]
+    assert mask.shape == (224, 224) and set(mask.unique().tolist()) == {7}
+    val = build_dataset("voc_aug", "val", voc_root, train=False)
+    assert [i.stem for i, _ in val.samples] == VOC_SPLITS["val"]  # scored on VOC 2012 val
+    assert data.dataset_info("voc_aug").class_names == data.dataset_info("voc").class_names
+
+
+def test_voc_aug_names_a_bad_sbd_mask_and_a_missing_sbd(voc_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Expected SBD under .*SBD/cls/\*\.mat.*--download.*benchmark\.tgz"):
+        build_dataset("voc_aug", "train", voc_root, train=True)
+    write_sbd(voc_root, value=30)
+    train = build_dataset("voc_aug", "train", voc_root, train=True)
+    with pytest.raises(ValueError, match=r"2008_100001\.mat has values \[30\] outside \[0, 21\)"):
+        files.check_files(train, decode_masks=True)
+
+
+def test_voc_aug_download_fetches_sbd_with_torchvision_and_names_the_url_without_network(voc_root, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.sbd as tv_sbd
+
+    def refused(url, download_root, filename=None, md5=None):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(tv_sbd, "download_and_extract_archive", refused)
+    with pytest.raises(FileNotFoundError) as e:
+        data.download("voc_aug", voc_root)  # VOC is there: only SBD is fetched
+    message = str(e.value)
+    assert message.startswith("cannot download SBD from https://www2.eecs.berkeley.edu/") and "\n" not in message
+    assert f"put benchmark.tgz at {voc_root / 'SBD' / 'benchmark.tgz'}" in message

@@ -179,3 +179,97 @@ def test_deeplab_skipping_padding_taps_equals_torchvisions_network(size):
     grads = dict(ours.net.named_parameters())
     for name, p in reference.named_parameters():
         assert (grads[name].grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + 1e-12, name
+
+
+# ------------------------------------------------------------------ weights by name (torchvision's weights API)
+
+REAL_DOWNLOAD = torch.hub.download_url_to_file  # before the autouse fixture refuses it
+
+def _cache_file(torch_home, name: str, enum: str = "DeepLabV3_ResNet50_Weights"):
+    """Where torchvision keeps the file of weights ``name``: <TORCH_HOME>/hub/checkpoints/<the URL's file name>."""
+    from torchvision.models import get_weight
+
+    return torch_home / "hub" / "checkpoints" / get_weight(f"{enum}.{name}").url.rsplit("/", 1)[-1]
+
+
+def _mutual(**kw):
+    from mistudy.config import TrainConfig
+
+    return TrainConfig(use_case="mutual", train_samples=8, val_samples=4, resize_size=36, crop_size=32, batch_size=4,
+                       unet_features=4, device="cpu", progress="none", deeplab_weights="COCO_WITH_VOC_LABELS_V1", **kw)
+
+
+def test_a_weights_name_loads_torchvisions_file_from_the_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from mistudy import networks, runs
+    from mistudy.progress import start_line
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    coco = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict()
+    path = _cache_file(tmp_path, "COCO_WITH_VOC_LABELS_V1")
+    assert path.name == "deeplabv3_resnet50_coco-cd0a2569.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(coco, path)
+    cfg = _mutual()
+    cfg.check_paths()  # in the cache: nothing to fetch (the fixture refuses any download)
+    assert cfg.weights_files() == {"deeplab_weights": path}
+    assert runs.weights_record(cfg)["deeplab_weights"]["path"] == str(path)
+    assert "; deeplab_weights COCO_WITH_VOC_LABELS_V1 (deeplab_head replace); device cpu" in \
+        start_line("paper", {"train": 8}, cfg, 2, 1, "cpu", "run")  # what the run says before its first step
+    net = networks.build_networks(cfg)["deeplabv3"]
+    assert torch.equal(net.net.backbone.layer4[2].conv3.weight, coco["backbone.layer4.2.conv3.weight"])
+    assert not torch.equal(net.net.classifier[0].convs[0][0].weight, coco["classifier.0.convs.0.0.weight"])  # new head
+    full = cfg.replace(deeplab_weights="DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1")  # the enum's full name
+    assert full.weights_files() == {"deeplab_weights": path}
+    torch.save(UNet(3, 21, 4).state_dict(), path)  # a file of another architecture under the name
+    with pytest.raises(ValueError, match=r"deeplabv3_resnet50_coco-cd0a2569.pth does not fit a DeepLabV3-ResNet50: "
+                                         r"missing keys \['backbone.conv1.weight'"):
+        networks.build_networks(cfg)
+
+
+def test_weights_names_are_checked_and_only_the_built_networks_need_theirs(tmp_path, monkeypatch):
+    from mistudy.config import TrainConfig
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match=r"unknown deeplab_backbone_weights weights name 'IMAGENET1K_V3'; valid: "
+                                         r"IMAGENET1K_V1, IMAGENET1K_V2"):
+        TrainConfig(use_case="mutual", deeplab_backbone_weights="IMAGENET1K_V3")
+    cfg = TrainConfig(use_case="mutual", deeplab_backbone_weights="IMAGENET1K_V2", device="cpu")
+    assert cfg.weights_files()["deeplab_backbone_weights"] == _cache_file(tmp_path, "IMAGENET1K_V2", "ResNet50_Weights")
+    baseline = TrainConfig(use_case="baseline", deeplab_weights="COCO_WITH_VOC_LABELS_V1", device="cpu")
+    assert baseline.weights_files() == {}  # no DeepLabV3 trained: its weights are neither needed nor fetched
+    baseline.check_paths()
+
+
+def test_a_missing_named_file_is_fetched_only_with_download(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = _cache_file(tmp_path, "COCO_WITH_VOC_LABELS_V1")
+    url = "https://download.pytorch.org/models/deeplabv3_resnet50_coco-cd0a2569.pth"
+    with pytest.raises(FileNotFoundError) as e:
+        _mutual().check_paths()  # the fixture fails the test if anything is fetched
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message and url in message
+    assert "--download" in message and "--deeplab-weights none" in message
+
+    def refused(*args, **kwargs):
+        raise URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", REAL_DOWNLOAD)  # the real one, with no network:
+    monkeypatch.setattr(torch.hub, "urlopen", refused)
+    with pytest.raises(FileNotFoundError) as e:
+        _mutual(download=True).check_paths()
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"cannot download deeplab_weights COCO_WITH_VOC_LABELS_V1 "
+                                                      f"from {url} (")
+    assert "Connection refused" in message and f"put the file at {path}" in message and not path.exists()
+
+    def fetched(url_, dst, hash_prefix=None, progress=True):  # a download that succeeds, into torch's cache
+        torch.save(DeepLabV3(21).net.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fetched)
+    _mutual(download=True).check_paths()
+    assert path.is_file()

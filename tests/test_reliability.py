@@ -44,7 +44,7 @@ def cli(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def cli_train_args(run_dir, **kw) -> list[str]:
     options = {**TINY, "run_dir": str(run_dir), **kw}
-    out = ["train", "--profile", "paper"]  # the paper's profile is TrainConfig's defaults, as tiny() uses
+    out = ["train", "--profile", "paper"]  # TrainConfig's defaults, as tiny() uses (and the COCO DeepLabV3 of mutual)
     for k, v in options.items():
         if v is None:
             continue
@@ -305,7 +305,7 @@ def _bad_mask(voc_root: Path, image_id: str) -> Path:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_training_file_gives_the_same_one_line_error_with_or_without_workers(voc_root, tmp_path, workers):
     path = _bad_mask(voc_root, VOC_SPLITS["train"][1])
-    out = cli(*cli_train_args(tmp_path / "run", dataset="voc", root=voc_root, train_samples=None, val_samples=None,
+    out = cli(*cli_train_args(tmp_path / "run", dataset="voc", data_root=voc_root, train_samples=None, val_samples=None,
                               select_fraction=0, num_workers=workers, epochs=1))
     assert out.returncode == 1
     assert out.stderr.strip() == f"mistudy train: error: mask {path} has values [77] outside [0, 21) other than 255"
@@ -330,7 +330,7 @@ def test_a_bad_validation_mask_stops_the_run_before_it_trains(voc_root, tmp_path
     path = _bad_mask(voc_root, VOC_SPLITS["val"][0])
     trained = count_calls(monkeypatch, engine, "train_step")
     with pytest.raises(ValueError, match=f"mask {path} has values \\[77\\]"):
-        train(tiny(tmp_path / "run", dataset="voc", root=str(voc_root), train_samples=None, val_samples=None,
+        train(tiny(tmp_path / "run", dataset="voc", data_root=str(voc_root), train_samples=None, val_samples=None,
                    select_fraction=0))
     assert trained["n"] == 0
 
@@ -339,7 +339,7 @@ def test_truncated_files_are_found_by_their_end_marker_before_training(voc_root,
     jpeg = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][0]}.jpg"
     jpeg.write_bytes(jpeg.read_bytes()[:-200])
     with pytest.raises(ValueError, match=f"image {jpeg} is truncated"):
-        train(tiny(tmp_path / "run", dataset="voc", root=str(voc_root), train_samples=None, val_samples=None,
+        train(tiny(tmp_path / "run", dataset="voc", data_root=str(voc_root), train_samples=None, val_samples=None,
                    select_fraction=0))
 
 

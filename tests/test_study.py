@@ -151,9 +151,46 @@ def test_plan_data_roots(nb_dir, voc_root, cityscapes_root):
     steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--notebooks", "03")
     assert steps[0].parameters["data_root"] == str(voc_root.resolve())
     steps = _plan(nb_dir, "--dataset", "all", "--data-root", f"voc={voc_root}", "--data-root",
-                  f"cityscapes={cityscapes_root}", "--notebooks", "02", "--seeds", "0")
+                  f"cityscapes={cityscapes_root}", "--data-root", f"voc_aug={voc_root}", "--notebooks", "02",
+                  "--seeds", "0")
     assert [(s.parameters["dataset"], s.parameters["data_root"]) for s in steps] == [
-        ("synthetic", None), ("voc", str(voc_root.resolve())), ("cityscapes", str(cityscapes_root.resolve()))]
+        ("synthetic", None), ("voc", str(voc_root.resolve())), ("voc_aug", str(voc_root.resolve())),
+        ("cityscapes", str(cityscapes_root.resolve()))]
+
+
+def test_plan_without_a_profile_runs_the_paper_profile_on_real_data(nb_dir, voc_root, monkeypatch, tmp_path):
+    monkeypatch.delenv("MISTUDY_PROFILE", raising=False)
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    steps = _plan(nb_dir, "--dataset", "voc", "--root", str(voc_root), "--notebooks", "03", "--seeds", "0")
+    assert steps[0].parameters["profile"] == "paper" and steps[0].parameters["data_root"] == str(voc_root.resolve())
+    assert steps[0].parameters["results_dir"] == str(tmp_path / "results" / "paper")
+    assert _plan(nb_dir, "--notebooks", "03", "--seeds", "0")[0].parameters["profile"] == "quick"
+    assert _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--profile", "tiny", "--notebooks", "03",
+                 "--seeds", "0")[0].parameters["profile"] == "tiny"
+
+
+def test_study_download_fetches_into_a_new_root_and_tells_the_notebooks(nb_dir, voc_root, tmp_path, monkeypatch):
+    from mistudy import data
+
+    new = tmp_path / "fresh"
+    steps = _plan(nb_dir, "--dataset", "voc", "--data-root", str(new), "--download", "--notebooks", "02",
+                  "--seeds", "0", "--profile", "tiny")  # a root that does not exist yet: the download makes it
+    assert steps[0].parameters["download"] is True and steps[0].parameters["data_root"] == str(new.resolve())
+    fetched = []
+    monkeypatch.setattr(data, "download", lambda name, root: fetched.append((name, root)))
+    assert main(["--dataset", "voc", "--data-root", str(new), "--download", "--notebooks", "02", "--seeds", "0",
+                 "--profile", "tiny", "--notebooks-dir", str(nb_dir)]) == 2  # nothing fetched here: the check fails
+    assert fetched == [("voc", str(new.resolve()))]
+    assert "download" not in _plan(nb_dir, "--notebooks", "02", "--seeds", "0")[0].parameters
+
+
+def test_a_missing_named_weights_file_stops_the_study_before_it_runs(nb_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, _, err = _run(capsys, "--profile", "paper", "--notebooks", "02", "04", "--seeds", "0", "--notebooks-dir",
+                        str(nb_dir), "--results-dir", str(tmp_path / "res"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "deeplab_weights COCO_WITH_VOC_LABELS_V1" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "--download" in err and not (tmp_path / "res").exists()
 
 
 @pytest.mark.parametrize("argv,match", [

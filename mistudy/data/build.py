@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from mistudy.data.cache import ResizedCache
 from mistudy.data.classes import SPLITS, check_choice, check_size
-from mistudy.data.files import CityscapesSegmentation, VOCSegmentation
+from mistudy.data.files import CityscapesSegmentation, VOCAugSegmentation, VOCSegmentation
 from mistudy.data.synthetic import SYNTHETIC_DEFAULT_LEVEL, SYNTHETIC_DEFAULT_SIZES, SyntheticSegmentation
 from mistudy.data.transforms import transform_steps
 
@@ -18,7 +18,7 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
                   resize_size: int | None = 234, crop_size: int = 224, square_resize: bool = False,
                   normalize: bool = False, num_samples: int | None = None, cache_dir=None, seed: int = 0,
                   synthetic_level: str = SYNTHETIC_DEFAULT_LEVEL, select_fraction: float = 0.0) -> Dataset:
-    """A split of ``"synthetic"``, ``"voc"`` or ``"cityscapes"`` with its transform (`transform_steps`).
+    """A split of ``"synthetic"``, ``"voc"``, ``"voc_aug"`` or ``"cityscapes"`` with its transform (`transform_steps`).
 
     Items: (image float32 [3, H, W] in [0, 1], or ImageNet-normalised if ``normalize``; mask int64 [H, W],
     255 = ignore).  ``train=True``: resize + random crop; ``train=False``: the evaluation ``protocol``.
@@ -48,7 +48,7 @@ def build_dataset(name: str, split: str, root=None, *, train: bool, protocol: st
         raise ValueError(f"dataset {name!r} needs root= (the directory holding its files)")
     if cache_dir is True:
         cache_dir = Path(root) / ".mistudy_cache"
-    source_cls = VOCSegmentation if name == "voc" else CityscapesSegmentation
+    source_cls = {"voc": VOCSegmentation, "voc_aug": VOCAugSegmentation, "cityscapes": CityscapesSegmentation}[name]
     kw = dict(num_samples=num_samples, select_fraction=select_fraction)
     if not cache_dir:
         return source_cls(root, split, transform=v2.Compose(resize + rest), **kw)

@@ -14,10 +14,11 @@ import torchvision
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DATASETS = ("synthetic", "voc", "cityscapes")
+DATASETS = ("synthetic", "voc", "voc_aug", "cityscapes")
 SPLITS = {
     "synthetic": ("train", "val", "test", "select"),
     "voc": ("train", "val", "trainval", "select"),
+    "voc_aug": ("train", "val", "select"),
     "cityscapes": ("train", "val", "select"),
 }
 
@@ -82,13 +83,14 @@ _INFOS = {
     "synthetic": DatasetInfo("synthetic", len(SYNTHETIC_CLASSES), SYNTHETIC_CLASSES, _frozen(np.array(
         [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]))),
     "voc": DatasetInfo("voc", len(VOC_CLASSES), VOC_CLASSES, _frozen(voc_palette(len(VOC_CLASSES)))),
+    "voc_aug": DatasetInfo("voc_aug", len(VOC_CLASSES), VOC_CLASSES, _frozen(voc_palette(len(VOC_CLASSES)))),
     "cityscapes": DatasetInfo("cityscapes", len(CITYSCAPES_CLASSES), CITYSCAPES_CLASSES,
                               _frozen(np.array([c.color for c in _CITYSCAPES_TRAIN]))),
 }
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Class names and palette of ``"synthetic"``, ``"voc"`` or ``"cityscapes"``."""
+    """Class names and palette of a dataset of ``DATASETS``."""
     check_choice("dataset", name, tuple(_INFOS))
     return _INFOS[name]
 

@@ -4,6 +4,7 @@ read; the selection split held out of the official training list."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +123,52 @@ def _check_ids(mask: np.ndarray, num_valid: int, path: Path, allow_ignore: bool 
                          + (f" other than {IGNORE_INDEX}" if allow_ignore else ""))
 
 
+VOC_ARCHIVE = torchvision.datasets.voc.DATASET_YEAR_DICT["2012"]  # url, filename, md5 of torchvision's download
+SBD_ARCHIVE = torchvision.datasets.SBDataset.url
+
+
+def _voc_complete(root) -> bool:
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    return all((base / p).exists() for p in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt",
+                                             "ImageSets/Segmentation/val.txt"))
+
+
+def download(dataset: str, root) -> None:
+    """Fetch ``dataset`` into ``root`` where it is not there yet: PASCAL VOC 2012 with torchvision's
+    ``VOCSegmentation(download=True)`` (its archive, md5-checked, extracted under ``root``); Cityscapes has no public
+    download.  Failures raise one line: FileNotFoundError naming the URL and where to put the archive, ValueError
+    naming a root that cannot be written."""
+    check_choice("dataset", dataset, ("voc", "voc_aug", "cityscapes"))
+    if dataset == "cityscapes":
+        raise FileNotFoundError("Cityscapes cannot be downloaded without an account. " + cityscapes_layout(root))
+    root = Path(root)
+    sbd = root / SBD_ROOT
+    fetches = [] if _voc_complete(root) else [(
+        "PASCAL VOC 2012", VOC_ARCHIVE["url"], root / VOC_ARCHIVE["filename"],
+        lambda: torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=True))]
+    if dataset == "voc_aug" and not all((sbd / p).exists() for p in ("img", "cls", "train.txt", "val.txt")):
+        fetches.append(("SBD", SBD_ARCHIVE, sbd / torchvision.datasets.SBDataset.filename,
+                        lambda: torchvision.datasets.SBDataset(str(sbd), mode="segmentation", download=True)))
+    for what, url, archive, fetch in fetches:
+        try:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--download: cannot create {archive.parent} ({e.strerror})") from None
+        if not os.access(archive.parent, os.W_OK):
+            raise ValueError(f"--download: the data root {archive.parent} is not writable; choose a writable "
+                             "--data-root")
+        try:
+            fetch()
+        except PermissionError:
+            raise ValueError(f"--download: the data root {archive.parent} is not writable; choose a writable "
+                             "--data-root") from None
+        except (OSError, RuntimeError) as e:  # no network (URLError), a full disk, an md5 mismatch
+            reason = " ".join(str(getattr(e, "reason", e)).split())
+            raise FileNotFoundError(f"cannot download {what} from {url} ({reason}): put {archive.name} at {archive} "
+                                    "(e.g. fetched on a machine with network) and run again with --download to "
+                                    "extract it") from None
+
+
 def _require(paths: list[Path], message: str) -> None:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -149,9 +196,8 @@ class VOCSegmentation(_PairedFiles):
                       base / "ImageSets" / "Segmentation" / f"{image_set}.txt"],
                      f"Expected PASCAL VOC 2012 under {root}: <root>/VOCdevkit/VOC2012/JPEGImages/*.jpg, "
                      "<root>/VOCdevkit/VOC2012/SegmentationClass/*.png and "
-                     "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; download "
-                     "VOCtrainval_11-May-2012.tar from the PASCAL VOC site "
-                     "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and extract it under <root>.")
+                     "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; pass --download to fetch "
+                     f"{VOC_ARCHIVE['url']} there, or extract that archive under <root>.")
         tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
         samples = [(Path(i), Path(m)) for i, m in zip(tv.images, tv.masks)]
         samples = _split_for_selection(split, samples, select_fraction, self.name)
@@ -159,6 +205,58 @@ class VOCSegmentation(_PairedFiles):
 
     def _decode_mask(self, path: Path) -> np.ndarray:
         mask = _read_index_png(path)
+        _check_ids(mask, self.num_classes, path)
+        return mask
+
+
+def cityscapes_layout(root, split: str = "train") -> str:
+    """Where Cityscapes must be put, and where to get it (it has no public download)."""
+    return (f"Expected Cityscapes under {root}: <root>/leftImg8bit/{split}/<city>/*_leftImg8bit.png and "
+            f"<root>/gtFine/{split}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
+            "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required, no public "
+            "download) and extract both under <root>.")
+
+
+SBD_ROOT = "SBD"  # <root>/SBD: torchvision's SBDataset root (img/*.jpg, cls/*.mat, train.txt, val.txt)
+
+
+class VOCAugSegmentation(VOCSegmentation):
+    """VOC 2012 with the SBD annotations (Hariharan et al. 2011), the training set the RMI authors used: split
+    "train" is VOC 2012 train, SBD train and SBD val less VOC 2012 val (10,582 images; a VOC train image keeps its
+    VOC mask), "val" is VOC 2012 val.  ``root`` holds ``VOCdevkit/`` (as `VOCSegmentation`) and ``SBD/``
+    (torchvision's ``SBDataset`` layout: ``img/*.jpg``, ``cls/*.mat``, ``train.txt``, ``val.txt``)."""
+
+    name = "voc_aug"
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 num_samples: int | None = None, select_fraction: float = 0.0):
+        check_choice("split", split, SPLITS["voc_aug"])
+        val = VOCSegmentation(root, "val").samples
+        samples = val
+        if split != "val":
+            sbd = Path(root) / SBD_ROOT
+            _require([sbd / "img", sbd / "cls", sbd / "train.txt", sbd / "val.txt"],
+                     f"Expected SBD under {root}: <root>/{SBD_ROOT}/img/*.jpg, <root>/{SBD_ROOT}/cls/*.mat and "
+                     f"<root>/{SBD_ROOT}/{{train,val}}.txt; pass --download to fetch {SBD_ARCHIVE} there.")
+            pairs = {p[0].stem: p for p in VOCSegmentation(root, "train").samples}
+            for image_set in ("train", "val"):
+                tv = torchvision.datasets.SBDataset(str(sbd), image_set=image_set, mode="segmentation")
+                for image, mask in zip(tv.images, tv.masks):
+                    pairs.setdefault(Path(image).stem, (Path(image), Path(mask)))
+            held_out = {p[0].stem for p in val}
+            samples = _split_for_selection(split, [pairs[k] for k in sorted(pairs) if k not in held_out],
+                                           select_fraction, self.name)
+        _PairedFiles.__init__(self, root, split, samples, transform, num_samples, select_fraction)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        if path.suffix != ".mat":
+            return super()._decode_mask(path)
+        from scipy.io import loadmat
+
+        try:
+            mask = np.ascontiguousarray(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
+        except (OSError, ValueError, KeyError, IndexError) as err:
+            raise ValueError(f"cannot read mask {path}: {err}") from err
         _check_ids(mask, self.num_classes, path)
         return mask
 
@@ -183,10 +281,7 @@ class CityscapesSegmentation(_PairedFiles):
         zips = [root_path / "leftImg8bit_trainvaltest.zip", root_path / "gtFine_trainvaltest.zip"]
         if not all(z.is_file() for z in zips):
             _require([root_path / "leftImg8bit" / official, root_path / "gtFine" / official],
-                     f"Expected Cityscapes under {root}: <root>/leftImg8bit/{official}/<city>/*_leftImg8bit.png and "
-                     f"<root>/gtFine/{official}/<city>/*_gtFine_labelIds.png; download leftImg8bit_trainvaltest.zip and "
-                     "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required) and "
-                     "extract both under <root>.")
+                     cityscapes_layout(root, official))
         tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
         samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
                          if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
@@ -229,6 +324,10 @@ def check_files(dataset: "_PairedFiles", decode_masks: bool = False) -> None:
     find only when it reads the file).  The first problem raises ValueError naming the file."""
     for image_path, mask_path in dataset.samples:
         iw, ih, _ = _check_header(image_path, "image")
+        if mask_path.suffix == ".mat":  # SBD's MATLAB masks have no image header: their size is checked when read
+            if decode_masks:
+                dataset._decode_mask(mask_path)
+            continue
         mw, mh, mode = _check_header(mask_path, "mask")
         if mode not in ("P", "L"):
             raise ValueError(f"mask {mask_path} has mode {mode!r}; expected a palette ('P') or grayscale ('L') PNG of "
