@@ -67,6 +67,7 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
 
 def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="cpu") -> nn.Module:
     """A trained network of a run, in eval mode. checkpoint: best_miou | best_loss | last."""
+    runs.settle(run_dir)
     cfg = runs.load_config(run_dir)
     if network not in cfg.networks:
         raise ValueError(f"run {run_dir} trained {list(cfg.networks)}, not {network!r}")

@@ -9,6 +9,7 @@ of the same configuration (the notebooks call it); `evaluate_run` re-scores a sa
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 from dataclasses import asdict
@@ -40,9 +41,9 @@ def train(cfg: TrainConfig) -> dict:
     created = not run_dir.exists()
     try:
         with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
-            mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
             if ctx.is_main:
-                _remove_debris(run_dir)
+                _remove_debris(run_dir)  # first: an epoch a kill left half put in place is completed
+            mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
             try:
                 return _train_locked(cfg, ctx, run_dir, mode)
             except BaseException:
@@ -85,7 +86,9 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
 
 
 def _remove_debris(run_dir: Path) -> None:
-    """Temporary files of a writer that was killed mid-write (the lock says no writer is alive)."""
+    """Temporary files of a writer that was killed mid-write, and an epoch it committed but did not finish putting
+    in place (the lock says no writer is alive)."""
+    runs.recover(run_dir)
     count, size = atomic.remove_temporaries(run_dir)
     if count:
         print(f"Removed {count} temporary file(s) ({size / 2**20:.0f} MiB) that an interrupted write left in "
@@ -100,7 +103,7 @@ def _clean_failed_start(run_dir: Path) -> None:
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return
     for path in [run_dir / "config.json", run_dir / runs.WEIGHTS_RECORD, *run_dir.glob("best_*-*.pt"),
-                 *run_dir.glob("history.*")]:
+                 *run_dir.glob("history.*"), *run_dir.glob(f"{runs.STAGED_MARK}*")]:
         path.unlink(missing_ok=True)
     left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
     if not left:
@@ -139,11 +142,9 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
                 for k in SCORES}
         row["eval_seconds"] = round(time.perf_counter() - t0, 3)  # both splits (the "seconds" column: training)
-        if s.ctx.is_main and "val" in scores:  # before save_epoch: a kill between the two redoes this epoch
-            runs.add_epoch_confmats(run_dir, epoch, {net: m["per_image"]["confmat"] for net, m in scores["val"].items()})
     state["unevaluated"] = None
     if s.ctx.is_main:
-        save_epoch(s, run_dir, state, row)
+        save_epoch(s, run_dir, state, row, {net: m["per_image"]["confmat"] for net, m in scores.get("val", {}).items()})
     return scores
 
 
@@ -165,11 +166,14 @@ def resume_state(s: Setup, run_dir: Path) -> dict:
     s.scaler.load_state_dict(ckpt["scaler"])
     networks.set_rng_state(ckpt["rng"])
     return {"epoch": ckpt["epoch"], "best": ckpt["best"], "history": ckpt["history"],
-            "unevaluated": ckpt.get("unevaluated")}
+            "unevaluated": ckpt.get("unevaluated"), "saved_epoch": ckpt["epoch"]}
 
 
-def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
-    """Update the best scores, write the best checkpoints that improved, last.pt and the history (rank 0)."""
+def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict, confmats: dict | None = None) -> None:
+    """Update the best scores and save the epoch (rank 0): the best checkpoints that improved, the validation
+    confusion matrices ``confmats`` {net: [images, C, C]}, config and history under staged names, then last.pt, the
+    epoch's one commit point, then the staged files renamed into place (`runs.publish`).  A failure before the
+    commit leaves the files of the previous saved epoch as they were."""
     epoch, improved = state["epoch"], []
     for name in s.nets:
         best, loss, miou = state["best"][name], row[f"{name}/train_loss"], row.get(f"{name}/select_miou")
@@ -179,24 +183,37 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
         if miou is not None and not math.isnan(miou) and miou > best["miou"]:
             best.update(miou=miou, miou_epoch=epoch)
             improved.append(("best_miou", name))
-    if state["history"] and state["history"][-1]["epoch"] == epoch:
-        state["history"][-1] = row  # an epoch saved unscored, now scored
-    else:
-        state["history"].append(row)
-    config = asdict(s.cfg)
-    for rule, name in improved:
-        runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
-                              "config": config}, runs.checkpoint_path(run_dir, rule, name))
-    runs.save_checkpoint({"models": {n: net.state_dict() for n, net in s.nets.items()},
-                          "optimizers": {n: o.state_dict() for n, o in s.optims.items()},
-                          "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
-                          "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
-                          "history": state["history"], "unevaluated": state.get("unevaluated"),
-                          "rng": networks.rng_state(), "config": config},
-                         run_dir / "last.pt")
-    runs.write_config(s.cfg, run_dir)  # what last.pt holds (a resume may have extended the run)
-    runs.write_history(run_dir, state["history"])
-    runs.retire_results(run_dir)
+    history = state["history"][:-1] if state["history"] and state["history"][-1]["epoch"] == epoch \
+        else state["history"]  # an epoch saved unscored, now scored
+    history = [*history, row]
+    config, commit = asdict(s.cfg), runs.new_commit(epoch)
+    try:
+        for rule, name in improved:
+            runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
+                                  "config": config}, runs.staged_path(run_dir, commit, f"{rule}-{name}.pt"))
+        if confmats:
+            runs.add_epoch_confmats(run_dir, epoch, confmats, commit)
+        runs.write_config(s.cfg, run_dir, commit)  # what last.pt holds (a resume may have extended the run)
+        runs.write_history(run_dir, history, commit)
+        runs.save_checkpoint({"models": {n: net.state_dict() for n, net in s.nets.items()},
+                              "optimizers": {n: o.state_dict() for n, o in s.optims.items()},
+                              "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
+                              "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
+                              "history": history, "unevaluated": state.get("unevaluated"),
+                              "rng": networks.rng_state(), "config": config, "commit": commit},
+                             run_dir / "last.pt")  # the commit point
+    except Exception as e:  # not committed (a kill here is sorted out by `runs.recover`)
+        runs.discard_staged(run_dir, commit)
+        if isinstance(e, atomic.DiskFullError):
+            saved = state.get("saved_epoch")
+            kept = (f"the run's files still hold epoch {saved} as it was saved, nothing was lost (free some space, "
+                    "then continue with --resume)") if saved else \
+                "no epoch had been saved yet (free some space, then start the run again)"
+            raise atomic.DiskFullError(errno.ENOSPC, f"the disk holding {run_dir} is full: epoch {epoch} could not "
+                                       f"be saved; {kept}") from e
+        raise
+    state["history"], state["saved_epoch"] = history, epoch
+    runs.publish(run_dir, commit)
 
 
 def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None) -> dict:

@@ -4,11 +4,13 @@ checks of the data and one-line errors from loader workers."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -425,3 +427,105 @@ def test_lr_must_be_positive_says_so():
     assert out.returncode == 2 and "must be > 0, got -1.0" in out.stderr
     out = cli("train", "--lr", "0")
     assert out.returncode == 2 and "must be > 0, got 0.0" in out.stderr
+
+
+# --------------------------------------------------- issue 34, 1: one commit point per epoch (last.pt)
+
+
+def _full_disk_at(monkeypatch, n: int) -> dict:
+    """The n-th file written through `mistudy.atomic` from now on fails as on a full disk (ENOSPC); returns the
+    counter of writes."""
+    real, calls = atomic.atomic_path, {"n": 0}
+
+    @contextlib.contextmanager
+    def atomic_path(path, *a, **k):
+        calls["n"] += 1
+        with real(path, *a, **k) as tmp:
+            if calls["n"] == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield tmp
+
+    monkeypatch.setattr(atomic, "atomic_path", atomic_path)
+    return calls
+
+
+def _one_state(run_dir: Path) -> int:
+    """Assert that the run's files describe one state, the one last.pt holds: every best checkpoint at the epoch
+    last.pt records for it, the history and config of last.pt, no confusion matrices of later epochs, and
+    metrics.json (if any) scoring last.pt's epoch and best checkpoints; returns the epoch."""
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    epoch = last["epoch"]
+    for name, best in last["best"].items():
+        for rule in ("loss", "miou"):
+            path = run_dir / f"best_{rule}-{name}.pt"
+            assert torch.load(path, weights_only=True)["epoch"] == best[f"{rule}_epoch"], path
+    assert [row["epoch"] for row in runs.load_history(run_dir)] == [row["epoch"] for row in last["history"]]
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == last["config"]["epochs"]
+    assert max(runs.load_epoch_confmats(run_dir, "unet")) <= epoch
+    metrics = runs.load_metrics(run_dir)
+    if metrics is not None:
+        scored = metrics["networks"]["unet"]
+        assert (scored["last"]["epoch"], scored["best_loss"]["epoch"], scored["best_miou"]["epoch"]) == \
+            (epoch, last["best"]["unet"]["loss_epoch"], last["best"]["unet"]["miou_epoch"])
+    return epoch
+
+
+def test_a_full_disk_at_any_write_of_an_extension_leaves_one_state_and_a_resume_restores_it(tmp_path, monkeypatch):
+    """A finished 1-epoch run extended to 2 epochs, the disk full at the 1st, 2nd, ... write: the run stays the
+    finished 1-epoch run (byte for byte, metrics.json included) or has moved to epoch 2 as a whole; resumed, it
+    ends exactly as an uninterrupted extension."""
+    template, reference = tmp_path / "template", tmp_path / "reference"
+    train(tiny(template, epochs=1))
+    before = {p.name: p.read_bytes() for p in template.iterdir()}
+    shutil.copytree(template, reference)
+    expected = train(tiny(reference, epochs=2, resume=True))["networks"]
+    assert expected["unet"]["best_loss"]["epoch"] == 2, "epoch 2 improves the best checkpoint (the case at stake)"
+    n = 0
+    while True:
+        n += 1
+        run_dir = tmp_path / f"full-at-{n}"
+        shutil.copytree(template, run_dir)
+        calls = _full_disk_at(monkeypatch, n)
+        try:
+            train(tiny(run_dir, epochs=2, resume=True))
+        except atomic.DiskFullError as e:
+            assert "could not be" in str(e) and str(run_dir) in str(e)
+        monkeypatch.undo()
+        if calls["n"] < n:
+            break  # every write of the extension has failed once
+        if _one_state(run_dir) == 1:
+            assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, f"write {n}"
+        assert not list(run_dir.glob(".*")), f"write {n}: files left behind"
+        assert train(tiny(run_dir, epochs=2, resume=True))["networks"] == expected, f"write {n}"
+        _one_state(run_dir)
+    assert n > 8
+
+
+@pytest.mark.parametrize("renames", [0, 1, 3])
+def test_a_kill_between_the_commit_and_the_renames_is_completed_by_the_next_reader_or_writer(tmp_path, monkeypatch,
+                                                                                             renames):
+    """Killed after last.pt of epoch 2 was written (the commit) and ``renames`` of the epoch's other files were
+    put in place: whoever opens the run next completes the epoch, so no reader sees epoch-1 best checkpoints or
+    metrics beside an epoch-2 last.pt."""
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    real, done = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if Path(src).name.startswith(runs.STAGED_MARK):  # the epoch's files, after the commit
+            if done["n"] == renames:
+                raise KeyboardInterrupt
+            done["n"] += 1
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(run_dir, epochs=2, resume=True))
+    monkeypatch.undo()
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
+    net = inference.load_network(run_dir, "unet", "best_loss")  # a reader
+    assert _one_state(run_dir) == 2 and runs.load_metrics(run_dir) is None
+    last = torch.load(run_dir / "last.pt", weights_only=True)["models"]["unet"]
+    assert all(torch.equal(v, last[k]) for k, v in net.state_dict().items())
+    assert train(tiny(run_dir, epochs=2, resume=True))["networks"]["unet"]["last"]["epoch"] == 2
+    _one_state(run_dir)
