@@ -191,6 +191,10 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         if device is not None and device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
+            raise ValueError(f"run_name must be one plain folder name (no '/', not '.' or '..'), got {name!r}: runs "
+                             "stay inside <results_dir>/<dataset>/<use-case>/ (run_dir= names any other place)")
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
         if self.dataset != "synthetic" and self.root is None:

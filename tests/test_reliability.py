@@ -529,3 +529,26 @@ def test_a_kill_between_the_commit_and_the_renames_is_completed_by_the_next_read
     assert all(torch.equal(v, last[k]) for k, v in net.state_dict().items())
     assert train(tiny(run_dir, epochs=2, resume=True))["networks"]["unet"]["last"]["epoch"] == 2
     _one_state(run_dir)
+
+
+# ------------------------------------------------ issue 34, 2: nothing written outside the results directory
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/abs/path", "..", ".", "a/b", ""])
+def test_a_run_name_that_would_leave_the_results_directory_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="run_name must be one plain folder name"):
+        TrainConfig(**TINY, results_dir=str(tmp_path / "results"), run_name=name)
+    assert TrainConfig(**TINY, run_name="seed0 (λ=0.5)-b").run_name  # any other name is one folder
+
+
+def test_a_run_name_outside_the_results_directory_is_refused_by_train_and_study(tmp_path):
+    results = tmp_path / "a" / "b" / "results"
+    out = cli("train", "--profile", "tiny", "--results-dir", str(results), "--run-name", "../../../x")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "mistudy train: error: --run-name must be one plain folder name (no '/', not '.' or '..'), got '../../../x': "
+        "runs stay inside <results_dir>/<dataset>/<use-case>/ (--run-dir names any other place)"), out.stderr
+    out = cli("study", "--profile", "tiny", "--results-dir", str(results), "--figures-dir", str(tmp_path / "f"),
+              "--notebooks", "02", "--set", "run_name=../../../x")
+    assert out.returncode == 2 and "run_name must be one plain folder name" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.rglob("*x*")) and not results.exists()
