@@ -11,6 +11,7 @@ Field metadata: ``help`` (shown by --help), ``choices``, ``low`` (smallest allow
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -165,6 +166,8 @@ class TrainConfig:
             value, meta = getattr(self, f.name), f.metadata
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise ValueError(f"{f.name} must be one of {list(meta['choices'])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
             if meta["positive"] and value is not None and (isinstance(value, bool) or not isinstance(
                     value, (int, float)) or not value > 0):
                 raise ValueError(f"{f.name} must be a number > 0, got {value!r}")

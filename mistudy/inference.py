@@ -21,6 +21,10 @@ from mistudy.metrics import SegmentationMetrics
 from mistudy.networks import amp_dtype, autocast_for, build_networks, use_channels_last
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A network predicted NaN or infinite logits: its weights have diverged, nothing can be scored."""
+
+
 def forward_at_mask(net: nn.Module, images: torch.Tensor, mask_size, autocast: Callable = contextlib.nullcontext
                     ) -> torch.Tensor:
     """float32 logits [N, C, h, w] of ``images`` [N, 3, H, W] at the mask's size (h, w): resized bilinearly when
@@ -43,7 +47,8 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
     ``passes`` passes are pooled into one confusion matrix (new random crops per pass under the random-crop
     protocol, seeded); an image's counts add up over its passes.  Predictions whose size differs from the mask's
     ("full" protocol: the network saw the image at the training scale) are resized bilinearly to the mask, so scores
-    are at the mask's resolution.  Every count is summed over DDP ranks.
+    are at the mask's resolution.  Every count is summed over DDP ranks.  NaN or infinite logits raise
+    NonFiniteOutputError.
     """
     n = len(loader.dataset)
     metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n)
@@ -57,6 +62,9 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
             index = index.to(ctx.device)
             for name, net in nets.items():
                 logits = forward_at_mask(net, images, target.shape[-2:], autocast)
+                if not bool(torch.isfinite(logits).all()):  # before any count: NaN would not bin
+                    raise NonFiniteOutputError(f"{name} predicts non-finite logits (NaN or inf): its weights have "
+                                               "diverged (too high a learning rate?)")
                 metrics[name].update(logits, target, index=index)  # class ids, boundaries, calibration, entropy
     result = {}
     for name, m in metrics.items():

@@ -72,8 +72,7 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
         try:
             row = engine.train_one_epoch(s, epoch, progress)
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}. The last good checkpoint ({run_dir / 'last.pt'}, epoch {state['epoch']}) "
-                                     "is kept.") from None
+            raise NonFiniteLossError(f"{e}; {_kept(run_dir, state)}") from None
         distributed.broadcast_buffers(s.nets, ctx)  # every rank evaluates (and rank 0 saves) the same weights
         state["epoch"] = epoch
         scores = evaluate_epoch(s, run_dir, state, row, cfg.epochs)
@@ -83,6 +82,12 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
     progress.close()
     summary = final_evaluation(s, run_dir, state, last_val)
     return {**summary, "run_dir": str(run_dir)}
+
+
+def _kept(run_dir: Path, state: dict) -> str:
+    saved = state.get("saved_epoch")
+    return f"the last good checkpoint ({run_dir / 'last.pt'}, epoch {saved}) is kept" if saved else \
+        "no epoch had been saved, so no checkpoint is kept"
 
 
 def _remove_debris(run_dir: Path) -> None:
@@ -119,8 +124,8 @@ class EvaluationError(RuntimeError):
 
 # What a training run raises for a user to act on (bad data, files, options, a full disk, another writer): the
 # command line prints these as one line (`mistudy.cli.error_line`); anything else is a bug and keeps its traceback.
-RUN_ERRORS = (NonFiniteLossError, EvaluationError, runs.RunLockedError, atomic.DiskFullError, safeload.CheckpointError,
-              FileExistsError, FileNotFoundError, ValueError)
+RUN_ERRORS = (NonFiniteLossError, inference.NonFiniteOutputError, EvaluationError, runs.RunLockedError,
+              atomic.DiskFullError, safeload.CheckpointError, FileExistsError, FileNotFoundError, ValueError)
 
 
 def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int) -> dict:
@@ -132,6 +137,8 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
         t0 = time.perf_counter()
         try:
             scores = {split: s.evaluate(split) for split in ("select", "val") if split in s.loaders}
+        except inference.NonFiniteOutputError as e:  # diverged weights are not saved: a resume would meet them again
+            raise inference.NonFiniteOutputError(f"after epoch {epoch}, {e}; {_kept(run_dir, state)}") from None
         except Exception as e:
             state["unevaluated"] = epoch
             if s.ctx.is_main:

@@ -552,3 +552,54 @@ def test_a_run_name_outside_the_results_directory_is_refused_by_train_and_study(
     assert out.returncode == 2 and "run_name must be one plain folder name" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.rglob("*x*")) and not results.exists()
+
+
+# ------------------------------------------------------------ issue 34, 4: non-finite values and predictions
+
+
+@pytest.mark.parametrize("option", ["boundary_tolerance", "lr", "kl_weight", "warmup_factor", "select_fraction"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_a_non_finite_number_is_refused_when_the_configuration_is_made(option, value):
+    with pytest.raises(ValueError, match=f"^{option} must be a finite number, got {value}$"):
+        TrainConfig(**{**TINY, option: value})
+
+
+def test_a_non_finite_option_is_refused_by_train_before_anything_runs(tmp_path):
+    out = cli("train", "--profile", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "boundary_tolerance=nan")
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "mistudy train: error: --boundary-tolerance must be a finite number, got nan", out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _diverge_at(monkeypatch, epoch: int) -> None:
+    """Epoch ``epoch`` trains with finite losses but leaves weights that predict NaN (as --lr 1e30 can)."""
+    real = engine.train_one_epoch
+
+    def train_one_epoch(s, e, *a, **k):
+        row = real(s, e, *a, **k)
+        if e == epoch:
+            with torch.no_grad():
+                next(iter(s.nets.values())).encoder1.conv1.weight.fill_(float("nan"))
+        return row
+
+    monkeypatch.setattr(engine, "train_one_epoch", train_one_epoch)
+
+
+def test_weights_that_predict_non_finite_logits_are_not_saved_and_a_resume_goes_on(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    _diverge_at(monkeypatch, 2)
+    with pytest.raises(inference.NonFiniteOutputError) as e:
+        train(tiny(run_dir, epochs=3))
+    assert str(e.value) == (f"after epoch 2, unet predicts non-finite logits (NaN or inf): its weights have diverged "
+                            f"(too high a learning rate?); the last good checkpoint ({run_dir / 'last.pt'}, epoch 1) "
+                            "is kept")
+    assert _one_state(run_dir) == 1
+    monkeypatch.undo()
+    assert train(tiny(run_dir, epochs=3, resume=True))["networks"]["unet"]["last"]["epoch"] == 3  # not stuck
+
+
+def test_diverged_weights_in_the_first_epoch_keep_nothing_and_say_so(tmp_path, monkeypatch):
+    _diverge_at(monkeypatch, 1)
+    with pytest.raises(inference.NonFiniteOutputError, match="; no epoch had been saved, so no checkpoint is kept$"):
+        train(tiny(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
