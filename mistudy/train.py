@@ -34,6 +34,7 @@ def train(cfg: TrainConfig) -> dict:
     before anything is written (`runs.check_writable`).  A kill at any point loses at most the epoch in progress.
     """
     cfg.check_paths()  # values were checked when cfg was made
+    loaders.check_workers(cfg)
     ctx = distributed.init(cfg.device)
     run_dir = cfg.resolved_run_dir()
     if cfg.resume and not runs.is_run_dir(run_dir):

@@ -603,3 +603,62 @@ def test_diverged_weights_in_the_first_epoch_keep_nothing_and_say_so(tmp_path, m
     with pytest.raises(inference.NonFiniteOutputError, match="; no epoch had been saved, so no checkpoint is kept$"):
         train(tiny(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------- issue 34, 3: resources bound by the machine
+
+
+def test_more_loader_workers_than_cores_are_refused_before_anything_is_written(tmp_path):
+    from mistudy.loaders import available_cores
+
+    with pytest.raises(ValueError, match=f"^num_workers must be at most {available_cores()} \\(the CPU cores this "
+                                         "process may use\\), got 100000$"):
+        train(tiny(tmp_path / "run", num_workers=100000))
+    assert not (tmp_path / "run").exists()
+
+
+_BUSY_WORKERS = """
+import time, torch
+from mistudy.config import TrainConfig
+from mistudy.loaders import make_loader
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        time.sleep(300)  # busy: PyTorch's own check of its parent runs only between items
+
+loader = make_loader(Slow(), TrainConfig(num_workers=2, batch_size=2, device="cpu"), train=False,
+                     device=torch.device("cpu"))
+iterator = iter(loader)
+print(" ".join(str(w.pid) for w in iterator._workers), flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (reaped by whoever adopted it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_no_loader_worker_outlives_a_killed_parent():
+    parent = subprocess.Popen([sys.executable, "-c", _BUSY_WORKERS], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        time.sleep(0.5)  # the workers are inside __getitem__
+    finally:
+        parent.kill()  # kill -9, as the out-of-memory killer does
+        parent.wait(timeout=60)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "loader workers outlived their parent"
