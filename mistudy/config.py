@@ -202,6 +202,9 @@ class TrainConfig:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
         if self.dataset != "synthetic" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs root= (the directory holding the data)")
+        if self.eval_protocol == "full" and self.dataset != "synthetic" and (self.eval_batch_size or 1) > 1:
+            raise ValueError(f"eval_batch_size must be 1 under the full protocol on {self.dataset}, got "
+                             f"{self.eval_batch_size}: whole images differ in size and cannot be batched")
         if self.use_case == "mutual" and self.resolved_batch_size == 1 and self.mutual_partner == "deeplabv3":
             raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
                              "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")

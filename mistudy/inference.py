@@ -85,10 +85,14 @@ def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="c
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
                                 "split)")
-    ckpt = safeload.load(path, "checkpoint")
+    if checkpoint == "last":
+        state = runs.load_last(path)["models"].get(network, {})
+    else:
+        state = safeload.require(safeload.load(path, "checkpoint"), ("model",), path, "checkpoint",
+                                 "a best checkpoint holds one network's weights (a last.pt copied over it?)")["model"]
     # the checkpoint holds every weight: nothing is read from the files the run started from
     net = build_networks(cfg.replace(**dict.fromkeys(WEIGHTS_OPTIONS)), names=(network,))[network]
-    net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
+    safeload.load_weights(net, state, path, "checkpoint")
     return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
 
 

@@ -96,6 +96,15 @@ class RunLock:
         self._file = None
 
     def __enter__(self) -> "RunLock":
+        try:
+            return self._take()
+        except OSError as e:
+            if e.errno in atomic.FULL_ERRNOS:
+                raise atomic.DiskFullError(e.errno, f"the disk holding {self.path.parent} is full: its run lock "
+                                           f"{self.path.name} could not be written; nothing was changed") from None
+            raise OSError(e.errno, f"cannot write the run directory {self.path.parent} ({e.strerror})") from None
+
+    def _take(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             f = open(self.path, "a+")
@@ -111,11 +120,16 @@ class RunLock:
             if self.path.exists() and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                 break  # not a file its previous holder unlinked after we opened it
             f.close()
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {platform.node()}, started {dt.datetime.now().isoformat(timespec='seconds')}: "
-                f"{' '.join(sys.argv)[:300]}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}, started "
+                    f"{dt.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv)[:300]}\n")
+            f.flush()
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            f.close()
+            raise
         self._file = f
         return self
 
@@ -307,7 +321,7 @@ def recover(run_dir: Path) -> None:
         return
     last = Path(run_dir) / "last.pt"
     try:
-        commit = safeload.load(last, "checkpoint").get("commit") if last.is_file() else None
+        commit = load_last(last).get("commit") if last.is_file() else None
     except safeload.CheckpointError:
         commit = None  # unreadable: nothing staged can be known to belong to it
     publish(Path(run_dir), commit)
@@ -323,6 +337,15 @@ def settle(run_dir) -> None:
             recover(Path(run_dir))
     except (RunLockedError, OSError):
         pass
+
+
+LAST_KEYS = ("models", "optimizers", "scaler", "epoch", "best", "history", "rng")
+
+
+def load_last(path: Path) -> dict:
+    """A run's last.pt, checked to be one (not, e.g., a best checkpoint copied over it)."""
+    return safeload.require(safeload.load(path, "checkpoint"), LAST_KEYS, path, "checkpoint",
+                            "a run's last.pt holds its whole training state (a best_*.pt copied over it?)")
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -385,7 +408,12 @@ def load_config(run_dir) -> TrainConfig:
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are written by "
                                 "`python -m mistudy train`")
-    return config_from_json(_read_json(run_dir / "config.json"))
+    path = run_dir / "config.json"
+    saved = _read_json(path)
+    try:
+        return config_from_json(saved)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def config_from_json(saved: dict) -> TrainConfig:
@@ -395,7 +423,7 @@ def config_from_json(saved: dict) -> TrainConfig:
 
 def load_history(run_dir) -> list[dict]:
     path = Path(run_dir) / "history.json"
-    return _read_json(path) if path.exists() else []
+    return _read_json(path, list) if path.exists() else []
 
 
 def load_metrics(run_dir) -> dict | None:
@@ -418,11 +446,17 @@ def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarr
         return {"ids": f["ids"], **{k.rsplit("/", 1)[1]: f[k] for k in f.files if k.startswith(key + "/")}}
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, kind: type = dict):
+    """A run's JSON file, which holds a ``kind`` (an object; history.json: a list)."""
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text (not UTF-8)") from None
+    if not isinstance(content, kind):
+        raise ValueError(f"{path} holds a JSON {type(content).__name__}, not the {kind.__name__} a run writes there")
+    return content
 
 
 def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:

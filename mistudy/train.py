@@ -39,7 +39,10 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = cfg.resolved_run_dir()
     if cfg.resume and not runs.is_run_dir(run_dir):
         runs.check_writable(cfg, run_dir)  # raises: a mistyped --resume directory is refused before it is created
-    created = not run_dir.exists()
+    top = run_dir  # the highest folder this run creates (None: none)
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    top = None if run_dir.exists() else top
     try:
         with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
@@ -52,8 +55,10 @@ def train(cfg: TrainConfig) -> dict:
                     _clean_failed_start(run_dir)
                 raise
     except BaseException:
-        if ctx.is_main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # the directory this run created, left empty
+        if ctx.is_main and top is not None:  # the folders this run created, left empty
+            for folder in [run_dir, *run_dir.parents[:len(run_dir.parts) - len(top.parts)]]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
 
 
@@ -126,7 +131,7 @@ class EvaluationError(RuntimeError):
 # What a training run raises for a user to act on (bad data, files, options, a full disk, another writer): the
 # command line prints these as one line (`mistudy.cli.error_line`); anything else is a bug and keeps its traceback.
 RUN_ERRORS = (NonFiniteLossError, inference.NonFiniteOutputError, EvaluationError, runs.RunLockedError,
-              atomic.DiskFullError, safeload.CheckpointError, FileExistsError, FileNotFoundError, ValueError)
+              safeload.CheckpointError, ValueError, OSError)  # OSError: a full disk, a folder not writable...
 
 
 def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int) -> dict:
@@ -163,12 +168,13 @@ def new_state(s: Setup) -> dict:
 
 def resume_state(s: Setup, run_dir: Path) -> dict:
     """Networks, optimisers, scaler and RNG from last.pt; returns the saved epoch, best scores and history."""
-    ckpt = safeload.load(run_dir / "last.pt", "checkpoint")
+    path = run_dir / "last.pt"
+    ckpt = runs.load_last(path)
     if s.cfg.epochs < ckpt["epoch"]:
         raise ValueError(f"cannot resume {run_dir} for {s.cfg.epochs} epochs: it has already trained {ckpt['epoch']}")
     for name, net in s.nets.items():
-        net.load_state_dict(ckpt["models"][name])
-        s.optims[name].load_state_dict(ckpt["optimizers"][name])
+        safeload.load_weights(net, ckpt["models"].get(name, {}), path, "checkpoint")
+        safeload.load_weights(s.optims[name], ckpt["optimizers"][name], path, "checkpoint")
         if "schedulers" in ckpt:
             s.schedulers[name].load_state_dict(ckpt["schedulers"][name])
     s.scaler.load_state_dict(ckpt["scaler"])

@@ -662,3 +662,103 @@ def test_no_loader_worker_outlives_a_killed_parent():
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "loader workers outlived their parent"
+
+
+# -------------------------------------------------------- issue 34, 6: one line instead of a traceback
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    """`mistudy ARGS` in this process: (exit status, stderr)."""
+    from mistudy.__main__ import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err.strip()
+
+
+def _one_line(err: str, *words: str) -> None:
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_a_best_checkpoint_copied_over_last_pt_is_named(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    shutil.copy(run_dir / "best_loss-unet.pt", run_dir / "last.pt")
+    status, err = _main(capsys, *cli_train_args(run_dir, resume=True))
+    assert status == 1
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not hold models", "a best_*.pt copied over it?")
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--checkpoint", "last", "--device", "cpu")
+    assert status == 2
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not hold models")
+
+
+def test_an_edited_or_foreign_config_json_is_named(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "unet_features": 8}))
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--checkpoint", "best_loss", "--device", "cpu")
+    assert status == 2
+    _one_line(err, f"checkpoint {run_dir / 'best_loss-unet.pt'} does not fit the network", "config.json edited")
+    status, err = _main(capsys, *cli_train_args(run_dir, unet_features=8, epochs=2, resume=True))
+    assert status == 1
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not fit the network")
+    (run_dir / "config.json").write_text(json.dumps([config]))
+    for args, expected in [(["evaluate", "--run", run_dir, "--device", "cpu"], 2),
+                           (cli_train_args(run_dir, epochs=2, resume=True), 1)]:
+        status, err = _main(capsys, *args)
+        assert status == expected
+        _one_line(err, f"{run_dir / 'config.json'} holds a JSON list, not the dict a run writes there")
+    (run_dir / "config.json").write_text(json.dumps({**config, "unet_features": "wide"}))
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--device", "cpu")
+    _one_line(err, f"{run_dir / 'config.json'}: ", "unet-features must be a positive integer, got 'wide'")
+
+
+def test_a_folder_that_cannot_be_written_is_named_in_one_line(tmp_path, capsys, monkeypatch, voc_root):
+    """Read-only folders (simulated: the tests run as root, whom permissions do not stop)."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if "read-only" in str(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    run_dir = tmp_path / "read-only" / "run"
+    status, err = _main(capsys, *cli_train_args(run_dir))
+    assert status == 1
+    _one_line(err, f"cannot write the run directory {run_dir} (Permission denied)")
+    cache = tmp_path / "read-only-cache"
+    status, err = _main(capsys, *cli_train_args(tmp_path / "voc-run", dataset="voc", root=voc_root, train_samples=None,
+                                                val_samples=None, select_fraction=0, cache_dir=cache))
+    assert status == 1
+    _one_line(err, f"Permission denied: {cache}")
+    assert not (tmp_path / "voc-run").exists()
+
+
+def test_a_full_disk_at_the_run_lock_is_named(tmp_path, capsys, monkeypatch):
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
+    run_dir = tmp_path / "results" / "run"
+    status, err = _main(capsys, *cli_train_args(run_dir))
+    assert status == 1
+    _one_line(err, f"the disk holding {run_dir} is full: its run lock .lock could not be written; nothing was changed")
+    assert not (tmp_path / "results").exists(), "the folders a failed start created are removed"
+
+
+def test_the_full_protocol_on_real_data_refuses_batches_of_whole_images(tmp_path):
+    with pytest.raises(ValueError, match="^eval_batch_size must be 1 under the full protocol on voc, got 4: whole "
+                                         "images differ in size"):
+        TrainConfig(**{**TINY, "dataset": "voc", "root": str(tmp_path), "eval_protocol": "full",
+                       "eval_batch_size": 4})
+    TrainConfig(**{**TINY, "dataset": "voc", "root": str(tmp_path), "eval_protocol": "full"})  # 1 by default
