@@ -47,9 +47,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", keep_if_same: boo
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if _disk_full(e, path.parent):
+            kept = f"the previous {path.name} is kept, nothing was lost" if path.exists() else \
+                f"there was no {path.name} before"
             raise DiskFullError(errno.ENOSPC, f"the disk holding {path.parent} is full: {path.name} could not be "
-                                f"written; the previous {path.name} is kept, nothing was lost (free some space, then "
-                                "continue, e.g. with --resume)") from e
+                                f"written; {kept} (free some space, then continue, e.g. with --resume)") from e
         raise
 
 

@@ -89,9 +89,15 @@ def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
         n_train = cfg.train_samples or data.SYNTHETIC_DEFAULT_SIZES["train"]
         sizes = {"train": n_train, "val": cfg.val_samples, "select": max(2, round(cfg.select_fraction * n_train))}
     splits = ["train", "val"] + (["select"] if cfg.select_fraction > 0 else [])
-    sets = {split: data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
-                                      **(dict(train=True) if split == "train" else evaluation), **common)
-            for split in splits}
+    sets = {}
+    for split in splits:
+        try:
+            sets[split] = data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
+                                             **(dict(train=True) if split == "train" else evaluation), **common)
+        except ValueError as e:  # "num_samples=N but ...": named by the option that set it
+            if not str(e).startswith("num_samples="):
+                raise
+            raise ValueError(f"{split}_samples{str(e)[len('num_samples'):]}") from None
     if check and cfg.dataset != "synthetic":
         for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
             cached = isinstance(dataset, data.ResizedCache)

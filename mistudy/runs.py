@@ -91,8 +91,10 @@ class RunLock:
     holder's pid, host, command and start time.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, what: str = "run directory",
+                 advice: str = "give this run another --run-name / --run-dir"):
         self.path = Path(run_dir) / LOCK_FILE
+        self.what, self.advice = what, advice
         self._file = None
 
     def __enter__(self) -> "RunLock":
@@ -100,9 +102,9 @@ class RunLock:
             return self._take()
         except OSError as e:
             if e.errno in atomic.FULL_ERRNOS:
-                raise atomic.DiskFullError(e.errno, f"the disk holding {self.path.parent} is full: its run lock "
+                raise atomic.DiskFullError(e.errno, f"the disk holding {self.path.parent} is full: its lock "
                                            f"{self.path.name} could not be written; nothing was changed") from None
-            raise OSError(e.errno, f"cannot write the run directory {self.path.parent} ({e.strerror})") from None
+            raise OSError(e.errno, f"cannot write the {self.what} {self.path.parent} ({e.strerror})") from None
 
     def _take(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,9 +116,9 @@ class RunLock:
                 f.seek(0)
                 holder = f.read().strip() or "a process that has not yet written its name"
                 f.close()
-                raise RunLockedError(f"run directory {self.path.parent} is being written by another process "
-                                     f"({holder}); a run directory has one writer at a time: wait for it to "
-                                     "finish, or give this run another --run-name / --run-dir") from None
+                raise RunLockedError(f"{self.what} {self.path.parent} is being written by another process "
+                                     f"({holder}); a {self.what} has one writer at a time: wait for it to "
+                                     f"finish, or {self.advice}") from None
             if self.path.exists() and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                 break  # not a file its previous holder unlinked after we opened it
             f.close()
@@ -160,8 +162,8 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     last, metrics = run_dir / "last.pt", run_dir / "metrics.json"
     if not cfg.resume:
         if last.exists() or metrics.exists():
-            raise FileExistsError(f"run directory {run_dir} already holds a run; pass --resume (resume=True) to "
-                                  "continue it, or choose another run directory or run name")
+            raise FileExistsError(f"run directory {run_dir} already holds a run; pass resume=True to continue it, "
+                                  "or choose another run directory or run name")
         return "new"
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"--resume: {run_dir} holds no run to continue (no config.json); check the path "

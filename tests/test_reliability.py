@@ -24,7 +24,7 @@ from PIL import Image
 
 from datatrees import VOC_SPLITS, write_voc_mask
 from fakes import count_calls
-from mistudy import atomic, engine, inference, runs, safeload
+from mistudy import atomic, engine, inference, loaders, runs, safeload
 from mistudy.cli import error_line
 from mistudy.config import TrainConfig
 from mistudy.safeload import CheckpointError
@@ -141,7 +141,7 @@ def test_an_extension_interrupted_after_an_epoch_is_no_longer_a_finished_run(tmp
         train(tiny(run_dir, epochs=4, resume=True))
     assert not (run_dir / "metrics.json").exists(), "the 2-epoch results no longer describe last.pt (epoch 3)"
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 4
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="pass resume=True to continue it"):
         train_or_load(tiny(run_dir, epochs=4))
     calls.update(raise_at=None)
     assert train(tiny(run_dir, epochs=4, resume=True))["epochs"] == 4
@@ -349,7 +349,7 @@ def test_truncated_files_are_found_by_their_end_marker_before_training(voc_root,
 def test_study_checks_sample_counts_before_any_notebook(voc_root, tmp_path):
     out = cli("study", "--dataset", "voc", "--data-root", str(voc_root), "--profile", "tiny", "--results-dir",
               str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"), "--notebooks", "02")
-    assert out.returncode == 2 and "num_samples=16 but voc 'train' has" in out.stderr, out.stderr
+    assert out.returncode == 2 and "train_samples=16 but voc 'train' has" in out.stderr, out.stderr
     assert not (tmp_path / "r" / "notebooks").exists()
 
 
@@ -752,7 +752,7 @@ def test_a_full_disk_at_the_run_lock_is_named(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "results" / "run"
     status, err = _main(capsys, *cli_train_args(run_dir))
     assert status == 1
-    _one_line(err, f"the disk holding {run_dir} is full: its run lock .lock could not be written; nothing was changed")
+    _one_line(err, f"the disk holding {run_dir} is full: its lock .lock could not be written; nothing was changed")
     assert not (tmp_path / "results").exists(), "the folders a failed start created are removed"
 
 
@@ -762,3 +762,97 @@ def test_the_full_protocol_on_real_data_refuses_batches_of_whole_images(tmp_path
         TrainConfig(**{**TINY, "dataset": "voc", "root": str(tmp_path), "eval_protocol": "full",
                        "eval_batch_size": 4})
     TrainConfig(**{**TINY, "dataset": "voc", "root": str(tmp_path), "eval_protocol": "full"})  # 1 by default
+
+
+# ------------------------------------------------------------------ issue 34, 7: messages that do not mislead
+
+
+def _voc(voc_root, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "dataset": "voc", "root": str(voc_root), "train_samples": None, "val_samples": None,
+                          "select_fraction": 0, **kw})
+
+
+def test_a_list_file_that_is_not_utf8_is_named(voc_root):
+    listing = voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    listing.write_bytes(listing.read_bytes() + b"2007_\xe9t\xe9\n")
+    with pytest.raises(ValueError, match=f"^{listing} is not UTF-8 text \\(byte b'\\\\xe9' at offset 41\\)"):
+        loaders.build_datasets(_voc(voc_root))
+
+
+def test_a_png_named_jpg_is_read_as_the_png_it_is_not_called_truncated(voc_root):
+    jpeg = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][0]}.jpg"
+    Image.open(jpeg).save(jpeg, format="PNG")
+    loaders.build_datasets(_voc(voc_root), check=True)
+    jpeg.write_bytes(jpeg.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=f"image {jpeg} is truncated \\(.* its PNG end marker is missing\\)"):
+        loaders.build_datasets(_voc(voc_root), check=True)
+
+
+def test_too_many_samples_are_named_by_the_option(voc_root):
+    with pytest.raises(ValueError, match="^train_samples=16 but voc 'train' has 3 images$"):
+        loaders.build_datasets(_voc(voc_root, train_samples=16))
+    with pytest.raises(ValueError, match="^val_samples=5 but voc 'val' has 2 images$"):
+        loaders.build_datasets(_voc(voc_root, val_samples=5))
+
+
+def test_a_full_disk_in_the_first_epoch_does_not_claim_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    _full_disk_at(monkeypatch, 4)  # config.json is the 1st write, then epoch 1's files
+    with pytest.raises(atomic.DiskFullError) as e:
+        train(tiny(run_dir))
+    assert str(e.value).endswith(f"the disk holding {run_dir} is full: epoch 1 could not be saved; no epoch had been "
+                                 "saved yet (free some space, then start the run again)")
+    assert "nothing was kept" in capsys.readouterr().out and not run_dir.exists()
+    monkeypatch.undo()
+    train(tiny(run_dir, epochs=1))
+    (run_dir / "metrics.json").unlink()
+    calls = _full_disk_at(monkeypatch, 2)  # per_image.npz, then metrics.json
+    with pytest.raises(atomic.DiskFullError, match="metrics.json could not be written; there was no metrics.json "
+                                                   "before \\(free some space, then continue"):
+        train(tiny(run_dir, epochs=1, resume=True))
+    assert calls["n"] == 2
+
+
+def test_weights_that_give_nan_from_the_start_keep_nothing_and_say_it_once(tmp_path, capsys):
+    from mistudy.models import build_model
+
+    weights = tmp_path / "nan.pt"
+    net = build_model("unet", 4, init_features=4)
+    torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in net.state_dict().items()},
+               weights)
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run", unet_weights=weights))
+    assert status == 1
+    _one_line(err, "non-finite unet loss (nan) at epoch 1, step 1; stopped; no epoch had been saved, so no "
+                   "checkpoint is kept")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_option_given_two_values_is_refused(tmp_path, capsys):
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run"), "--set", "epochs=3")
+    assert status == 2
+    _one_line(err, "an option given two values: --set epochs=3 and --epochs 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_asks_for_resume_once(tmp_path, capsys):
+    train(tiny(tmp_path / "run", epochs=1))
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run", epochs=1))
+    assert status == 1
+    _one_line(err, "already holds a run; pass --resume to continue it, or choose")
+
+
+def test_a_training_split_of_one_sample_is_refused_before_batchnorm_meets_it(tmp_path):
+    with pytest.raises(ValueError, match="has 1 samples: too few for one batch of 2, which DeepLabV3's BatchNorm needs"):
+        train(tiny(tmp_path / "run", use_case="mutual", train_samples=1, batch_size=2))
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_studies_on_one_results_directory_are_refused(tmp_path, capsys):
+    results = tmp_path / "results"
+    with runs.RunLock(results, "results directory"):
+        status, err = _main(capsys, "study", "--profile", "tiny", "--results-dir", results, "--figures-dir",
+                            tmp_path / "figures", "--notebooks", "01")
+    assert status == 1
+    _one_line(err, f"results directory {results} is being written by another process (pid {os.getpid()} ",
+              "give this study another --results-dir")
+    assert not (results / "study.log").exists()
