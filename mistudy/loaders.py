@@ -99,10 +99,21 @@ def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
                 raise
             raise ValueError(f"{split}_samples{str(e)[len('num_samples'):]}") from None
     if check and cfg.dataset != "synthetic":
+        _check_held_out(sets, cfg.dataset)
         for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
             cached = isinstance(dataset, data.ResizedCache)
             data.check_files(dataset.source if cached else dataset, decode_masks=split != "train" and not cached)
     return sets
+
+
+def _check_held_out(sets: dict[str, Dataset], dataset: str) -> None:
+    """No image of the training or selection split is also a validation image (the same file name)."""
+    val = {image.stem for image, _ in sets["val"].samples}
+    for split in ("train", "select"):
+        shared = sorted(image for image, _ in sets[split].samples if image.stem in val) if split in sets else []
+        if shared:
+            raise ValueError(f"{len(shared)} image(s) of {dataset}'s {split} split are also validation images, e.g. "
+                             f"{shared[0]}: validation scores would not be held out; check the split lists")
 
 
 def evaluation_batch_size(cfg: TrainConfig) -> int:

@@ -856,3 +856,27 @@ def test_two_studies_on_one_results_directory_are_refused(tmp_path, capsys):
     _one_line(err, f"results directory {results} is being written by another process (pid {os.getpid()} ",
               "give this study another --results-dir")
     assert not (results / "study.log").exists()
+
+
+# ----------------------------------------------- issue 34, 5: no image dropped or shared between splits unsaid
+
+
+def test_a_cityscapes_image_in_another_format_is_named_not_skipped(cityscapes_root):
+    png = next((cityscapes_root / "leftImg8bit" / "train" / "aachen").glob("*_leftImg8bit.png"))
+    jpg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpg)
+    png.unlink()
+    cfg = TrainConfig(**{**TINY, "dataset": "cityscapes", "root": str(cityscapes_root), "train_samples": None,
+                         "val_samples": None, "select_fraction": 0})
+    with pytest.raises(ValueError, match=f"^cityscapes image {jpg} is not a PNG \\(1 such file\\(s\\)\\)"):
+        loaders.build_datasets(cfg)
+
+
+def test_an_image_in_both_training_and_validation_lists_is_refused(voc_root):
+    lists = voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text((lists / "val.txt").read_text() + f"{VOC_SPLITS['train'][2]}\n")
+    loaders.build_datasets(_voc(voc_root))  # without the check: as listed
+    shared = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][2]}.jpg"
+    with pytest.raises(ValueError, match=f"^1 image\\(s\\) of voc's train split are also validation images, e.g. "
+                                         f"{shared}: validation scores would not be held out"):
+        loaders.build_datasets(_voc(voc_root), check=True)

@@ -193,6 +193,10 @@ class CityscapesSegmentation(_PairedFiles):
                      "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com (registration required) and "
                      "extract both under <root>.")
         tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
+        other = [i for i in tv.images if "_leftImg8bit." in Path(i).name and not i.endswith("_leftImg8bit.png")]
+        if other:  # an image in another format would be skipped below, silently
+            raise ValueError(f"cityscapes image {other[0]} is not a PNG ({len(other)} such file(s)): the Cityscapes "
+                             "images are <city>_<seq>_<frame>_leftImg8bit.png; convert or remove it")
         samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
                          if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
         samples = _split_for_selection(split, samples, select_fraction, self.name)
