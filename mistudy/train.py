@@ -321,6 +321,7 @@ def train_or_load(cfg: TrainConfig) -> dict:
 def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = None, root: str | None = None,
                  device: str = "auto", batch_size: int | None = None) -> dict:
     """Evaluate the saved networks of a run on its validation split; returns {network: metrics}."""
+    runs.settle(run_dir)
     cfg = runs.load_config(run_dir)
     overrides = {k: v for k, v in dict(eval_protocol=protocol, root=root, eval_batch_size=batch_size).items()
                  if v is not None}
