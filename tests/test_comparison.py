@@ -248,3 +248,12 @@ def test_comparison_provenance_names_the_device_the_runs_ran_on(tmp_path):
     assert prov["device"] == ["cpu", "cuda:0"]
     assert (prov["epochs"], prov["seed"], prov["datasets"]) == ([3], [0, 1, 2], ["synthetic"])
     assert prov["amp"] == [TrainConfig(dataset="synthetic").amp]
+
+
+def test_an_interval_of_a_bounded_score_stays_in_its_range(tmp_path):
+    """Two seeds far apart: the t-interval (+-12.7 standard errors) would pass 0 and 1 (issue 34)."""
+    for seed, (a, m) in enumerate([(0.05, 0.02), (0.70, 0.60)]):
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(a, m))
+    base = _row(comparison.comparison(tmp_path)[0], "synthetic", "baseline")
+    for m in ("pixel_accuracy", "miou"):
+        assert (base[f"{m}_low"], base[f"{m}_high"]) == (0.0, 1.0), m
