@@ -85,7 +85,7 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
     """``module.load_state_dict(state)``, a mismatch worded in one line naming the file."""
     try:
         module.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:  # torch's and optimisers' words
         first = str(e).strip().splitlines()
         detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else type(e).__name__)
         raise CheckpointError(f"{what} {path} does not fit the network its run's config.json describes ({detail}); "

@@ -108,7 +108,7 @@ def _remove_debris(run_dir: Path) -> None:
 
 def _clean_failed_start(run_dir: Path) -> None:
     """A run that failed before saving its first epoch (last.pt) has nothing to continue from: what it wrote
-    (config.json, weights.json, a best checkpoint written before last.pt failed) is removed, and what is left is
+    (config.json, weights.json, the staged files of an epoch whose last.pt failed) is removed, and what is left is
     said."""
     if (run_dir / "last.pt").exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
