@@ -130,7 +130,12 @@ def _train(args) -> int:
 
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "profile", "assignments")}
     try:
-        opts = {**parse_assignments(args.assignments), **opts}
+        assigned = parse_assignments(args.assignments)
+        twice = [f"--set {k}={assigned[k]!r} and --{k.replace('_', '-')} {opts[k]!r}" for k in assigned
+                 if k in opts and assigned[k] != opts[k]]
+        if twice:
+            raise ValueError(f"an option given two values: {'; '.join(twice)}")
+        opts = {**assigned, **opts}
         profile = resolve_profile(args.profile, opts.get("dataset", "synthetic"))
         opts.setdefault("results_dir", str(default_results_dir(profile)))
         cfg = study_config(opts.pop("use_case", "baseline"), profile, opts)

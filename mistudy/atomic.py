@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 TEMPORARY_MARK = ".tmp-"
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _NEARLY_FULL = 64 << 20  # bytes: a writer failing with less than this free is taken to have filled the disk
 
 
@@ -47,9 +47,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", keep_if_same: boo
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if _disk_full(e, path.parent):
+            kept = f"the previous {path.name} is kept, nothing was lost" if path.exists() else \
+                f"there was no {path.name} before"
             raise DiskFullError(errno.ENOSPC, f"the disk holding {path.parent} is full: {path.name} could not be "
-                                f"written; the previous {path.name} is kept, nothing was lost (free some space, then "
-                                "continue, e.g. with --resume)", str(path)) from e
+                                f"written; {kept} (free some space, then continue, e.g. with --resume)") from e
         raise
 
 
@@ -58,7 +59,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
     "basic_ios::clear: iostream error" or "file write failed") with the disk (nearly) full."""
     if isinstance(error, DiskFullError):
         return False  # already worded
-    if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
         return True
     if isinstance(error, (OSError, RuntimeError)):
         try:

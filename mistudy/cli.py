@@ -34,10 +34,13 @@ def non_negative_int(text: str) -> int:
 
 
 def error_line(error: BaseException) -> str:
-    """One line for an error a user must act on.  An error raised in a DataLoader worker arrives wrapped in a
-    traceback ("Caught ValueError in DataLoader worker process 1 ... Original Traceback ..."): its own message is
-    shown, as it would be without workers."""
+    """One line for an error a user must act on (an OSError: its words and file).  An error raised in a DataLoader
+    worker arrives wrapped in a traceback ("Caught ValueError in DataLoader worker process 1 ... Original
+    Traceback ..."): its own message is shown, as it would be without workers."""
     text = str(error)
+    if isinstance(error, OSError) and error.strerror:  # not "[Errno 13] ...: 'path'"
+        text = error.strerror + (f": {error.filename}" if error.filename and str(error.filename) not in error.strerror
+                                 else "")
     if "Original Traceback" in text:
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last

@@ -37,6 +37,9 @@ EXTRA_METRICS = {"boundary_f": "higher", "ece": "lower", "ece_softmax": "lower",
                  "mean_entropy_bits_softmax": None, "mutual_information_bits": "higher",
                  "normalized_mutual_information": "higher"}
 
+# Scores in [0, 1], whose intervals are cut at 0 and 1 (a t-interval over 2 seeds spans +-12.7 standard errors).
+BOUNDED = {*SCORES, "boundary_f", "ece", "ece_softmax", "normalized_mutual_information"}
+
 EXTRA_LABELS = {"boundary_f": "boundary F", "ece": "ECE (own probabilities)", "ece_softmax": "ECE (softmax reading)",
                 "mean_entropy_bits": "mean entropy (bits, own)",
                 "mean_entropy_bits_softmax": "mean entropy (bits, softmax reading)",
@@ -305,8 +308,11 @@ def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_co
         if any(v is None for v in values):  # a run written before the metric existed
             continue
         ci = stats.t_interval(values)
+        low, high = (None, None) if math.isnan(ci.low) else (ci.low, ci.high)
+        if m in BOUNDED and low is not None:  # a t-interval of few seeds reaches past the score's range: cut there
+            low, high = max(low, 0.0), min(high, 1.0)
         row |= {f"{m}_mean": ci.estimate, f"{m}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                f"{m}_low": None if math.isnan(ci.low) else ci.low, f"{m}_high": None if math.isnan(ci.high) else ci.high}
+                f"{m}_low": low, f"{m}_high": high}
     base = None
     if row["use_case"] != "baseline" and network == PRIMARY_NETWORK:
         base = baselines.get(_pairing(first["config"]))
@@ -397,7 +403,8 @@ def comparison_title(rows: list[dict], checkpoint: str) -> str:
     protocols = list(dict.fromkeys(f"{r['dataset']}: {r['protocol']}" for r in rows if r.get("protocol")))
     return "\n".join([
         f"Our results beside the paper's Tables 1-3 (checkpoint {checkpoint}: {CHECKPOINT_RULES[checkpoint]}).",
-        "mIoU and pixel accuracy: mean over seeds (n) with a 95% Student-t interval. Δ mIoU: the method's U-Net minus "
+        "mIoU and pixel accuracy: mean over seeds (n) with a 95% Student-t interval, cut at 0 and 1 (the scores' range, "
+        "which the interval of few seeds can pass). Δ mIoU: the method's U-Net minus "
         "the baseline's, trained with the same seeds and scored on the same validation images, averaged over seeds, "
         f"with a {stats.PAIRED_INTERVAL_TEXT}; the verdict reads the interval: better / worse when it excludes 0, else "
         "no detectable difference at that n. The paper reports single runs; its IoU is the mean IoU over classes.",

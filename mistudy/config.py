@@ -11,6 +11,7 @@ Field metadata: ``help`` (shown by --help), ``choices``, ``low`` (smallest allow
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -175,6 +176,8 @@ class TrainConfig:
             value, meta = getattr(self, f.name), f.metadata
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise ValueError(f"{f.name} must be one of {list(meta['choices'])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
             if meta["positive"] and value is not None and (isinstance(value, bool) or not isinstance(
                     value, (int, float)) or not value > 0):
                 raise ValueError(f"{f.name} must be a number > 0, got {value!r}")
@@ -201,6 +204,10 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         if device is not None and device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
+            raise ValueError(f"run_name must be one plain folder name (no '/', not '.' or '..'), got {name!r}: runs "
+                             "stay inside <results_dir>/<dataset>/<use-case>/ (run_dir= names any other place)")
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
         if self.dataset != "synthetic" and self.data_root is None:
@@ -210,6 +217,9 @@ class TrainConfig:
         for name in WEIGHTS_OPTIONS:  # an unknown torchvision weights name raises listing the valid ones
             if getattr(self, name):
                 named_weights(name, getattr(self, name))
+        if self.eval_protocol == "full" and self.dataset != "synthetic" and (self.eval_batch_size or 1) > 1:
+            raise ValueError(f"eval_batch_size must be 1 under the full protocol on {self.dataset}, got "
+                             f"{self.eval_batch_size}: whole images differ in size and cannot be batched")
         if self.use_case == "mutual" and self.resolved_batch_size == 1 and self.mutual_partner == "deeplabv3":
             raise ValueError("batch_size 1 is not possible for the mutual use-case: DeepLabV3's ASPP pooling "
                              "branch applies BatchNorm to a 1x1 map, which needs more than one sample in training")

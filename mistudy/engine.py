@@ -75,9 +75,10 @@ def setup(cfg: TrainConfig, ctx: Context, datasets: dict[str, Dataset] | None = 
     datasets = datasets if datasets is not None else build_datasets(cfg, check=True)
     loaders = {split: make_loader(ds, cfg, train=split == "train", device=ctx.device, rank=ctx.rank,
                                   world_size=ctx.world_size) for split, ds in datasets.items()}
-    if len(loaders["train"]) == 0:
+    per_rank = len(loaders["train"].sampler)  # samples
+    if per_rank == 0 or (per_rank == 1 and "deeplabv3" in cfg.networks):
         raise ValueError(f"the training split of {cfg.dataset} has {len(datasets['train'])} samples: too few for one "
-                         "batch")
+                         "batch" + (" of 2, which DeepLabV3's BatchNorm needs (see train_samples)" if per_rank else ""))
     nets = place_networks(build_networks(cfg, num_classes), cfg, ctx)
     dtype = amp_dtype(cfg, ctx.device)
     train_nets, cuda_graphs = compile_networks(cfg, distributed.wrap(nets, ctx), ctx.device)

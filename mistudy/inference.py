@@ -21,6 +21,10 @@ from mistudy.metrics import SegmentationMetrics
 from mistudy.networks import amp_dtype, autocast_for, build_networks, use_channels_last
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A network predicted NaN or infinite logits: its weights have diverged, nothing can be scored."""
+
+
 def forward_at_mask(net: nn.Module, images: torch.Tensor, mask_size, autocast: Callable = contextlib.nullcontext
                     ) -> torch.Tensor:
     """float32 logits [N, C, h, w] of ``images`` [N, 3, H, W] at the mask's size (h, w): resized bilinearly when
@@ -45,7 +49,8 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
     ("full" protocol: the network saw the image at the training scale) are resized bilinearly to the mask, so scores
     are at the mask's resolution.  Every count is summed over DDP ranks.  ``probabilities``: how the networks' logits
     become the probabilities their loss trains (`metrics.PROBABILITIES`; `TrainConfig.probabilities`), for calibration
-    and entropy; the softmax reading is kept beside it.
+    and entropy; the softmax reading is kept beside it.  NaN or infinite
+    logits raise NonFiniteOutputError.
     """
     n = len(loader.dataset)
     metrics = {name: SegmentationMetrics(num_classes, data.IGNORE_INDEX, boundary_tolerance, num_images=n,
@@ -59,6 +64,9 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
             index = index.to(ctx.device)
             for name, net in nets.items():
                 logits = forward_at_mask(net, images, target.shape[-2:], autocast)
+                if not bool(torch.isfinite(logits).all()):  # before any count: NaN would not bin
+                    raise NonFiniteOutputError(f"{name} predicts non-finite logits (NaN or inf): its weights have "
+                                               "diverged (too high a learning rate?)")
                 metrics[name].update(logits, target, index=index)  # class ids, boundaries, calibration, entropy
     result = {}
     for name, m in metrics.items():
@@ -69,6 +77,7 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
 
 def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="cpu") -> nn.Module:
     """A trained network of a run, in eval mode. checkpoint: best_miou | best_loss | last."""
+    runs.settle(run_dir)
     cfg = runs.load_config(run_dir)
     if network not in cfg.networks:
         raise ValueError(f"run {run_dir} trained {list(cfg.networks)}, not {network!r}")
@@ -78,10 +87,14 @@ def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="c
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (has the run finished an epoch? best_miou needs a selection "
                                 "split)")
-    ckpt = safeload.load(path, "checkpoint")
+    if checkpoint == "last":
+        state = runs.load_last(path)["models"].get(network, {})
+    else:
+        state = safeload.require(safeload.load(path, "checkpoint"), ("model",), path, "checkpoint",
+                                 "a best checkpoint holds one network's weights (a last.pt copied over it?)")["model"]
     # the checkpoint holds every weight: nothing is read from the files the run started from
     net = build_networks(cfg.replace(**dict.fromkeys(WEIGHTS_OPTIONS)), names=(network,))[network]
-    net.load_state_dict(ckpt["models"][network] if checkpoint == "last" else ckpt["model"])
+    safeload.load_weights(net, state, path, "checkpoint")
     return net.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
 
 

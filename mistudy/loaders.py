@@ -7,7 +7,11 @@ whatever their batch sizes, worker counts or resume points: that is what makes t
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
+import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -85,14 +89,31 @@ def build_datasets(cfg: TrainConfig, check: bool = False) -> dict[str, Dataset]:
         n_train = cfg.train_samples or data.SYNTHETIC_DEFAULT_SIZES["train"]
         sizes = {"train": n_train, "val": cfg.val_samples, "select": max(2, round(cfg.select_fraction * n_train))}
     splits = ["train", "val"] + (["select"] if cfg.select_fraction > 0 else [])
-    sets = {split: data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
-                                      **(dict(train=True) if split == "train" else evaluation), **common)
-            for split in splits}
+    sets = {}
+    for split in splits:
+        try:
+            sets[split] = data.build_dataset(cfg.dataset, split, num_samples=sizes[split],
+                                             **(dict(train=True) if split == "train" else evaluation), **common)
+        except ValueError as e:  # "num_samples=N but ...": named by the option that set it
+            if not str(e).startswith("num_samples="):
+                raise
+            raise ValueError(f"{split}_samples{str(e)[len('num_samples'):]}") from None
     if check and cfg.dataset != "synthetic":
+        _check_held_out(sets, cfg.dataset)
         for split, dataset in sets.items():  # a built cache has decoded (and checked) its masks already
             cached = isinstance(dataset, data.ResizedCache)
             data.check_files(dataset.source if cached else dataset, decode_masks=split != "train" and not cached)
     return sets
+
+
+def _check_held_out(sets: dict[str, Dataset], dataset: str) -> None:
+    """No image of the training or selection split is also a validation image (the same file name)."""
+    val = {image.stem for image, _ in sets["val"].samples}
+    for split in ("train", "select"):
+        shared = sorted(image for image, _ in sets[split].samples if image.stem in val) if split in sets else []
+        if shared:
+            raise ValueError(f"{len(shared)} image(s) of {dataset}'s {split} split are also validation images, e.g. "
+                             f"{shared[0]}: validation scores would not be held out; check the split lists")
 
 
 def evaluation_batch_size(cfg: TrainConfig) -> int:
@@ -103,6 +124,32 @@ def evaluation_batch_size(cfg: TrainConfig) -> int:
     return cfg.resolved_batch_size
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity: fewer than the machine's under a scheduler)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(cfg: TrainConfig) -> None:
+    """Refuse more loader workers than cores (each is a process with its own copy of the dataset object)."""
+    cores = available_cores()
+    if cfg.num_workers is not None and cfg.num_workers > cores:
+        raise ValueError(f"num_workers must be at most {cores} (the CPU cores this process may use), got "
+                         f"{cfg.num_workers}")
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """In each loader worker: the kernel kills it when the process that started it dies, however it dies (kill -9,
+    the out-of-memory killer), instead of it finishing its batch first (Linux; elsewhere PyTorch's own check,
+    made while a worker waits for work, remains)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the line above
+        os._exit(1)
+
+
 def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torch.device, rank: int = 0,
                 world_size: int = 1) -> DataLoader:
     batch_size = cfg.resolved_batch_size if train else evaluation_batch_size(cfg)
@@ -110,9 +157,11 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torc
                            world_size=world_size, drop_single=train)
     workers = cfg.num_workers
     if workers is None:  # on CPU workers compete with training for the same cores (measured: slower)
-        workers = min(8, (os.cpu_count() or 1) // world_size) if device.type == "cuda" else 0
+        workers = min(8, available_cores() // world_size) if device.type == "cuda" else 0
+    workers = min(workers, available_cores())  # a saved run's setting on a smaller machine
     return DataLoader(SeededItems(dataset, cfg.seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
 
 
 

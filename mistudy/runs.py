@@ -31,6 +31,7 @@ import io
 import json
 import os
 import platform
+import secrets
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -39,8 +40,8 @@ import numpy as np
 import torch
 
 import mistudy
-from mistudy import atomic
-from mistudy.config import OLD_NAMES, RESUMABLE_CHANGES, TrainConfig, default_of
+from mistudy import atomic, safeload
+from mistudy.config import OLD_NAMES, RESUMABLE_CHANGES, WEIGHTS_OPTIONS, TrainConfig, default_of
 
 WEIGHTS_RECORD = "weights.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
@@ -91,11 +92,22 @@ class RunLock:
     holder's pid, host, command and start time.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, what: str = "run directory",
+                 advice: str = "give this run another --run-name / --run-dir"):
         self.path = Path(run_dir) / LOCK_FILE
+        self.what, self.advice = what, advice
         self._file = None
 
     def __enter__(self) -> "RunLock":
+        try:
+            return self._take()
+        except OSError as e:
+            if e.errno in atomic.FULL_ERRNOS:
+                raise atomic.DiskFullError(e.errno, f"the disk holding {self.path.parent} is full: its lock "
+                                           f"{self.path.name} could not be written; nothing was changed") from None
+            raise OSError(e.errno, f"cannot write the {self.what} {self.path.parent} ({e.strerror})") from None
+
+    def _take(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             f = open(self.path, "a+")
@@ -105,17 +117,22 @@ class RunLock:
                 f.seek(0)
                 holder = f.read().strip() or "a process that has not yet written its name"
                 f.close()
-                raise RunLockedError(f"run directory {self.path.parent} is being written by another process "
-                                     f"({holder}); a run directory has one writer at a time: wait for it to "
-                                     "finish, or give this run another --run-name / --run-dir") from None
+                raise RunLockedError(f"{self.what} {self.path.parent} is being written by another process "
+                                     f"({holder}); a {self.what} has one writer at a time: wait for it to "
+                                     f"finish, or {self.advice}") from None
             if self.path.exists() and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                 break  # not a file its previous holder unlinked after we opened it
             f.close()
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {platform.node()}, started {dt.datetime.now().isoformat(timespec='seconds')}: "
-                f"{' '.join(sys.argv)[:300]}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}, started "
+                    f"{dt.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv)[:300]}\n")
+            f.flush()
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            f.close()
+            raise
         self._file = f
         return self
 
@@ -146,8 +163,8 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     last, metrics = run_dir / "last.pt", run_dir / "metrics.json"
     if not cfg.resume:
         if last.exists() or metrics.exists():
-            raise FileExistsError(f"run directory {run_dir} already holds a run; pass --resume (resume=True) to "
-                                  "continue it, or choose another run directory or run name")
+            raise FileExistsError(f"run directory {run_dir} already holds a run; pass resume=True to continue it, "
+                                  "or choose another run directory or run name")
         return "new"
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"--resume: {run_dir} holds no run to continue (no config.json); check the path "
@@ -169,9 +186,10 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     return "continue"
 
 
-def write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    """config.json: the configuration of what the run directory's checkpoints hold."""
-    atomic.write_json(run_dir / "config.json", {**asdict(cfg), "resume": False})
+def write_config(cfg: TrainConfig, run_dir: Path, commit: str | None = None) -> None:
+    """config.json (staged for ``commit``, if given): the configuration of what the run directory's checkpoints
+    hold."""
+    atomic.write_json(target(run_dir, "config.json", commit), {**asdict(cfg), "resume": False})
 
 
 def weights_record(cfg: TrainConfig) -> dict:
@@ -249,19 +267,102 @@ def retire_results(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------- one commit point per epoch
+#
+# An epoch's files are written under staged names (`staged_path`) first, then last.pt, which records the commit
+# token the staged names carry: writing last.pt is the epoch's one commit point.  `publish` then retires the old
+# results and renames the staged files into place.  A failure before the commit leaves the previous epoch's files
+# as they were (the staged ones are removed); a kill between the commit and the end of `publish` is completed by
+# whoever opens the run next (`recover`, `settle`), so a run's files always describe the state last.pt holds.
+
+STAGED_MARK = ".commit-"
+
+
+def new_commit(epoch: int) -> str:
+    return f"e{epoch:05d}-{secrets.token_hex(4)}"
+
+
+def staged_path(run_dir: Path, commit: str, name: str) -> Path:
+    """Where an epoch's file ``name`` (e.g. "best_loss-unet.pt") is written before its commit."""
+    return run_dir / f"{STAGED_MARK}{commit}.{name}"
+
+
+def target(run_dir: Path, name: str, commit: str | None) -> Path:
+    """run_dir/name, or its staged name for ``commit``."""
+    return staged_path(run_dir, commit, name) if commit else run_dir / name
+
+
+def _staged(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{STAGED_MARK}*"))
+
+
+def publish(run_dir: Path, commit: str | None) -> None:
+    """Put the committed epoch's staged files in place (the results of a shorter run retired first); staged files of
+    any other commit never were committed and are removed."""
+    staged = _staged(run_dir)
+    mine = [p for p in staged if commit is not None and p.name.startswith(f"{STAGED_MARK}{commit}.")]
+    if mine:
+        retire_results(run_dir)
+    for path in mine:
+        os.replace(path, run_dir / path.name[len(f"{STAGED_MARK}{commit}."):])
+    for path in staged:
+        if path not in mine:
+            path.unlink(missing_ok=True)
+
+
+def discard_staged(run_dir: Path, commit: str) -> None:
+    for path in Path(run_dir).glob(f"{STAGED_MARK}{commit}.*"):
+        path.unlink(missing_ok=True)
+
+
+def recover(run_dir: Path) -> None:
+    """Complete an epoch whose commit (last.pt) was written but whose files were not all put in place, and remove
+    the staged files of an epoch that was never committed.  Only where no writer is alive (the run lock held)."""
+    if not _staged(run_dir):
+        return
+    last = Path(run_dir) / "last.pt"
+    try:
+        commit = load_last(last).get("commit") if last.is_file() else None
+    except safeload.CheckpointError:
+        commit = None  # unreadable: nothing staged can be known to belong to it
+    publish(Path(run_dir), commit)
+
+
+def settle(run_dir) -> None:
+    """For readers: `recover` a run left between a commit and its renames, unless a writer holds it (it does so
+    itself) or it cannot be written."""
+    if not _staged(run_dir):
+        return
+    try:
+        with RunLock(run_dir):
+            recover(Path(run_dir))
+    except (RunLockedError, OSError):
+        pass
+
+
+LAST_KEYS = ("models", "optimizers", "scaler", "epoch", "best", "history", "rng")
+
+
+def load_last(path: Path) -> dict:
+    """A run's last.pt, checked to be one (not, e.g., a best checkpoint copied over it)."""
+    return safeload.require(safeload.load(path, "checkpoint"), LAST_KEYS, path, "checkpoint",
+                            "a run's last.pt holds its whole training state (a best_*.pt copied over it?)")
+
+
 def save_checkpoint(obj: dict, path: Path) -> None:
     with atomic.atomic_path(path, suffix=".pt") as tmp:
         torch.save(obj, tmp)
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    atomic.write_json(run_dir / "history.json", history)
+def write_history(run_dir: Path, history: list[dict], commit: str | None = None) -> None:
+    """history.json and .csv (staged for ``commit``, if given)."""
+    atomic.write_json(target(run_dir, "history.json", commit), history)
     columns = list(dict.fromkeys(k for row in history for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    atomic.write_text(run_dir / "history.csv", buf.getvalue())
+    atomic.write_text(target(run_dir, "history.csv", commit), buf.getvalue())
 
 
 def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids: list) -> None:
@@ -275,15 +376,16 @@ def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids
 EPOCH_CONFMATS = "val_per_epoch.npz"
 
 
-def add_epoch_confmats(run_dir: Path, epoch: int, confmats: dict[str, np.ndarray]) -> None:
-    """Add (or replace) one epoch's per-image validation confusion matrices {net: [images, C, C]}."""
+def add_epoch_confmats(run_dir: Path, epoch: int, confmats: dict[str, np.ndarray], commit: str | None = None) -> None:
+    """Add (or replace) one epoch's per-image validation confusion matrices {net: [images, C, C]} (the result
+    staged for ``commit``, if given)."""
     path = run_dir / EPOCH_CONFMATS
     arrays = {}
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     arrays |= {f"{net}/{epoch}": np.asarray(cm, dtype=np.int32) for net, cm in confmats.items()}
-    with atomic.atomic_path(path, suffix=".npz") as tmp:
+    with atomic.atomic_path(target(run_dir, EPOCH_CONFMATS, commit), suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
 
 
@@ -307,7 +409,12 @@ def load_config(run_dir) -> TrainConfig:
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are written by "
                                 "`python -m mistudy train`")
-    return config_from_json(_read_json(run_dir / "config.json"))
+    path = run_dir / "config.json"
+    saved = _read_json(path)
+    try:
+        return config_from_json(saved)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def config_from_json(saved: dict) -> TrainConfig:
@@ -317,10 +424,11 @@ def config_from_json(saved: dict) -> TrainConfig:
 
 def load_history(run_dir) -> list[dict]:
     path = Path(run_dir) / "history.json"
-    return _read_json(path) if path.exists() else []
+    return _read_json(path, list) if path.exists() else []
 
 
 def load_metrics(run_dir) -> dict | None:
+    settle(run_dir)
     path = Path(run_dir) / "metrics.json"
     return _read_json(path) if path.exists() else None
 
@@ -339,11 +447,17 @@ def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarr
         return {"ids": f["ids"], **{k.rsplit("/", 1)[1]: f[k] for k in f.files if k.startswith(key + "/")}}
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, kind: type = dict):
+    """A run's JSON file, which holds a ``kind`` (an object; history.json: a list)."""
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text (not UTF-8)") from None
+    if not isinstance(content, kind):
+        raise ValueError(f"{path} holds a JSON {type(content).__name__}, not the {kind.__name__} a run writes there")
+    return content
 
 
 def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:
@@ -354,6 +468,7 @@ def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:
 def load_run(run_dir) -> dict:
     """{"run_dir", "config", "metrics"} of a finished run (plain dicts); a missing or broken file raises."""
     run_dir = Path(run_dir)
+    settle(run_dir)
     out = {"run_dir": run_dir}
     for name in ("config", "metrics"):
         path = run_dir / f"{name}.json"

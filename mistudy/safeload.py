@@ -70,3 +70,23 @@ def _refusal(error: Exception, path: Path, what: str) -> CheckpointError:
                                "be read to its end)")
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return CheckpointError(f"{what} {path} cannot be read: {first}")
+
+
+def require(content, keys: tuple[str, ...], path, what: str, hint: str) -> dict:
+    """``content`` (a loaded checkpoint) if it is a dict holding ``keys``; else CheckpointError naming the file and
+    ``hint`` (what it may be instead)."""
+    if not isinstance(content, dict) or not all(k in content for k in keys):
+        held = sorted(map(str, content))[:6] if isinstance(content, dict) else type(content).__name__
+        raise CheckpointError(f"{what} {path} does not hold {', '.join(keys)} (it holds {held}): {hint}")
+    return content
+
+
+def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
+    """``module.load_state_dict(state)``, a mismatch worded in one line naming the file."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:  # torch's and optimisers' words
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else type(e).__name__)
+        raise CheckpointError(f"{what} {path} does not fit the network its run's config.json describes ({detail}); "
+                              "was config.json edited, or the file copied from another run?") from None

@@ -22,6 +22,7 @@ while the others finish.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mistudy import data, runs
-from mistudy.cli import OneLineParser, non_negative_float, non_negative_int, positive_int
+from mistudy.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
 from mistudy import tuning
 from mistudy.config import (DATASETS, DEFAULT_PROFILE_TEXT, PROFILE_HELP, PROFILES, USE_CASES, parse_assignments,
                             resolve_profile, study_config, study_seeds)
@@ -393,6 +394,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
+    results, _ = _folders(args)
+    with contextlib.ExitStack() as stack:
+        try:  # one study at a time writes a results directory (its log, its notebooks)
+            stack.enter_context(runs.RunLock(results, "results directory", "give this study another --results-dir"))
+        except (runs.RunLockedError, OSError) as e:
+            print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
+            return 1
+        return _run(args, work, device)
+
+
+def _run(args: argparse.Namespace, work: list, device) -> int:
+    """Execute the study's tasks (the results directory locked); returns the exit status."""
     from mistudy import executors
 
     results, figures = _folders(args)

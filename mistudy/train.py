@@ -9,6 +9,7 @@ of the same configuration (the notebooks call it); `evaluate_run` re-scores a sa
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 from dataclasses import asdict
@@ -33,16 +34,20 @@ def train(cfg: TrainConfig) -> dict:
     before anything is written (`runs.check_writable`).  A kill at any point loses at most the epoch in progress.
     """
     cfg.check_paths()  # values were checked when cfg was made
+    loaders.check_workers(cfg)
     ctx = distributed.init(cfg.device)
     run_dir = cfg.resolved_run_dir()
     if cfg.resume and not runs.is_run_dir(run_dir):
         runs.check_writable(cfg, run_dir)  # raises: a mistyped --resume directory is refused before it is created
-    created = not run_dir.exists()
+    top = run_dir  # the highest folder this run creates (None: none)
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    top = None if run_dir.exists() else top
     try:
         with runs.RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
-            mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
             if ctx.is_main:
-                _remove_debris(run_dir)
+                _remove_debris(run_dir)  # first: an epoch a kill left half put in place is completed
+            mode = runs.check_writable(cfg, run_dir) if ctx.is_main else None
             try:
                 return _train_locked(cfg, ctx, run_dir, mode)
             except BaseException:
@@ -50,8 +55,10 @@ def train(cfg: TrainConfig) -> dict:
                     _clean_failed_start(run_dir)
                 raise
     except BaseException:
-        if ctx.is_main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # the directory this run created, left empty
+        if ctx.is_main and top is not None:  # the folders this run created, left empty
+            for folder in [run_dir, *run_dir.parents[:len(run_dir.parts) - len(top.parts)]]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
 
 
@@ -74,8 +81,7 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
         try:
             row = engine.train_one_epoch(s, epoch, progress)
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}. The last good checkpoint ({run_dir / 'last.pt'}, epoch {state['epoch']}) "
-                                     "is kept.") from None
+            raise NonFiniteLossError(f"{e}; {_kept(run_dir, state)}") from None
         distributed.broadcast_buffers(s.nets, ctx)  # every rank evaluates (and rank 0 saves) the same weights
         state["epoch"] = epoch
         scores = evaluate_epoch(s, run_dir, state, row, cfg.epochs)
@@ -87,8 +93,16 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
     return {**summary, "run_dir": str(run_dir)}
 
 
+def _kept(run_dir: Path, state: dict) -> str:
+    saved = state.get("saved_epoch")
+    return f"the last good checkpoint ({run_dir / 'last.pt'}, epoch {saved}) is kept" if saved else \
+        "no epoch had been saved, so no checkpoint is kept"
+
+
 def _remove_debris(run_dir: Path) -> None:
-    """Temporary files of a writer that was killed mid-write (the lock says no writer is alive)."""
+    """Temporary files of a writer that was killed mid-write, and an epoch it committed but did not finish putting
+    in place (the lock says no writer is alive)."""
+    runs.recover(run_dir)
     count, size = atomic.remove_temporaries(run_dir)
     if count:
         print(f"Removed {count} temporary file(s) ({size / 2**20:.0f} MiB) that an interrupted write left in "
@@ -97,13 +111,13 @@ def _remove_debris(run_dir: Path) -> None:
 
 def _clean_failed_start(run_dir: Path) -> None:
     """A run that failed before saving its first epoch (last.pt) has nothing to continue from: what it wrote
-    (config.json, weights.json, a best checkpoint written before last.pt failed) is removed, and what is left is
+    (config.json, weights.json, the staged files of an epoch whose last.pt failed) is removed, and what is left is
     said."""
     if (run_dir / "last.pt").exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return
     for path in [run_dir / "config.json", run_dir / runs.WEIGHTS_RECORD, *run_dir.glob("best_*-*.pt"),
-                 *run_dir.glob("history.*")]:
+                 *run_dir.glob("history.*"), *run_dir.glob(f"{runs.STAGED_MARK}*")]:
         path.unlink(missing_ok=True)
     left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
     if not left:
@@ -119,8 +133,8 @@ class EvaluationError(RuntimeError):
 
 # What a training run raises for a user to act on (bad data, files, options, a full disk, another writer): the
 # command line prints these as one line (`mistudy.cli.error_line`); anything else is a bug and keeps its traceback.
-RUN_ERRORS = (NonFiniteLossError, EvaluationError, runs.RunLockedError, atomic.DiskFullError, safeload.CheckpointError,
-              FileExistsError, FileNotFoundError, ValueError)
+RUN_ERRORS = (NonFiniteLossError, inference.NonFiniteOutputError, EvaluationError, runs.RunLockedError,
+              safeload.CheckpointError, ValueError, OSError)  # OSError: a full disk, a folder not writable...
 
 
 def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int) -> dict:
@@ -132,6 +146,8 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
         t0 = time.perf_counter()
         try:
             scores = {split: s.evaluate(split) for split in ("select", "val") if split in s.loaders}
+        except inference.NonFiniteOutputError as e:  # diverged weights are not saved: a resume would meet them again
+            raise inference.NonFiniteOutputError(f"after epoch {epoch}, {e}; {_kept(run_dir, state)}") from None
         except Exception as e:
             state["unevaluated"] = epoch
             if s.ctx.is_main:
@@ -142,11 +158,9 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
                 for k in SCORES}
         row["eval_seconds"] = round(time.perf_counter() - t0, 3)  # both splits (the "seconds" column: training)
-        if s.ctx.is_main and "val" in scores:  # before save_epoch: a kill between the two redoes this epoch
-            runs.add_epoch_confmats(run_dir, epoch, {net: m["per_image"]["confmat"] for net, m in scores["val"].items()})
     state["unevaluated"] = None
     if s.ctx.is_main:
-        save_epoch(s, run_dir, state, row)
+        save_epoch(s, run_dir, state, row, {net: m["per_image"]["confmat"] for net, m in scores.get("val", {}).items()})
     return scores
 
 
@@ -157,22 +171,26 @@ def new_state(s: Setup) -> dict:
 
 def resume_state(s: Setup, run_dir: Path) -> dict:
     """Networks, optimisers, scaler and RNG from last.pt; returns the saved epoch, best scores and history."""
-    ckpt = safeload.load(run_dir / "last.pt", "checkpoint")
+    path = run_dir / "last.pt"
+    ckpt = runs.load_last(path)
     if s.cfg.epochs < ckpt["epoch"]:
         raise ValueError(f"cannot resume {run_dir} for {s.cfg.epochs} epochs: it has already trained {ckpt['epoch']}")
     for name, net in s.nets.items():
-        net.load_state_dict(ckpt["models"][name])
-        s.optims[name].load_state_dict(ckpt["optimizers"][name])
+        safeload.load_weights(net, ckpt["models"].get(name, {}), path, "checkpoint")
+        safeload.load_weights(s.optims[name], ckpt["optimizers"][name], path, "checkpoint")
         if "schedulers" in ckpt:
             s.schedulers[name].load_state_dict(ckpt["schedulers"][name])
     s.scaler.load_state_dict(ckpt["scaler"])
     networks.set_rng_state(ckpt["rng"])
     return {"epoch": ckpt["epoch"], "best": ckpt["best"], "history": ckpt["history"],
-            "unevaluated": ckpt.get("unevaluated")}
+            "unevaluated": ckpt.get("unevaluated"), "saved_epoch": ckpt["epoch"]}
 
 
-def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
-    """Update the best scores, write the best checkpoints that improved, last.pt and the history (rank 0)."""
+def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict, confmats: dict | None = None) -> None:
+    """Update the best scores and save the epoch (rank 0): the best checkpoints that improved, the validation
+    confusion matrices ``confmats`` {net: [images, C, C]}, config and history under staged names, then last.pt, the
+    epoch's one commit point, then the staged files renamed into place (`runs.publish`).  A failure before the
+    commit leaves the files of the previous saved epoch as they were."""
     epoch, improved = state["epoch"], []
     for name in s.nets:
         best, loss, miou = state["best"][name], row[f"{name}/train_loss"], row.get(f"{name}/select_miou")
@@ -182,24 +200,37 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict) -> None:
         if miou is not None and not math.isnan(miou) and miou > best["miou"]:
             best.update(miou=miou, miou_epoch=epoch)
             improved.append(("best_miou", name))
-    if state["history"] and state["history"][-1]["epoch"] == epoch:
-        state["history"][-1] = row  # an epoch saved unscored, now scored
-    else:
-        state["history"].append(row)
-    config = asdict(s.cfg)
-    for rule, name in improved:
-        runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
-                              "config": config}, runs.checkpoint_path(run_dir, rule, name))
-    runs.save_checkpoint({"models": {n: net.state_dict() for n, net in s.nets.items()},
-                          "optimizers": {n: o.state_dict() for n, o in s.optims.items()},
-                          "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
-                          "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
-                          "history": state["history"], "unevaluated": state.get("unevaluated"),
-                          "rng": networks.rng_state(), "config": config},
-                         run_dir / "last.pt")
-    runs.write_config(s.cfg, run_dir)  # what last.pt holds (a resume may have extended the run)
-    runs.write_history(run_dir, state["history"])
-    runs.retire_results(run_dir)
+    history = state["history"][:-1] if state["history"] and state["history"][-1]["epoch"] == epoch \
+        else state["history"]  # an epoch saved unscored, now scored
+    history = [*history, row]
+    config, commit = asdict(s.cfg), runs.new_commit(epoch)
+    try:
+        for rule, name in improved:
+            runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
+                                  "config": config}, runs.staged_path(run_dir, commit, f"{rule}-{name}.pt"))
+        if confmats:
+            runs.add_epoch_confmats(run_dir, epoch, confmats, commit)
+        runs.write_config(s.cfg, run_dir, commit)  # what last.pt holds (a resume may have extended the run)
+        runs.write_history(run_dir, history, commit)
+        runs.save_checkpoint({"models": {n: net.state_dict() for n, net in s.nets.items()},
+                              "optimizers": {n: o.state_dict() for n, o in s.optims.items()},
+                              "schedulers": {n: sch.state_dict() for n, sch in s.schedulers.items()},
+                              "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
+                              "history": history, "unevaluated": state.get("unevaluated"),
+                              "rng": networks.rng_state(), "config": config, "commit": commit},
+                             run_dir / "last.pt")  # the commit point
+    except Exception as e:  # not committed (a kill here is sorted out by `runs.recover`)
+        runs.discard_staged(run_dir, commit)
+        if isinstance(e, atomic.DiskFullError):
+            saved = state.get("saved_epoch")
+            kept = (f"the run's files still hold epoch {saved} as it was saved, nothing was lost (free some space, "
+                    "then continue with --resume)") if saved else \
+                "no epoch had been saved yet (free some space, then start the run again)"
+            raise atomic.DiskFullError(errno.ENOSPC, f"the disk holding {run_dir} is full: epoch {epoch} could not "
+                                       f"be saved; {kept}") from e
+        raise
+    state["history"], state["saved_epoch"] = history, epoch
+    runs.publish(run_dir, commit)
 
 
 def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None) -> dict:
@@ -301,6 +332,7 @@ def train_or_load(cfg: TrainConfig) -> dict:
 def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = None, root: str | None = None,
                  device: str = "auto", batch_size: int | None = None) -> dict:
     """Evaluate the saved networks of a run on its validation split; returns {network: metrics}."""
+    runs.settle(run_dir)
     cfg = runs.load_config(run_dir)
     overrides = {k: v for k, v in dict(eval_protocol=protocol, data_root=root, eval_batch_size=batch_size).items()
                  if v is not None}

@@ -322,3 +322,12 @@ def test_a_table_never_mixes_runs_scored_under_two_definitions(tmp_path):
     metrics.write_text(json.dumps(old))
     with pytest.raises(ValueError, match=r"1 run\(s\) were scored under an older version .*seed1: score them again"):
         comparison.comparison(tmp_path, ["synthetic"])
+
+
+def test_an_interval_of_a_bounded_score_stays_in_its_range(tmp_path):
+    """Two seeds far apart: the t-interval (+-12.7 standard errors) would pass 0 and 1 (issue 34)."""
+    for seed, (a, m) in enumerate([(0.05, 0.02), (0.70, 0.60)]):
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(a, m))
+    base = _row(comparison.comparison(tmp_path)[0], "synthetic", "baseline")
+    for m in ("pixel_accuracy", "miou"):
+        assert (base[f"{m}_low"], base[f"{m}_high"]) == (0.0, 1.0), m

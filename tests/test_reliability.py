@@ -4,11 +4,13 @@ checks of the data and one-line errors from loader workers."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from PIL import Image
 
 from datatrees import VOC_SPLITS, write_voc_mask
 from fakes import count_calls
-from mistudy import atomic, engine, inference, runs, safeload
+from mistudy import atomic, engine, inference, loaders, runs, safeload
 from mistudy.cli import error_line
 from mistudy.config import TrainConfig
 from mistudy.safeload import CheckpointError
@@ -139,7 +141,7 @@ def test_an_extension_interrupted_after_an_epoch_is_no_longer_a_finished_run(tmp
         train(tiny(run_dir, epochs=4, resume=True))
     assert not (run_dir / "metrics.json").exists(), "the 2-epoch results no longer describe last.pt (epoch 3)"
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 4
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="pass resume=True to continue it"):
         train_or_load(tiny(run_dir, epochs=4))
     calls.update(raise_at=None)
     assert train(tiny(run_dir, epochs=4, resume=True))["epochs"] == 4
@@ -347,7 +349,7 @@ def test_truncated_files_are_found_by_their_end_marker_before_training(voc_root,
 def test_study_checks_sample_counts_before_any_notebook(voc_root, tmp_path):
     out = cli("study", "--dataset", "voc", "--data-root", str(voc_root), "--profile", "tiny", "--results-dir",
               str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"), "--notebooks", "02")
-    assert out.returncode == 2 and "num_samples=16 but voc 'train' has" in out.stderr, out.stderr
+    assert out.returncode == 2 and "train_samples=16 but voc 'train' has" in out.stderr, out.stderr
     assert not (tmp_path / "r" / "notebooks").exists()
 
 
@@ -425,3 +427,457 @@ def test_lr_must_be_positive_says_so():
     assert out.returncode == 2 and "must be > 0, got -1.0" in out.stderr
     out = cli("train", "--lr", "0")
     assert out.returncode == 2 and "must be > 0, got 0.0" in out.stderr
+
+
+# --------------------------------------------------- issue 34, 1: one commit point per epoch (last.pt)
+
+
+def _full_disk_at(monkeypatch, n: int) -> dict:
+    """The n-th file written through `mistudy.atomic` from now on fails as on a full disk (ENOSPC); returns the
+    counter of writes."""
+    real, calls = atomic.atomic_path, {"n": 0}
+
+    @contextlib.contextmanager
+    def atomic_path(path, *a, **k):
+        calls["n"] += 1
+        with real(path, *a, **k) as tmp:
+            if calls["n"] == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield tmp
+
+    monkeypatch.setattr(atomic, "atomic_path", atomic_path)
+    return calls
+
+
+def _one_state(run_dir: Path) -> int:
+    """Assert that the run's files describe one state, the one last.pt holds: every best checkpoint at the epoch
+    last.pt records for it, the history and config of last.pt, no confusion matrices of later epochs, and
+    metrics.json (if any) scoring last.pt's epoch and best checkpoints; returns the epoch."""
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    epoch = last["epoch"]
+    for name, best in last["best"].items():
+        for rule in ("loss", "miou"):
+            path = run_dir / f"best_{rule}-{name}.pt"
+            assert torch.load(path, weights_only=True)["epoch"] == best[f"{rule}_epoch"], path
+    assert [row["epoch"] for row in runs.load_history(run_dir)] == [row["epoch"] for row in last["history"]]
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == last["config"]["epochs"]
+    assert max(runs.load_epoch_confmats(run_dir, "unet")) <= epoch
+    metrics = runs.load_metrics(run_dir)
+    if metrics is not None:
+        scored = metrics["networks"]["unet"]
+        assert (scored["last"]["epoch"], scored["best_loss"]["epoch"], scored["best_miou"]["epoch"]) == \
+            (epoch, last["best"]["unet"]["loss_epoch"], last["best"]["unet"]["miou_epoch"])
+    return epoch
+
+
+def test_a_full_disk_at_any_write_of_an_extension_leaves_one_state_and_a_resume_restores_it(tmp_path, monkeypatch):
+    """A finished 1-epoch run extended to 2 epochs, the disk full at the 1st, 2nd, ... write: the run stays the
+    finished 1-epoch run (byte for byte, metrics.json included) or has moved to epoch 2 as a whole; resumed, it
+    ends exactly as an uninterrupted extension."""
+    template, reference = tmp_path / "template", tmp_path / "reference"
+    train(tiny(template, epochs=1))
+    before = {p.name: p.read_bytes() for p in template.iterdir()}
+    shutil.copytree(template, reference)
+    expected = train(tiny(reference, epochs=2, resume=True))["networks"]
+    assert expected["unet"]["best_loss"]["epoch"] == 2, "epoch 2 improves the best checkpoint (the case at stake)"
+    n = 0
+    while True:
+        n += 1
+        run_dir = tmp_path / f"full-at-{n}"
+        shutil.copytree(template, run_dir)
+        calls = _full_disk_at(monkeypatch, n)
+        try:
+            train(tiny(run_dir, epochs=2, resume=True))
+        except atomic.DiskFullError as e:
+            assert "could not be" in str(e) and str(run_dir) in str(e)
+        monkeypatch.undo()
+        if calls["n"] < n:
+            break  # every write of the extension has failed once
+        if _one_state(run_dir) == 1:
+            assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, f"write {n}"
+        assert not list(run_dir.glob(".*")), f"write {n}: files left behind"
+        assert train(tiny(run_dir, epochs=2, resume=True))["networks"] == expected, f"write {n}"
+        _one_state(run_dir)
+    assert n > 8
+
+
+@pytest.mark.parametrize("renames", [0, 1, 3])
+def test_a_kill_between_the_commit_and_the_renames_is_completed_by_the_next_reader_or_writer(tmp_path, monkeypatch,
+                                                                                             renames):
+    """Killed after last.pt of epoch 2 was written (the commit) and ``renames`` of the epoch's other files were
+    put in place: whoever opens the run next completes the epoch, so no reader sees epoch-1 best checkpoints or
+    metrics beside an epoch-2 last.pt."""
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    real, done = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if Path(src).name.startswith(runs.STAGED_MARK):  # the epoch's files, after the commit
+            if done["n"] == renames:
+                raise KeyboardInterrupt
+            done["n"] += 1
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(run_dir, epochs=2, resume=True))
+    monkeypatch.undo()
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
+    net = inference.load_network(run_dir, "unet", "best_loss")  # a reader
+    assert _one_state(run_dir) == 2 and runs.load_metrics(run_dir) is None
+    last = torch.load(run_dir / "last.pt", weights_only=True)["models"]["unet"]
+    assert all(torch.equal(v, last[k]) for k, v in net.state_dict().items())
+    assert train(tiny(run_dir, epochs=2, resume=True))["networks"]["unet"]["last"]["epoch"] == 2
+    _one_state(run_dir)
+
+
+# ------------------------------------------------ issue 34, 2: nothing written outside the results directory
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/abs/path", "..", ".", "a/b", ""])
+def test_a_run_name_that_would_leave_the_results_directory_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="run_name must be one plain folder name"):
+        TrainConfig(**TINY, results_dir=str(tmp_path / "results"), run_name=name)
+    assert TrainConfig(**TINY, run_name="seed0 (λ=0.5)-b").run_name  # any other name is one folder
+
+
+def test_a_run_name_outside_the_results_directory_is_refused_by_train_and_study(tmp_path):
+    results = tmp_path / "a" / "b" / "results"
+    out = cli("train", "--profile", "tiny", "--results-dir", str(results), "--run-name", "../../../x")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "mistudy train: error: --run-name must be one plain folder name (no '/', not '.' or '..'), got '../../../x': "
+        "runs stay inside <results_dir>/<dataset>/<use-case>/ (--run-dir names any other place)"), out.stderr
+    out = cli("study", "--profile", "tiny", "--results-dir", str(results), "--figures-dir", str(tmp_path / "f"),
+              "--notebooks", "02", "--set", "run_name=../../../x")
+    assert out.returncode == 2 and "run_name must be one plain folder name" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.rglob("*x*")) and not results.exists()
+
+
+# ------------------------------------------------------------ issue 34, 4: non-finite values and predictions
+
+
+@pytest.mark.parametrize("option", ["boundary_tolerance", "lr", "kl_weight", "warmup_factor", "select_fraction"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_a_non_finite_number_is_refused_when_the_configuration_is_made(option, value):
+    with pytest.raises(ValueError, match=f"^{option} must be a finite number, got {value}$"):
+        TrainConfig(**{**TINY, option: value})
+
+
+def test_a_non_finite_option_is_refused_by_train_before_anything_runs(tmp_path):
+    out = cli("train", "--profile", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "boundary_tolerance=nan")
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "mistudy train: error: --boundary-tolerance must be a finite number, got nan", out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _diverge_at(monkeypatch, epoch: int) -> None:
+    """Epoch ``epoch`` trains with finite losses but leaves weights that predict NaN (as --lr 1e30 can)."""
+    real = engine.train_one_epoch
+
+    def train_one_epoch(s, e, *a, **k):
+        row = real(s, e, *a, **k)
+        if e == epoch:
+            with torch.no_grad():
+                next(iter(s.nets.values())).encoder1.conv1.weight.fill_(float("nan"))
+        return row
+
+    monkeypatch.setattr(engine, "train_one_epoch", train_one_epoch)
+
+
+def test_weights_that_predict_non_finite_logits_are_not_saved_and_a_resume_goes_on(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    _diverge_at(monkeypatch, 2)
+    with pytest.raises(inference.NonFiniteOutputError) as e:
+        train(tiny(run_dir, epochs=3))
+    assert str(e.value) == (f"after epoch 2, unet predicts non-finite logits (NaN or inf): its weights have diverged "
+                            f"(too high a learning rate?); the last good checkpoint ({run_dir / 'last.pt'}, epoch 1) "
+                            "is kept")
+    assert _one_state(run_dir) == 1
+    monkeypatch.undo()
+    assert train(tiny(run_dir, epochs=3, resume=True))["networks"]["unet"]["last"]["epoch"] == 3  # not stuck
+
+
+def test_diverged_weights_in_the_first_epoch_keep_nothing_and_say_so(tmp_path, monkeypatch):
+    _diverge_at(monkeypatch, 1)
+    with pytest.raises(inference.NonFiniteOutputError, match="; no epoch had been saved, so no checkpoint is kept$"):
+        train(tiny(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------- issue 34, 3: resources bound by the machine
+
+
+def test_more_loader_workers_than_cores_are_refused_before_anything_is_written(tmp_path):
+    from mistudy.loaders import available_cores
+
+    with pytest.raises(ValueError, match=f"^num_workers must be at most {available_cores()} \\(the CPU cores this "
+                                         "process may use\\), got 100000$"):
+        train(tiny(tmp_path / "run", num_workers=100000))
+    assert not (tmp_path / "run").exists()
+
+
+_BUSY_WORKERS = """
+import time, torch
+from mistudy.config import TrainConfig
+from mistudy.loaders import make_loader
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        time.sleep(300)  # busy: PyTorch's own check of its parent runs only between items
+
+loader = make_loader(Slow(), TrainConfig(num_workers=2, batch_size=2, device="cpu"), train=False,
+                     device=torch.device("cpu"))
+iterator = iter(loader)
+print(" ".join(str(w.pid) for w in iterator._workers), flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (reaped by whoever adopted it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_no_loader_worker_outlives_a_killed_parent():
+    parent = subprocess.Popen([sys.executable, "-c", _BUSY_WORKERS], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        time.sleep(0.5)  # the workers are inside __getitem__
+    finally:
+        parent.kill()  # kill -9, as the out-of-memory killer does
+        parent.wait(timeout=60)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "loader workers outlived their parent"
+
+
+# -------------------------------------------------------- issue 34, 6: one line instead of a traceback
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    """`mistudy ARGS` in this process: (exit status, stderr)."""
+    from mistudy.__main__ import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err.strip()
+
+
+def _one_line(err: str, *words: str) -> None:
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_a_best_checkpoint_copied_over_last_pt_is_named(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    shutil.copy(run_dir / "best_loss-unet.pt", run_dir / "last.pt")
+    status, err = _main(capsys, *cli_train_args(run_dir, resume=True))
+    assert status == 1
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not hold models", "a best_*.pt copied over it?")
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--checkpoint", "last", "--device", "cpu")
+    assert status == 2
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not hold models")
+
+
+def test_an_edited_or_foreign_config_json_is_named(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir, epochs=1))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "unet_features": 8}))
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--checkpoint", "best_loss", "--device", "cpu")
+    assert status == 2
+    _one_line(err, f"checkpoint {run_dir / 'best_loss-unet.pt'} does not fit the network", "config.json edited")
+    status, err = _main(capsys, *cli_train_args(run_dir, unet_features=8, epochs=2, resume=True))
+    assert status == 1
+    _one_line(err, f"checkpoint {run_dir / 'last.pt'} does not fit the network")
+    (run_dir / "config.json").write_text(json.dumps([config]))
+    for args, expected in [(["evaluate", "--run", run_dir, "--device", "cpu"], 2),
+                           (cli_train_args(run_dir, epochs=2, resume=True), 1)]:
+        status, err = _main(capsys, *args)
+        assert status == expected
+        _one_line(err, f"{run_dir / 'config.json'} holds a JSON list, not the dict a run writes there")
+    (run_dir / "config.json").write_text(json.dumps({**config, "unet_features": "wide"}))
+    status, err = _main(capsys, "evaluate", "--run", run_dir, "--device", "cpu")
+    _one_line(err, f"{run_dir / 'config.json'}: ", "unet-features must be a positive integer, got 'wide'")
+
+
+def test_a_folder_that_cannot_be_written_is_named_in_one_line(tmp_path, capsys, monkeypatch, voc_root):
+    """Read-only folders (simulated: the tests run as root, whom permissions do not stop)."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if "read-only" in str(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    run_dir = tmp_path / "read-only" / "run"
+    status, err = _main(capsys, *cli_train_args(run_dir))
+    assert status == 1
+    _one_line(err, f"cannot write the run directory {run_dir} (Permission denied)")
+    cache = tmp_path / "read-only-cache"
+    status, err = _main(capsys, *cli_train_args(tmp_path / "voc-run", dataset="voc", root=voc_root, train_samples=None,
+                                                val_samples=None, select_fraction=0, cache_dir=cache))
+    assert status == 1
+    _one_line(err, f"Permission denied: {cache}")
+    assert not (tmp_path / "voc-run").exists()
+
+
+def test_a_full_disk_at_the_run_lock_is_named(tmp_path, capsys, monkeypatch):
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
+    run_dir = tmp_path / "results" / "run"
+    status, err = _main(capsys, *cli_train_args(run_dir))
+    assert status == 1
+    _one_line(err, f"the disk holding {run_dir} is full: its lock .lock could not be written; nothing was changed")
+    assert not (tmp_path / "results").exists(), "the folders a failed start created are removed"
+
+
+def test_the_full_protocol_on_real_data_refuses_batches_of_whole_images(tmp_path):
+    with pytest.raises(ValueError, match="^eval_batch_size must be 1 under the full protocol on voc, got 4: whole "
+                                         "images differ in size"):
+        TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(tmp_path), "eval_protocol": "full",
+                       "eval_batch_size": 4})
+    TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(tmp_path), "eval_protocol": "full"})  # 1 by default
+
+
+# ------------------------------------------------------------------ issue 34, 7: messages that do not mislead
+
+
+def _voc(voc_root, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "dataset": "voc", "data_root": str(voc_root), "train_samples": None, "val_samples": None,
+                          "select_fraction": 0, **kw})
+
+
+def test_a_list_file_that_is_not_utf8_is_named(voc_root):
+    listing = voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    listing.write_bytes(listing.read_bytes() + b"2007_\xe9t\xe9\n")
+    with pytest.raises(ValueError, match=f"^{listing} is not UTF-8 text \\(byte b'\\\\xe9' at offset 41\\)"):
+        loaders.build_datasets(_voc(voc_root))
+
+
+def test_a_png_named_jpg_is_read_as_the_png_it_is_not_called_truncated(voc_root):
+    jpeg = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][0]}.jpg"
+    Image.open(jpeg).save(jpeg, format="PNG")
+    loaders.build_datasets(_voc(voc_root), check=True)
+    jpeg.write_bytes(jpeg.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=f"image {jpeg} is truncated \\(.* its PNG end marker is missing\\)"):
+        loaders.build_datasets(_voc(voc_root), check=True)
+
+
+def test_too_many_samples_are_named_by_the_option(voc_root):
+    with pytest.raises(ValueError, match="^train_samples=16 but voc 'train' has 3 images$"):
+        loaders.build_datasets(_voc(voc_root, train_samples=16))
+    with pytest.raises(ValueError, match="^val_samples=5 but voc 'val' has 2 images$"):
+        loaders.build_datasets(_voc(voc_root, val_samples=5))
+
+
+def test_a_full_disk_in_the_first_epoch_does_not_claim_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    _full_disk_at(monkeypatch, 4)  # config.json is the 1st write, then epoch 1's files
+    with pytest.raises(atomic.DiskFullError) as e:
+        train(tiny(run_dir))
+    assert str(e.value).endswith(f"the disk holding {run_dir} is full: epoch 1 could not be saved; no epoch had been "
+                                 "saved yet (free some space, then start the run again)")
+    assert "nothing was kept" in capsys.readouterr().out and not run_dir.exists()
+    monkeypatch.undo()
+    train(tiny(run_dir, epochs=1))
+    (run_dir / "metrics.json").unlink()
+    calls = _full_disk_at(monkeypatch, 2)  # per_image.npz, then metrics.json
+    with pytest.raises(atomic.DiskFullError, match="metrics.json could not be written; there was no metrics.json "
+                                                   "before \\(free some space, then continue"):
+        train(tiny(run_dir, epochs=1, resume=True))
+    assert calls["n"] == 2
+
+
+def test_weights_that_give_nan_from_the_start_keep_nothing_and_say_it_once(tmp_path, capsys):
+    from mistudy.models import build_model
+
+    weights = tmp_path / "nan.pt"
+    net = build_model("unet", 4, init_features=4)
+    torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in net.state_dict().items()},
+               weights)
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run", unet_weights=weights))
+    assert status == 1
+    _one_line(err, "non-finite unet loss (nan) at epoch 1, step 1; stopped; no epoch had been saved, so no "
+                   "checkpoint is kept")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_option_given_two_values_is_refused(tmp_path, capsys):
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run"), "--set", "epochs=3")
+    assert status == 2
+    _one_line(err, "an option given two values: --set epochs=3 and --epochs 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_asks_for_resume_once(tmp_path, capsys):
+    train(tiny(tmp_path / "run", epochs=1))
+    (tmp_path / "run" / "metrics.json").unlink()  # an unfinished run (a finished one is reported with its scores)
+    status, err = _main(capsys, *cli_train_args(tmp_path / "run", epochs=1))
+    assert status == 1
+    _one_line(err, "already holds a run; pass --resume to continue it, or choose")
+
+
+def test_a_training_split_of_one_sample_is_refused_before_batchnorm_meets_it(tmp_path):
+    with pytest.raises(ValueError, match="has 1 samples: too few for one batch of 2, which DeepLabV3's BatchNorm needs"):
+        train(tiny(tmp_path / "run", use_case="mutual", train_samples=1, batch_size=2))
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_studies_on_one_results_directory_are_refused(tmp_path, capsys):
+    results = tmp_path / "results"
+    with runs.RunLock(results, "results directory"):
+        status, err = _main(capsys, "study", "--profile", "tiny", "--results-dir", results, "--figures-dir",
+                            tmp_path / "figures", "--notebooks", "01")
+    assert status == 1
+    _one_line(err, f"results directory {results} is being written by another process (pid {os.getpid()} ",
+              "give this study another --results-dir")
+    assert not (results / "study.log").exists()
+
+
+# ----------------------------------------------- issue 34, 5: no image dropped or shared between splits unsaid
+
+
+def test_a_cityscapes_image_in_another_format_is_named_not_skipped(cityscapes_root):
+    png = next((cityscapes_root / "leftImg8bit" / "train" / "aachen").glob("*_leftImg8bit.png"))
+    jpg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpg)
+    png.unlink()
+    cfg = TrainConfig(**{**TINY, "dataset": "cityscapes", "data_root": str(cityscapes_root), "train_samples": None,
+                         "val_samples": None, "select_fraction": 0})
+    with pytest.raises(ValueError, match=f"^cityscapes image {jpg} is not a PNG \\(1 such file\\(s\\)\\)"):
+        loaders.build_datasets(cfg)
+
+
+def test_an_image_in_both_training_and_validation_lists_is_refused(voc_root):
+    lists = voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text((lists / "val.txt").read_text() + f"{VOC_SPLITS['train'][2]}\n")
+    loaders.build_datasets(_voc(voc_root))  # without the check: as listed
+    shared = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_SPLITS['train'][2]}.jpg"
+    with pytest.raises(ValueError, match=f"^1 image\\(s\\) of voc's train split are also validation images, e.g. "
+                                         f"{shared}: validation scores would not be held out"):
+        loaders.build_datasets(_voc(voc_root), check=True)

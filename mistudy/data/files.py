@@ -198,7 +198,12 @@ class VOCSegmentation(_PairedFiles):
                      "<root>/VOCdevkit/VOC2012/SegmentationClass/*.png and "
                      "<root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt; pass --download to fetch "
                      f"{VOC_ARCHIVE['url']} there, or extract that archive under <root>.")
-        tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
+        try:
+            tv = torchvision.datasets.VOCSegmentation(str(root), year="2012", image_set=image_set, download=download)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{base / 'ImageSets' / 'Segmentation' / f'{image_set}.txt'} is not UTF-8 text (byte "
+                             f"{e.object[e.start:e.start + 1]!r} at offset {e.start}); it lists image names, one a "
+                             "line") from None
         samples = [(Path(i), Path(m)) for i, m in zip(tv.images, tv.masks)]
         samples = _split_for_selection(split, samples, select_fraction, self.name)
         super().__init__(root, split, samples, transform, num_samples, select_fraction)
@@ -283,6 +288,10 @@ class CityscapesSegmentation(_PairedFiles):
             _require([root_path / "leftImg8bit" / official, root_path / "gtFine" / official],
                      cityscapes_layout(root, official))
         tv = torchvision.datasets.Cityscapes(str(root), split=official, mode="fine", target_type="semantic")
+        other = [i for i in tv.images if "_leftImg8bit." in Path(i).name and not i.endswith("_leftImg8bit.png")]
+        if other:  # an image in another format would be skipped below, silently
+            raise ValueError(f"cityscapes image {other[0]} is not a PNG ({len(other)} such file(s)): the Cityscapes "
+                             "images are <city>_<seq>_<frame>_leftImg8bit.png; convert or remove it")
         samples = sorted((Path(i), Path(t[0])) for i, t in zip(tv.images, tv.targets)
                          if i.endswith("_leftImg8bit.png"))  # skip stray files (.DS_Store, notes) in city folders
         samples = _split_for_selection(split, samples, select_fraction, self.name)
@@ -294,27 +303,28 @@ class CityscapesSegmentation(_PairedFiles):
         return CITYSCAPES_LUT[label_ids]
 
 
-# The last bytes of complete files: a JPEG ends with its EOI marker, a PNG with its IEND chunk.
-_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+# The last bytes of complete files: a JPEG ends with its EOI marker, a PNG with its IEND chunk (by the format the
+# file's content has, whatever its name says: a PNG named .jpg is read as the PNG it is).
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
 def _check_header(path: Path, kind: str) -> tuple[int, int, str]:
     """(width, height, mode) from the file's header, after checking that it is complete; ValueError names it."""
     size = path.stat().st_size
-    marker = _END_MARKERS.get(path.suffix.lower())
     if size == 0:
         raise ValueError(f"{kind} {path} is empty (0 bytes)")
     try:
         with Image.open(path) as img:  # reads the header only
-            width, height, mode = img.width, img.height, img.mode
+            width, height, mode, image_format = img.width, img.height, img.mode, img.format
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read {kind} {path}: {err}") from err
+    marker = _END_MARKERS.get(image_format)
     if marker is not None:
         with open(path, "rb") as f:
             f.seek(max(0, size - 64))
             tail = f.read()
         if marker not in tail:  # JPEG writers may append a few padding bytes after EOI
-            raise ValueError(f"{kind} {path} is truncated ({size} bytes; its {path.suffix} end marker is missing)")
+            raise ValueError(f"{kind} {path} is truncated ({size} bytes; its {image_format} end marker is missing)")
     return width, height, mode
 
 
