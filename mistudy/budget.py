@@ -276,6 +276,9 @@ def _curve_plateau(results_dir, dataset: str, use_case: str, epochs: int | None,
 BASELINE_CURVE_ROW = "baseline (its own curve)"
 
 
+BUDGET_PROFILES = ("quick", "standard", "long")  # the same recipe trained longer: the budgets side by side
+
+
 def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic", checkpoint: str = "best_miou",
                        epochs: dict[str, int] | None = None) -> list[dict]:
     """The final tables' Δ mIoU verdict of each method at every budget (profile) that has runs, side by side:
@@ -287,8 +290,13 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
     baseline's: a verdict "at the baseline's plateau" holds only where that row says plateaued."""
     epochs = {p: PROFILES[p]["epochs"] for p in results_dirs if p in PROFILES} if epochs is None else epochs
     columns, baseline_cells = {}, {}
+    stale = {}
     for profile, results_dir in results_dirs.items():
-        rows, _ = comparison(results_dir, [dataset], checkpoint)
+        try:
+            rows, _ = comparison(results_dir, [dataset], checkpoint)
+        except ValueError as e:  # e.g. another profile's runs scored under an older metrics version: said, not mixed
+            stale[profile] = f"– (not compared: {e})"
+            continue
         length = epochs.get(profile)
         cells = {}
         for r in rows:
@@ -307,9 +315,11 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
                                        f"n={test['n_seeds']})")
         if cells:
             columns[profile] = cells
+    if stale and columns:
+        columns |= {p: {} for p in stale}
     methods = [uc for uc in USE_CASES if any(uc in c for c in columns.values())]
     out = [{"dataset": dataset, "method (U-Net) vs baseline": uc,
-            **{f"{p}: Δ mIoU [95%] verdict": c.get(uc, "–") for p, c in columns.items()},
+            **{f"{p}: Δ mIoU [95%] verdict": stale.get(p) or c.get(uc, "–") for p, c in columns.items()},
             "the paper": paper_claim(uc, dataset) or "– (no claim on this dataset)"} for uc in methods]
     if baseline_cells:
         out.insert(0, {"dataset": dataset, "method (U-Net) vs baseline": BASELINE_CURVE_ROW,

@@ -256,3 +256,24 @@ def test_verdicts_by_budget_name_the_plateau_state_of_each_curve(tmp_path):
     assert rows[1]["long: Δ mIoU [95%] verdict"].endswith(f"(8 epochs, n=3; curve {rmi['state']})")
     # runs of another length than the profile's: no cell, no curve row
     assert budget.verdicts_by_budget({"long": tmp_path / "long"}, epochs={"long": 24}) == []
+
+
+def test_verdicts_by_budget_name_a_profile_whose_runs_were_scored_otherwise(tmp_path):
+    """Another budget's runs scored under an older metrics version: its column says why it is empty, the table of
+    the others is still written (notebook 05 once failed on it)."""
+    import json
+
+    for profile in ("quick", "long"):
+        for seed in range(2):
+            rng = np.random.default_rng(seed)
+            for uc in ("baseline", "rmi"):
+                preds, targets = masks(rng, 8, 0.6, size=16)
+                fake_run(tmp_path / profile, "synthetic", uc, seed, scores(0.8, 0.5), counts=per_image(preds, targets))
+    old = tmp_path / "long" / "synthetic" / "rmi" / "seed0" / "metrics.json"
+    metrics = json.loads(old.read_text())
+    metrics.pop("scoring_version")
+    old.write_text(json.dumps(metrics))
+    rows = budget.verdicts_by_budget({"quick": tmp_path / "quick", "long": tmp_path / "long"}, epochs={"quick": 2,
+                                                                                                     "long": 2})
+    assert rows[0]["quick: Δ mIoU [95%] verdict"].endswith("(2 epochs, n=2)")
+    assert rows[0]["long: Δ mIoU [95%] verdict"].startswith("– (not compared: 1 run(s) were scored under an older")
