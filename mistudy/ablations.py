@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from mistudy import comparison, runs, stats, tuning
 from mistudy.tables import write_table
-from mistudy.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config
+from mistudy.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config, study_seeds
 
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
 SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
@@ -94,17 +94,17 @@ def _run_name(name: str, seed: int) -> str:
 
 
 def default_grid(profile: str, names=None, seeds=None, grid: str = "ablations") -> tuple[list[str], list[int]]:
-    """The grid's names and seeds where the caller gave None: the ``grid``'s settings (GRIDS) and seeds 0 1 2 (the
-    tuning grid: its own seeds, `tuning.TUNING_SEEDS`), except for the tiny smoke-test profile (two settings, seeds
-    0 1: the notebook test runs in seconds)."""
+    """The grid's names and seeds where the caller gave None: the ``grid``'s settings (GRIDS) and the profile's study
+    seeds (`config.study_seeds`; the tuning grid: its own, `tuning.TUNING_SEEDS`), except for the tiny smoke-test
+    profile's two settings (the notebook test runs in seconds)."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid: {list(GRIDS)}")
     tiny = profile == "tiny"
     tiny_names = [tuning.setting_name("baseline", 3e-3), tuning.setting_name("rmi", 3e-3)] if grid == "tuning" \
         else ["rmi radius 2", "mutual two U-Nets"]
     names = list(names) if names is not None else (tiny_names if tiny else GRIDS[grid])
-    default_seeds = list(tuning.TUNING_SEEDS) if grid == "tuning" else [0, 1, 2]
-    return names, list(seeds) if seeds is not None else ([0, 1] if tiny else default_seeds)
+    default_seeds = list(tuning.TUNING_SEEDS) if grid == "tuning" else study_seeds(profile)
+    return names, list(seeds) if seeds is not None else default_seeds
 
 
 def settings(names=None) -> dict[str, Setting]:
@@ -151,8 +151,9 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     results = Path(results_dir or runs.default_results_dir(profile))
     out, seen = [], {}
     for name, setting in settings(names).items():
-        shared = name in REFERENCES.values() and not overrides
         for seed in seeds:
+            # the references are the study's own 02-04 runs, except on tuning seeds: those never reach its tables
+            shared = name in REFERENCES.values() and not overrides and seed not in tuning.TUNING_SEEDS
             where = dict(results_dir=str(results)) if shared else \
                 dict(results_dir=str(results / DIRECTORY), run_name=_run_name(name, seed))
             base = study_config(setting.use_case, profile, overrides, seed=seed, **where, **fields)
@@ -161,7 +162,8 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
                                **fields)
             # a setting that changes nothing (e.g. the tuning grid's rate that is the profile's) is an earlier
             # setting's run, the reference's first: one run, never two identical ones
-            cfg = seen.setdefault((seed, comparison.setting_key(asdict(cfg))), cfg)
+            resolved = asdict(cfg) | {"lr": cfg.resolved_lr, "batch_size": cfg.resolved_batch_size}
+            cfg = seen.setdefault((seed, comparison.setting_key(resolved)), cfg)
             out.append((name, runs.resume_if_started(cfg) if resume else cfg))
     return out
 

@@ -91,13 +91,18 @@ def class_boundaries(ids: torch.Tensor, num_classes: int, ignore_index: int = 25
 
 def fill_void_band(target: torch.Tensor, num_classes: int, ignore_index: int = 255, width: int = VOID_BAND_PX
                    ) -> torch.Tensor:
-    """``target`` [N, H, W] with its void pixels within ``width`` pixels (chessboard distance) of a labelled pixel
-    labelled: grown one pixel at a time, each void pixel taking the label most of its labelled 8-neighbours have
-    (ties: the lowest class id).  A void band between two regions is split at its midline; void farther away stays."""
+    """``target`` [N, H, W] with the void of its thin void bands labelled: void pixels within ``width`` pixels
+    (chessboard distance) of a labelled pixel, grown one pixel at a time, each taking the label most of its labelled
+    8-neighbours have (ties: the lowest class id).  A void band between two regions is split at its midline.  Void
+    regions at least 2 x ``width`` + 3 pixels thick (Cityscapes' ego vehicle, a void object) stay void whole: what
+    lies under them is unknown, not the neighbouring label."""
     ids = target.long()
+    void = (ids == ignore_index).float()[:, None]
+    k = 2 * width + 3  # an opening by this square keeps the void regions thicker than a band
+    thick = F.max_pool2d(-F.max_pool2d(-void, k, 1, k // 2), k, 1, k // 2)[:, 0] > 0.5
     kernel = torch.ones(num_classes, 1, 3, 3, device=target.device)
     for _ in range(width):
-        void = ids == ignore_index
+        void = (ids == ignore_index) & ~thick
         if not void.any():
             break
         onehot = F.one_hot(torch.where(void, num_classes, ids), num_classes + 1)[..., :num_classes]
@@ -233,8 +238,9 @@ def output_probabilities(logits: torch.Tensor, reading: str) -> torch.Tensor:
     classes) or sigmoid (each class on its own, as BCE trains them)."""
     if reading not in PROBABILITIES:
         raise ValueError(f"probabilities must be one of {list(PROBABILITIES)}, got {reading!r}")
-    logits = logits.float()
-    return logits.softmax(dim=1) if reading == "softmax" else logits.sigmoid()
+    if reading == "softmax":
+        return logits.float().softmax(dim=1)
+    return logits.double().sigmoid()  # float32 sigmoids of logits below -103 are all 0: no entropy to normalise
 
 
 def _probability_statistics(pred: torch.Tensor, target: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor,

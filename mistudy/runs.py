@@ -466,7 +466,8 @@ def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:
 
 
 def load_run(run_dir) -> dict:
-    """{"run_dir", "config", "metrics"} of a finished run (plain dicts); a missing or broken file raises."""
+    """{"run_dir", "config", "metrics"} of a finished run (plain dicts); a missing or broken file raises.  "config" is
+    in today's names and complete (a run saved before an option was renamed or added groups with today's runs)."""
     run_dir = Path(run_dir)
     settle(run_dir)
     out = {"run_dir": run_dir}
@@ -475,6 +476,7 @@ def load_run(run_dir) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished run")
         out[name] = _read_json(path)
+    out["config"] = {**asdict(config_from_json(out["config"])), "resume": out["config"].get("resume", False)}
     return out
 
 

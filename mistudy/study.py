@@ -195,6 +195,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
         raise UsageError("--recipe tuned trains 02-04 at each use-case's tuned rate; notebook 06's grids vary the "
                          "profile's shared recipe: run them without --recipe tuned")
     if "06" in keys and "tuning" in args.grids:
+        if set(keys) & set(PER_RUN):
+            raise UsageError("--grids tuning: run the tuning grid on its own (--notebooks 06 --grids tuning), not with "
+                             "02-04, whose seeds it must never share")
         reported = sorted(set(tuning_seeds) & set(study_seeds(args.profile)))
         if reported:
             raise UsageError(f"--grids tuning: seeds {reported} are the {args.profile} study's own seeds; tune on "
@@ -257,7 +260,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
                     params["resume"] = True  # the runs not started yet start: --resume is not a typo check here
                 steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
     if "05" in keys:
-        steps.append(step("05", {"results_dir": str(results), "figures_dir": str(figures), "datasets": datasets}))
+        steps.append(step("05", {"profile": args.profile, "results_dir": str(results), "figures_dir": str(figures),
+                                 "datasets": datasets}))
     if "06" in keys:  # after 02-04, whose runs are its references
         for dataset in datasets:
             root = str(roots[dataset]) if dataset in roots else None

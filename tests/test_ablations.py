@@ -210,6 +210,10 @@ def test_the_tuning_grid_chooses_each_use_cases_rate_on_the_selection_split(tmp_
     cfgs = ablations.configs(names, [100], "quick", results_dir=str(tmp_path), device="cpu")
     by_name = {name: cfg for name, cfg in cfgs}
     assert by_name["rmi lr=0.001"] is by_name[ablations.REFERENCES["rmi"]]  # the quick recipe's rate: one run
+    # tuning seeds never reach the study's folders (its tables would count them)
+    assert all("ablations" in c.resolved_run_dir().parts for _, c in cfgs)
+    paper = dict(ablations.configs(names, [100], "paper", results_dir=str(tmp_path), device="cpu"))
+    assert paper["rmi lr=0.0001"] is paper[ablations.REFERENCES["rmi"]]  # the paper's own rate (lr None): one run
     assert by_name["rmi lr=0.0003"].lr == 3e-4 and by_name["rmi lr=0.0003"].seed == 100
     assert len({c.resolved_run_dir() for _, c in cfgs}) == 3 * len(tuning.LEARNING_RATES)
     # scores: rate 3e-4 best on the selection split for rmi, though its validation score is the worst

@@ -120,16 +120,27 @@ def _boundaries_by_definition(ids: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
+def _thick_void_by_loops(t, k):
+    """Void pixels inside a k x k square of void (windows clipped at the border), grown back by the same square: the
+    morphological opening, by hand."""
+    h, w, r = *t.shape, k // 2
+    window = lambda a, y, x: a[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1]  # noqa: E731
+    core = np.array([[(window(t, y, x) == 255).all() for x in range(w)] for y in range(h)])
+    return np.array([[window(core, y, x).any() for x in range(w)] for y in range(h)])
+
+
 def _fill_void_band_by_loops(t, num_classes, width=3):
     """The truth's void band labelled by hand: ``width`` rounds, each giving every void pixel with a labelled
-    8-neighbour the label most such neighbours have (lowest class id on ties)."""
+    8-neighbour the label most such neighbours have (lowest class id on ties); void regions 2 x width + 3 thick
+    stay void."""
     t = t.copy()
     h, w = t.shape
+    thick = _thick_void_by_loops(t, 2 * width + 3)
     for _ in range(width):
         new = t.copy()
         for y in range(h):
             for x in range(w):
-                if t[y, x] != 255:
+                if t[y, x] != 255 or thick[y, x]:
                     continue
                 votes = np.zeros(num_classes, int)
                 for yy in range(max(y - 1, 0), min(y + 2, h)):
@@ -276,6 +287,19 @@ def test_boundary_f_orders_missing_too_small_exact_on_voc_sized_masks():
     assert missing <= concentric < exact
 
 
+def test_a_large_void_region_stays_void_whatever_is_predicted_under_it():
+    """Cityscapes' ego vehicle, a VOC object marked void: what lies under it is unknown, so a prediction right on every
+    labelled pixel scores 1 whatever it says there (filling the region's edge with its neighbours' labels gave 0.5)."""
+    target = torch.zeros(1, 40, 40, dtype=torch.long)
+    target[0, :, 20:] = 1
+    target[0, 5:25, 5:35] = 255
+    for under in (0, 2):
+        pred = torch.where(target == 255, torch.full_like(target, under), target)
+        m = SegmentationMetrics(3, boundary_tolerance=1)
+        m.update(pred, target)
+        assert m.compute()["boundary_f"] == 1.0
+
+
 def test_boundary_f_at_the_studys_64_pixel_crops_matches_within_one_pixel():
     """0.75 % of a 64 x 64 crop's diagonal is 0.68 px: without the 1-pixel floor only exact pixels matched and a
     disc shifted by one pixel scored 0.5."""
@@ -389,6 +413,10 @@ def test_a_sigmoid_network_is_scored_by_its_own_probabilities_beside_the_softmax
     assert TrainConfig(use_case="baseline").probabilities == TrainConfig(use_case="mutual").probabilities == "softmax"
     with pytest.raises(ValueError, match="probabilities"):
         SegmentationMetrics(3, probabilities="probit")
+    # far below zero every float32 sigmoid is 0: the entropy is still that of the (equal) normalised sigmoids
+    low = SegmentationMetrics(3, probabilities="sigmoid")
+    low.update(torch.full((1, 3, 2, 2), -105.0), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert low.compute()["mean_entropy_bits"] == pytest.approx(np.log2(3))
 
 
 def test_mutual_information_between_prediction_and_truth_matches_sklearn():

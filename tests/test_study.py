@@ -78,7 +78,8 @@ def test_default_plan_runs_01_then_use_cases_then_05(nb_dir, tmp_path, monkeypat
     assert steps[0].parameters == {"figures_dir": str(tmp_path / "figures")}  # theory: the same for every profile
     assert steps[1].parameters == {"profile": "quick", "dataset": "synthetic", "data_root": None, "device": "auto",
                                    "seed": 0, "results_dir": str(results), "figures_dir": str(figures)}
-    assert steps[-1].parameters == {"results_dir": str(results), "figures_dir": str(figures), "datasets": ["synthetic"]}
+    assert steps[-1].parameters == {"profile": "quick", "results_dir": str(results), "figures_dir": str(figures),
+                                    "datasets": ["synthetic"]}
     assert _plan(nb_dir, "--profile", "standard")[1].parameters["results_dir"] == str(tmp_path / "results" / "standard")
     assert all(s.notebook.parent == nb_dir for s in steps)
     assert study.DEFAULT_NOTEBOOKS_DIR == Path(__file__).resolve().parent.parent / "notebooks"
@@ -426,6 +427,8 @@ def test_each_profile_declares_its_seeds_and_the_tuning_grid_never_uses_them(nb_
     assert not set(tuning.TUNING_SEEDS) & set(range(max(STUDY_SEEDS.values())))
     with pytest.raises(UsageError, match=r"seeds \[1\] are the long study's own seeds"):
         _plan(nb_dir, "--notebooks", "06", "--grids", "tuning", "--profile", "long", "--seeds", "1", "100")
+    with pytest.raises(UsageError, match="run the tuning grid on its own"):  # 02 would report the seeds it tunes on
+        _plan(nb_dir, "--notebooks", "02", "06", "--grids", "tuning", "--seeds", "7", "8")
 
 
 def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chose(nb_dir, tmp_path):
