@@ -52,6 +52,13 @@ def _plan(nb_dir, *argv):
     return plan(build_parser().parse_args(["--notebooks-dir", str(nb_dir), *argv]))
 
 
+@pytest.fixture(autouse=True)
+def _no_profile_from_the_environment(monkeypatch):
+    """The nbval conftest sets MISTUDY_PROFILE=tiny for the notebooks' kernels (and pytest imports it before any test
+    runs); these tests read the profiles' own defaults."""
+    monkeypatch.delenv("MISTUDY_PROFILE", raising=False)
+
+
 def _run(capsys, *argv):
     """(exit status, stdout, stderr) of `python -m mistudy study ARGV`, argparse's own exits included."""
     try:
