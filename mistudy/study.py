@@ -382,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--device {args.device!r}: {e}") from None
         steps = plan(args)
         checked = set()
-        for s in (s for s in steps if s.key in PER_RUN):  # data and weights there (or fetched) before hours of runs
-            cfg = study_config(PER_RUN[s.key], args.profile, s.parameters.get("config"),
+        # data and weights there (or fetched) before hours of runs: 02-04's, and 06's (its references' use-cases)
+        needed = [(PER_RUN[s.key], s) for s in steps if s.key in PER_RUN] + \
+            [(uc, s) for s in steps if s.key == "06" for uc in USE_CASES]
+        for use_case, s in needed:
+            cfg = study_config(use_case, args.profile, s.parameters.get("config"),
                                dataset=s.parameters["dataset"], data_root=s.parameters["data_root"], device=args.device)
             if cfg.data_root and cfg.dataset not in checked:
                 checked.add(cfg.dataset)

@@ -198,6 +198,10 @@ def test_a_missing_named_weights_file_stops_the_study_before_it_runs(nb_dir, tmp
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "deeplab_weights COCO_WITH_VOC_LABELS_V1" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
     assert "--download" in err and not (tmp_path / "res").exists()
+    # notebook 06 alone: its references' weights are checked (and fetched with --download) before it runs too
+    code, _, err = _run(capsys, "--profile", "paper", "--notebooks", "06", "--seeds", "0", "--notebooks-dir",
+                        str(nb_dir), "--results-dir", str(tmp_path / "res"))
+    assert code == 2 and "deeplab_weights COCO_WITH_VOC_LABELS_V1" in err, err
 
 
 @pytest.mark.parametrize("argv,match", [
