@@ -38,8 +38,9 @@ BOUNDARY_TOLERANCE_MIN_PX = 1.0
 VOID_BAND_PX = 3
 # Raised whenever what a score means changes, so that no table mixes runs scored under two definitions: a finished
 # run scored under another version is scored again from its checkpoints when it is reused (`train.train_or_load`).
-# 2: calibration and entropy under the network's own probabilities, boundary tolerance >= 1 px, void band filled.
-SCORING_VERSION = 2
+# 2: calibration and entropy under the network's own probabilities, boundary tolerance >= 1 px, void band filled;
+# 3: only thin void bands filled (thick void regions stay void), sigmoids in float64.
+SCORING_VERSION = 3
 STATISTICS = ("confmat", "boundary", "calibration", "entropy", "calibration_softmax", "entropy_softmax")
 
 # How a network's output becomes probabilities: the reading its loss trains (TrainConfig.probabilities).

@@ -59,10 +59,12 @@ def tuning_rows(grid: dict[str, list[dict]]) -> list[dict]:
             continue
         best = max(scored, key=lambda s: s[2].estimate)[0]
         for lr, group, score in scored:
+            low, high = max(score.low, 0.0), min(score.high, 1.0)  # mIoU's range (NaN for one seed: no interval)
+            interval = f"{score.estimate:.3f}" if score.low != score.low else \
+                f"{score.estimate:.3f} [{low:.3f}, {high:.3f}]"
             rows.append({"use_case": use_case, "lr": lr, "n": len(group),
                          "seeds": " ".join(str(r["config"]["seed"]) for r in group),
-                         "selection mIoU [95% CI]": score.format(3), "selection_miou": score.estimate,
-                         "chosen": lr == best})
+                         "selection mIoU [95% CI]": interval, "selection_miou": score.estimate, "chosen": lr == best})
     return rows
 
 
@@ -70,7 +72,8 @@ def write_tuning(rows: list[dict], figures_dir, dataset: str, prov: dict, protoc
     """<figures_dir>/<dataset>_06_tuning.{csv,md}: the grid's scores and choices (the tuned study reads the CSV)."""
     from mistudy.tables import write_table
 
-    title = (f"Learning-rate tuning on {dataset}: {RULE_TEXT}. Chosen: "
+    title = (f"Learning-rate tuning on {dataset}: {RULE_TEXT}; intervals: Student-t over the tuning seeds, cut at 0 "
+             "and 1. Chosen: "
              + ", ".join(f"{r['use_case']} {r['lr']:g}" for r in rows if r["chosen"])
              + f". Protocol (every rate alike): {protocol}.")
     return write_table(rows, Path(figures_dir) / table_stem(dataset), prov, title=title)

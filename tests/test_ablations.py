@@ -235,3 +235,15 @@ def test_the_tuning_grid_chooses_each_use_cases_rate_on_the_selection_split(tmp_
     assert "Chosen: rmi 0.0003" in md and "validation images are never looked at" in md
     assert ablations.answer_lines(rows) == ["rmi: learning rate 0.0003 chosen, selection-split mIoU "
                                             f"{rows[0]['selection mIoU [95% CI]']} (seeds 100 101)"]
+
+
+def test_a_tuning_interval_stays_within_miou_range(tmp_path):
+    """Two tuning seeds far apart: the t-interval (+-12.7 standard errors) would pass 0 and 1 (issue 34's rule)."""
+    from mistudy import tuning
+
+    grid = {}
+    for seed, best in ((100, 0.05), (101, 0.95)):
+        run = fake_run(tmp_path, "synthetic", "baseline", seed, scores(0.5, 0.5), lr=1e-3)
+        (run / "history.json").write_text(json.dumps([{"epoch": 1, "unet/select_miou": best}]))
+        grid.setdefault(tuning.setting_name("baseline", 1e-3), []).append(runs.load_run(run))
+    assert tuning.tuning_rows(grid)[0]["selection mIoU [95% CI]"] == "0.500 [0.000, 1.000]"
