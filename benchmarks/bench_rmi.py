@@ -1,4 +1,4 @@
-"""RMI loss: mistudy.losses.RMILoss against the straightforward formula (issue 5, target 1).
+"""RMI loss: mistudy.methods.losses.RMILoss against the straightforward formula (issue 5, target 1).
 
     .venv/bin/python benchmarks/bench_rmi.py                  # CPU, batch 2 and 8 (a few minutes)
     .venv/bin/python benchmarks/bench_rmi.py --device cuda    # on a GPU
@@ -55,8 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mistudy.losses import RMILoss  # noqa: E402
 from rmi_reference import rmi_loss_reference  # noqa: E402
+
+from mistudy.methods.losses import RMILoss  # noqa: E402
 
 IGNORE = 255
 TARGET_SPEEDUP = 3.0

@@ -7,7 +7,7 @@
     python benchmarks/bench_train.py --device cuda --compile --steps 20 --project   # issue 5, target 4
     python benchmarks/bench_train.py --device cuda --compile --compile-mode reduce-overhead --use-case rmi
 
-For each use-case it times the engine's step as `mistudy.train.train` runs it (`engine.setup` and
+For each use-case it times the engine's step as `mistudy.training.train.train` runs it (`engine.setup` and
 `engine.train_step` with AMP,
 channels_last and fused Adam on CUDA, losses summed on the device by `LossMeter` and checked for NaN every
 `finite_check_interval` steps; with --compile-mode reduce-overhead, CUDA graphs) and,
@@ -36,9 +36,9 @@ import time
 
 import torch
 
-from mistudy import engine
-from mistudy.config import TrainConfig
-from mistudy.distributed import Context
+from mistudy.training import engine
+from mistudy.training.config import TrainConfig
+from mistudy.training.distributed import Context
 
 GFLOP_224 = {"unet": 55.6, "deeplabv3": 188.0}
 

@@ -15,7 +15,7 @@ value -- the expected difference over new seeds and new validation images -- is 
 * noise without interaction:  no method x image term, large noise per (seed, image): true difference 0; the noise
             enters both the seed variance and the jackknife image variance (counted twice).
 
-Two intervals per study: the project's (`mistudy.stats.paired_difference`: seeds widened by the jackknife image
+Two intervals per study: the project's (`mistudy.methods.stats.paired_difference`: seeds widened by the jackknife image
 variance, Cochran-Cox critical value) and a plain Student-t over the per-seed differences.  Both are computed
 vectorised over the studies here; the first 20 studies of every cell are checked against `stats.paired_difference`
 and `stats.t_interval` themselves.  Beside them `stats.seed_check` on each study's per-seed differences: how often
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mistudy import stats
-from mistudy.tables import write_table
+from mistudy.io.tables import write_table
+from mistudy.methods import stats
 
 IMAGES = 64
 SEEDS = (3, 5, 8)
@@ -80,7 +80,7 @@ def intervals(values: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.
 
 
 def check_against_stats(values: np.ndarray, found: dict, count: int = 20) -> None:
-    """The vectorised intervals of the first ``count`` studies equal mistudy.stats' own."""
+    """The vectorised intervals of the first ``count`` studies equal mistudy.methods.stats' own."""
     for i in range(min(count, len(values))):
         a, b = (stats.per_image_mean(values[i, m]) for m in (0, 1))
         reference = {"Cochran-Cox (the project's)": stats.paired_difference(a, b, stats.mean_of_sums)[0],
@@ -88,7 +88,7 @@ def check_against_stats(values: np.ndarray, found: dict, count: int = 20) -> Non
         for name, ci in reference.items():
             got = [x[i] for x in found[name]]
             if not np.allclose(got, [ci.estimate, ci.low, ci.high], rtol=1e-9, atol=1e-12):
-                raise AssertionError(f"{name}, study {i}: vectorised {got} vs mistudy.stats {ci}")
+                raise AssertionError(f"{name}, study {i}: vectorised {got} vs mistudy.methods.stats {ci}")
 
 
 def seed_check_rates(values: np.ndarray, failed: np.ndarray) -> tuple[float | None, float | None, int]:

@@ -31,9 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import epoch_rate, write_voc_tree  # noqa: E402
-from mistudy.config import PROFILES, USE_CASES  # noqa: E402
+
 from mistudy.data import build_dataset, dataset_info  # noqa: E402
-from mistudy.models import build_model  # noqa: E402
+from mistudy.methods.models import build_model  # noqa: E402
+from mistudy.training.config import PROFILES, USE_CASES  # noqa: E402
 
 # The official list sizes (train, val); the paper profile holds select_fraction of train out for model selection.
 OFFICIAL = {"voc": (1464, 1449), "voc_aug": (10582, 1449), "cityscapes": (2975, 500)}

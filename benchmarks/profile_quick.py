@@ -6,7 +6,7 @@
     python benchmarks/profile_quick.py --flops                 # also DeepLabV3's FLOPs by part at the quick size
     PYTHONPATH=<an older checkout> python benchmarks/profile_quick.py   # the same measurement of older code
 
-For each use-case it builds the run exactly as `mistudy.train.train` does (`engine.setup` with the quick profile's
+For each use-case it builds the run exactly as `mistudy.training.train.train` does (`engine.setup` with the quick profile's
 settings plus any --set), then times, on one epoch after a warm-up epoch: drawing the training batches (the
 loader alone), each phase of the step (forward passes, losses, backward passes, optimiser steps; the sequential
 mutual step's three passes), and the epoch's evaluation of the selection and validation splits.  Prints one
@@ -22,14 +22,14 @@ from collections import defaultdict
 
 import torch
 
-from mistudy import engine
+from mistudy.training import engine
 
 try:
-    from mistudy.networks import frozen_bn_stats
+    from mistudy.training.networks import frozen_bn_stats
 except ImportError:  # the package before its engine was split (to profile the code as it was)
-    from mistudy.engine import frozen_bn_stats
-from mistudy.config import parse_assignments, study_config
-from mistudy.distributed import Context
+    from mistudy.training.engine import frozen_bn_stats
+from mistudy.training.config import parse_assignments, study_config
+from mistudy.training.distributed import Context
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer", "evaluation")
 
@@ -113,7 +113,7 @@ def deeplab_flops(size: int = 64, num_classes: int = 7) -> list[tuple[str, float
     """Forward GFLOPs of DeepLabV3-ResNet50 per image at size x size, by part (FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mistudy.models import build_model
+    from mistudy.methods.models import build_model
 
     net = build_model("deeplabv3_resnet50", num_classes).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -5,7 +5,7 @@
     python benchmarks/takeoff.py --seeds 0 1 2 --out /tmp/takeoff
 
 Each recipe is a set of TrainConfig changes applied on top of the quick profile ("" = the profile unchanged).  Every
-run is a real `mistudy.train.train` of the baseline (runs go to <out>/<recipe>/seed<k>/ and are reused when
+run is a real `mistudy.training.train.train` of the baseline (runs go to <out>/<recipe>/seed<k>/ and are reused when
 finished).  Prints per recipe the reported mIoU (best_miou checkpoint, validation split) of each seed, how many
 reach the threshold, and the mean time per run.
 """
@@ -16,8 +16,8 @@ import argparse
 import re
 import time
 
-from mistudy.config import parse_assignments, study_config
-from mistudy.train import train_or_load
+from mistudy.training.config import parse_assignments, study_config
+from mistudy.training.train import train_or_load
 
 
 def main() -> None:

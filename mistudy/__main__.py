@@ -1,6 +1,6 @@
 """Command line: `python -m mistudy COMMAND ...` (also the `mistudy` script); `mistudy COMMAND --help` for each.
 
-The options of `train` are generated from `mistudy.config.TrainConfig`'s fields (help text, choices and bounds in
+The options of `train` are generated from `mistudy.training.config.TrainConfig`'s fields (help text, choices and bounds in
 their metadata), so every field is an option and no list is kept here; their defaults are the chosen profile's.
 """
 
@@ -14,10 +14,22 @@ import sys
 from dataclasses import fields
 
 import mistudy
-from mistudy.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_float, positive_int
-from mistudy.config import (CHECKPOINTS, DEFAULT_PROFILE_TEXT, OLD_NAMES, PROFILE_HELP, PROFILES, TrainConfig,
-                            default_of, parse_assignments, parse_value, profile_settings, resolve_profile, study_config,
-                            type_name)
+from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_float, positive_int
+from mistudy.training.config import (
+    CHECKPOINTS,
+    DEFAULT_PROFILE_TEXT,
+    OLD_NAMES,
+    PROFILE_HELP,
+    PROFILES,
+    TrainConfig,
+    default_of,
+    parse_assignments,
+    parse_value,
+    profile_settings,
+    resolve_profile,
+    study_config,
+    type_name,
+)
 
 DESCRIPTION = ("Does mutual information help semantic segmentation?  Train and compare the paper's three use-cases "
                "(U-Net with cross-entropy, with BCE + RMI, and deep mutual learning with DeepLabV3) on the embedded "
@@ -27,9 +39,9 @@ COMMANDS = {
     "study": ("mistudy.study", "run the numbered notebooks headless (papermill): every figure and table"),
     "train": (None, "train one use-case (one run directory)"),
     "evaluate": (None, "score a finished or interrupted run again, e.g. under another evaluation protocol"),
-    "pretrain": ("mistudy.pretrain", "local stand-ins for ImageNet/COCO weights: a U-Net and a DeepLabV3 pretrained "
+    "pretrain": ("mistudy.training.pretrain", "local stand-ins for ImageNet/COCO weights: a U-Net and a DeepLabV3 pretrained "
                                      "on a disjoint synthetic corpus"),
-    "levels": ("mistudy.levels", "learning curves of the baseline on each synthetic difficulty level"),
+    "levels": ("mistudy.report.levels", "learning curves of the baseline on each synthetic difficulty level"),
     "demo": ("mistudy.demo", "every model, loss and metric on one synthetic batch; saves a sample figure"),
 }
 
@@ -125,8 +137,8 @@ def cli_words(message: str) -> str:
 
 
 def _train(args) -> int:
-    from mistudy.runs import default_results_dir
-    from mistudy.train import RUN_ERRORS, train_or_load
+    from mistudy.training.runs import default_results_dir
+    from mistudy.training.train import RUN_ERRORS, train_or_load
 
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "profile", "assignments")}
     try:
@@ -157,8 +169,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from mistudy.runs import is_run_dir
-    from mistudy.train import RUN_ERRORS, evaluate_run
+    from mistudy.training.runs import is_run_dir
+    from mistudy.training.train import RUN_ERRORS, evaluate_run
 
     if not is_run_dir(args.run):
         print(f"mistudy evaluate: error: {args.run} is not a run directory (no config.json)", file=sys.stderr)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from mistudy import data, viz
-from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
-from mistudy.metrics import SegmentationMetrics
-from mistudy.runs import project_path
-from mistudy.models import build_model, count_parameters
+from mistudy import data
+from mistudy.methods.losses import RMILoss, cross_entropy_loss, mutual_kl
+from mistudy.methods.metrics import SegmentationMetrics
+from mistudy.methods.models import build_model, count_parameters
+from mistudy.report import viz
+from mistudy.training.runs import project_path
 
 
 def run(num_samples: int = 4, size: int = 96, seed: int = 0, figures_dir=None) -> dict:

@@ -100,9 +100,9 @@ def _stderr_to(file):
 
 
 def _execute_training(task: TrainTask) -> None:
-    from mistudy.cli import error_line
-    from mistudy.runs import config_from_json
-    from mistudy.train import RUN_ERRORS, train_or_load
+    from mistudy.io.cli import error_line
+    from mistudy.training.runs import config_from_json
+    from mistudy.training.train import RUN_ERRORS, train_or_load
 
     try:
         train_or_load(config_from_json(task.config).replace(progress="none"))

@@ -29,13 +29,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mistudy import data, runs
-from mistudy.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
-from mistudy import tuning
-from mistudy.config import (DATASETS, DEFAULT_PROFILE_TEXT, PROFILE_HELP, PROFILES, USE_CASES, parse_assignments,
-                            resolve_profile, study_config, study_seeds)
-from mistudy.models import fetch_weights
-from mistudy.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
+from mistudy import data
+from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
+from mistudy.methods.models import fetch_weights
+from mistudy.report import tuning
+from mistudy.training import runs
+from mistudy.training.config import (
+    DATASETS,
+    DEFAULT_PROFILE_TEXT,
+    PROFILE_HELP,
+    PROFILES,
+    USE_CASES,
+    parse_assignments,
+    resolve_profile,
+    study_config,
+    study_seeds,
+)
+from mistudy.training.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
 NOTEBOOKS = {
     "01": "01_information_theory.ipynb",
@@ -94,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="seeds of 02-04 and 06 (one run "
                    "each; the comparison's intervals need at least 2); default: the profile's declared number, 0..n-1 "
-                   "(mistudy.config.STUDY_SEEDS), and for 06's tuning grid its own seeds (mistudy.tuning.TUNING_SEEDS)")
+                   "(mistudy.training.config.STUDY_SEEDS), and for 06's tuning grid its own seeds (mistudy.report.tuning.TUNING_SEEDS)")
     p.add_argument("--recipe", default="shared", choices=list(tuning.RECIPES), help="02-04's learning rates: shared "
                    "(the profile's, one for every use-case) or tuned (each use-case its own, chosen by 06's tuning "
                    "grid on the selection split and read from its committed table; runs and figures then go to "
@@ -122,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "networks; needs `mistudy pretrain` first), tuning (every use-case at every learning rate, "
                         "on the tuning seeds), controls (RMI's parts alone: BCE alone, RMI on softmax CE)")
     p.add_argument("--ablations", nargs="+", default=None, metavar="NAME",
-                   help="notebook 06: these settings (names of mistudy.ablations.ABLATIONS, e.g. a grid's leads "
+                   help="notebook 06: these settings (names of mistudy.report.ablations.ABLATIONS, e.g. a grid's leads "
                         "again on new --seeds) instead of each grid's; default: the grid's settings")
     p.add_argument("--notebooks-dir", default=str(DEFAULT_NOTEBOOKS_DIR), help="where the numbered notebooks are")
     p.add_argument("--executor", default="sequential", choices=["sequential", "ray"],
@@ -173,7 +183,7 @@ def _data_roots(datasets: list[str], values: list[str], download: bool = False) 
 def _check_dataset(cfg) -> None:
     """Open the real dataset's splits as the study's runs will (sizes, selection split, every file's header), so a
     wrong layout, a bad file or too few images fail before hours of notebooks."""
-    from mistudy import loaders
+    from mistudy.training import loaders
 
     try:
         loaders.build_datasets(cfg, check=True)
@@ -227,7 +237,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
     overrides = _overrides(args)
     if args.ablations is not None:
-        from mistudy import ablations
+        from mistudy.report import ablations
 
         try:
             ablations.settings(args.ablations)
@@ -328,9 +338,9 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
     """The executor's tasks of a plan: each notebook, needing what it reads (05: every 02-04 of its datasets; 06: the
     02-04 of its dataset).  With ``expand_ablations`` (the Ray executor) every run of 06's grids is a task of its own
     (notebook 06 then only gathers them); a reference run that a 02-04 notebook trains stays that notebook's."""
-    from mistudy import ablations
-    from mistudy.ablations import DIRECTORY
     from mistudy.executors import NotebookTask, TrainTask, check_one_writer
+    from mistudy.report import ablations
+    from mistudy.report.ablations import DIRECTORY
 
     out, use_case_tasks = [], {}
     for step in steps:
@@ -374,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m mistudy study`; returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        from mistudy.distributed import resolve_device
+        from mistudy.training.distributed import resolve_device
 
         try:
             device = resolve_device(args.device)

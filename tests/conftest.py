@@ -4,7 +4,6 @@ closed after it."""
 import sys
 
 import pytest
-
 from datatrees import cityscapes_root, voc_root  # noqa: F401  (pytest registers imported fixtures)
 
 

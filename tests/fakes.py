@@ -8,9 +8,9 @@ import json
 import numpy as np
 import torch
 
-from mistudy import runs
-from mistudy.config import TrainConfig
-from mistudy.metrics import SCORING_VERSION, SegmentationMetrics
+from mistudy.methods.metrics import SCORING_VERSION, SegmentationMetrics
+from mistudy.training import runs
+from mistudy.training.config import TrainConfig
 
 CLASSES = 3
 
@@ -60,7 +60,7 @@ def statistics(rng, images: int, quality: float, classes: int = CLASSES) -> dict
 
 def fake_run(results, dataset, use_case, seed, checkpoint_scores, epochs=2, name=None, networks=("unet",),
              counts=None, **config):
-    """A run directory as mistudy.train writes it (config.json, metrics.json and, if per-image statistics are
+    """A run directory as mistudy.training.train writes it (config.json, metrics.json and, if per-image statistics are
     given, per_image.npz), with the given scores for every checkpoint."""
     run = results / dataset / use_case / (name or f"seed{seed}")
     run.mkdir(parents=True)

@@ -5,7 +5,7 @@ This is the formula as the RMI authors wrote it (``forward_sigmoid`` + ``rmi_low
 stack the radius**2 shifted copies of both maps, cast everything to float64, three batched
 matmuls for the covariance sums, an explicit ``torch.linalg.inv``, and plain autograd.
 
-It is deliberately kept independent of ``mistudy.losses`` (no shared helpers) so that the
+It is deliberately kept independent of ``mistudy.methods.losses`` (no shared helpers) so that the
 tests and ``benchmarks/bench_rmi.py`` compare the fast path against an implementation that
 does not share its bugs. It is the "straightforward formula" of issue 5, target 1.
 """

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from mistudy import ablations, runs, stats
-
 from fakes import count_calls, fake_run, scores, statistics
+
+from mistudy.methods import stats
+from mistudy.report import ablations
+from mistudy.training import runs
 
 
 def test_grid_is_one_factor_at_a_time_around_the_papers_settings():
@@ -43,7 +44,7 @@ def test_runs_go_beside_the_study_and_references_are_the_studys_own():
 
 def test_markers_become_the_profiles_pretrained_weights_and_a_slow_start_of_a_tenth_of_the_steps(tmp_path,
                                                                                                monkeypatch):
-    from mistudy import pretrain
+    from mistudy.training import pretrain
 
     monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
     with pytest.raises(FileNotFoundError, match="mistudy pretrain --profile tiny"):
@@ -130,7 +131,7 @@ def test_holm_adjusted_verdicts_of_a_grid():
 def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
     import torch
 
-    from mistudy import engine, pretrain
+    from mistudy.training import engine, pretrain
 
     argv = ["--profile", "tiny", "--samples", "8", "--epochs", "2", "--networks", "unet", "--out",
             str(tmp_path / "pre"), "--device", "cpu"]
@@ -167,9 +168,9 @@ def test_an_interrupted_pretraining_continues_where_it_stopped(tmp_path, monkeyp
 def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     import torch
 
-    from mistudy import pretrain
-    from mistudy.config import TrainConfig
-    from mistudy.train import train
+    from mistudy.training import pretrain
+    from mistudy.training.config import TrainConfig
+    from mistudy.training.train import train
 
     assert pretrain.main(["--profile", "tiny", "--samples", "8", "--epochs", "1", "--networks", "unet",
                           "--out", str(tmp_path / "pre"), "--device", "cpu", "--figures-dir", str(tmp_path / "f")]) == 0
@@ -190,7 +191,7 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     cfg = TrainConfig(dataset="synthetic", train_samples=8, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=8, epochs=1, batch_size=4, device="cpu", progress="none",
                       unet_weights=str(weights), run_dir=str(tmp_path / "run"))
-    from mistudy.networks import build_networks
+    from mistudy.training.networks import build_networks
 
     started = build_networks(cfg)["unet"].state_dict()
     assert all(torch.equal(started[k], v) for k, v in state.items())  # every pretrained tensor is loaded
@@ -202,7 +203,7 @@ def test_the_tuning_grid_chooses_each_use_cases_rate_on_the_selection_split(tmp_
     """Every use-case at every rate on the tuning seeds; each chooses the rate whose runs reach the highest mean best
     selection-split mIoU (history.json), whatever the validation scores say; the profile's own rate is the reference
     run, not a second identical one."""
-    from mistudy import tuning
+    from mistudy.report import tuning
 
     names, seeds = ablations.default_grid("quick", grid="tuning")
     assert seeds == list(tuning.TUNING_SEEDS) and len(names) == 3 * len(tuning.LEARNING_RATES)
@@ -239,7 +240,7 @@ def test_the_tuning_grid_chooses_each_use_cases_rate_on_the_selection_split(tmp_
 
 def test_a_tuning_interval_stays_within_miou_range(tmp_path):
     """Two tuning seeds far apart: the t-interval (+-12.7 standard errors) would pass 0 and 1 (issue 34's rule)."""
-    from mistudy import tuning
+    from mistudy.report import tuning
 
     grid = {}
     for seed, best in ((100, 0.05), (101, 0.95)):

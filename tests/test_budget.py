@@ -3,11 +3,12 @@ against scikit-learn's IoU on the pooled pixels."""
 
 import numpy as np
 import pytest
+from fakes import CLASSES, fake_run, masks, per_image, scores
 from scipy import stats as sps
 from sklearn.metrics import confusion_matrix, jaccard_score
 
-from fakes import CLASSES, fake_run, masks, per_image, scores
-from mistudy import budget, runs
+from mistudy.report import budget
+from mistudy.training import runs
 
 
 def test_plateau_window_is_the_last_quarter_of_the_validated_epochs_with_at_least_four():
@@ -211,7 +212,7 @@ def test_budget_figure_is_saved_with_provenance_and_absent_without_epoch_scores(
 
 
 def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_path):
-    from mistudy.comparison import comparison
+    from mistudy.report.comparison import comparison
 
     for profile, quality in (("quick", 0.5), ("long", 0.95)):
         for seed in range(3):
@@ -240,7 +241,7 @@ def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_pa
 
 def test_verdicts_by_budget_name_the_plateau_state_of_each_curve(tmp_path):
     """With per-epoch matrices each cell names the method's own curve's state and a first row the baseline's."""
-    from mistudy.comparison import runs_for
+    from mistudy.report.comparison import runs_for
 
     for seed in range(3):
         _epoch_run(tmp_path / "long", "baseline", seed, list(np.linspace(0.2, 0.9, 8)), final_counts=True)

@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from fakes import fake_run, scores, statistics
 from scipy import stats as sps
 
-from mistudy import comparison, comparison_figures, runs, stats, tables, usecase
-from mistudy.metrics import miou_from_confmat
-from mistudy.config import TrainConfig
-from mistudy.train import train
-
-from fakes import fake_run, scores, statistics
+from mistudy.io import tables
+from mistudy.methods import stats
+from mistudy.methods.metrics import miou_from_confmat
+from mistudy.report import comparison, comparison_figures, usecase
+from mistudy.training import runs
+from mistudy.training.config import TrainConfig
+from mistudy.training.train import train
 
 _scores = scores
 
@@ -141,7 +143,7 @@ def test_write_table_writes_csv_md_and_provenance(tmp_path):
 
 
 def test_tables_of_a_real_run(tmp_path):
-    """The helpers read what mistudy.train really writes (not only hand-made fixtures)."""
+    """The helpers read what mistudy.training.train really writes (not only hand-made fixtures)."""
     cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=4, epochs=2, batch_size=3, device="cpu", progress="none",
                       results_dir=str(tmp_path))

@@ -9,9 +9,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mistudy import config
 from mistudy.__main__ import add_config_options, build_parser
-from mistudy.config import TrainConfig, _opt, parse_assignments, study_config
+from mistudy.training import config
+from mistudy.training.config import TrainConfig, _opt, parse_assignments, study_config
 
 SAMPLE_VALUES = {"bool": "true", "int": "3", "float": "0.25", "str": None}
 
@@ -91,7 +91,7 @@ def test_profiles_and_overrides_in_order():
 
 
 def test_quick_profile_drops_bf16_on_cpus_without_it(monkeypatch):
-    import mistudy.distributed as d
+    import mistudy.training.distributed as d
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: False)
     assert config.profile_settings("quick", "cpu")["amp"] == "off"
@@ -131,7 +131,7 @@ def test_train_cli_shares_the_notebooks_defaults_and_layout(tmp_path, monkeypatc
     """`mistudy train` with no options is notebook 02's run: the same profile's settings and the same run
     directory, so either reuses the other's finished run."""
     from mistudy.__main__ import main
-    from mistudy.usecase import UseCaseReport
+    from mistudy.report.usecase import UseCaseReport
 
     monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("MISTUDY_PROFILE", "tiny")
@@ -222,8 +222,8 @@ def test_no_profile_means_quick_on_synthetic_data_and_the_paper_on_real_data(mon
 
 
 def test_train_cli_on_real_data_without_a_profile_runs_the_paper_profile(tmp_path, monkeypatch, capsys):
-    from mistudy import train as train_module
     from mistudy.__main__ import main
+    from mistudy.training import train as train_module
 
     monkeypatch.delenv("MISTUDY_PROFILE", raising=False)
     monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
@@ -243,7 +243,7 @@ def test_train_cli_on_real_data_without_a_profile_runs_the_paper_profile(tmp_pat
 
 
 def test_a_run_saved_with_the_old_root_option_still_loads(tmp_path):
-    from mistudy import runs
+    from mistudy.training import runs
 
     cfg = TrainConfig(**{**TINY, "dataset": "voc", "data_root": "/data/voc"})
     saved = {k if k != "data_root" else "root": v for k, v in json.loads(json.dumps(cfg.__dict__)).items()}
@@ -262,7 +262,7 @@ def test_profile_of_names_the_profile_and_what_departs_from_it():
 
 
 def test_pretraining_starts_from_random_init_whatever_the_profile(tmp_path):
-    from mistudy.pretrain import pretrain_config
+    from mistudy.training.pretrain import pretrain_config
 
     cfg = pretrain_config("deeplabv3", "paper", tmp_path, 16, 1, "cpu")  # the stand-in of the COCO weights
     assert cfg.network == "deeplabv3" and cfg.weights_options() == {}

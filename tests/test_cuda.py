@@ -15,13 +15,13 @@ import warnings
 
 import pytest
 import torch
-
-from mistudy import runs
-from mistudy.config import TrainConfig
-from mistudy.losses import RMILoss
-from mistudy.networks import build_optimizers
-from mistudy.train import train
 from rmi_reference import rmi_loss_reference
+
+from mistudy.methods.losses import RMILoss
+from mistudy.training import runs
+from mistudy.training.config import TrainConfig
+from mistudy.training.networks import build_optimizers
+from mistudy.training.train import train
 
 DEVICE = os.environ.get("MISTUDY_CHECK_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
@@ -95,7 +95,7 @@ def test_rmi_loss_on_the_device_matches_the_cpu_reference(pool):
 def test_a_one_process_nccl_group_sums_metric_counts():
     import torch.distributed as dist
 
-    from mistudy.metrics import SegmentationMetrics
+    from mistudy.methods.metrics import SegmentationMetrics
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,9 +114,9 @@ def test_a_one_process_nccl_group_sums_metric_counts():
 @gpu_only
 def test_evaluation_reads_nothing_back_per_batch(tmp_path):
     """The number of host synchronisations of a validation does not grow with its batches."""
-    from mistudy import inference, loaders
-    from mistudy.distributed import Context
-    from mistudy.models import build_model
+    from mistudy.methods.models import build_model
+    from mistudy.training import inference, loaders
+    from mistudy.training.distributed import Context
 
     def syncs(images: int) -> int:
         cfg = TrainConfig(**{**RUN, "val_samples": images, "device": DEVICE})

@@ -10,15 +10,24 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_sbd, write_voc_mask
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from datatrees import CITYSCAPES_KNOWN, VOC_SPLITS, write_sbd, write_voc_mask
 from mistudy import data
-from mistudy.data import files, synthetic
-from mistudy.data import (IGNORE_INDEX, ResizedCache, SyntheticSegmentation, build_dataset, colorize_mask,
-                          dataset_info, build_transform, synthetic_sample)
+from mistudy.data import (
+    IGNORE_INDEX,
+    ResizedCache,
+    SyntheticSegmentation,
+    build_dataset,
+    build_transform,
+    colorize_mask,
+    dataset_info,
+    files,
+    synthetic,
+    synthetic_sample,
+)
 
 # The official Cityscapes labelId -> trainId table (cityscapesScripts labels.py), written out independently.
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
@@ -632,7 +641,7 @@ def test_voc_is_fetched_by_torchvisions_download_into_the_root_once(voc_root, tm
         shutil.copytree(voc_root / "VOCdevkit", os.path.join(download_root, "VOCdevkit"))
 
     monkeypatch.setattr(tv_voc, "download_and_extract_archive", extract)
-    from mistudy.config import TrainConfig
+    from mistudy.training.config import TrainConfig
 
     root = tmp_path / "new" / "voc"
     TrainConfig(dataset="voc", data_root=str(root), download=True).check_paths()  # what a run does first
@@ -689,7 +698,7 @@ def test_cityscapes_download_names_the_archives_the_site_and_the_layout(tmp_path
 
 
 def test_nothing_is_fetched_without_download(tmp_path, monkeypatch):
-    from mistudy.config import TrainConfig
+    from mistudy.training.config import TrainConfig
 
     monkeypatch.setattr(data, "download", lambda *a: pytest.fail("fetched without --download"))
     with pytest.raises(FileNotFoundError, match="is not a directory"):

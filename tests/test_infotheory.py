@@ -1,4 +1,4 @@
-"""mistudy.infotheory and mistudy.theory_plots: cross-checked against scipy, scikit-learn and hand-derived cases."""
+"""mistudy.methods.infotheory and mistudy.report.theory_plots: cross-checked against scipy, scikit-learn and hand-derived cases."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from sklearn.metrics import mutual_info_score  # noqa: E402
 from sklearn.metrics.cluster import contingency_matrix  # noqa: E402
 
-from mistudy import infotheory as it  # noqa: E402
-from mistudy import theory_plots as tp  # noqa: E402
+from mistudy.methods import infotheory as it  # noqa: E402
+from mistudy.report import theory_plots as tp  # noqa: E402
 
 BASES = [2, math.e, 10, 3.5]
 

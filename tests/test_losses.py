@@ -1,4 +1,4 @@
-"""mistudy.losses: cross-checked against the straightforward RMI formula (tests/rmi_reference.py),
+"""mistudy.methods.losses: cross-checked against the straightforward RMI formula (tests/rmi_reference.py),
 explicit loops, hand-derived special cases, scipy and torch.autograd.gradcheck."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import count_calls
+from rmi_reference import rmi_loss_reference
 from scipy.special import expit, log_softmax, rel_entr, softmax
 
-from fakes import count_calls
-from mistudy import losses
-from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl, region_covariance, rmi_loss_term
-from rmi_reference import rmi_loss_reference
+from mistudy.methods import losses
+from mistudy.methods.losses import RMILoss, cross_entropy_loss, mutual_kl, region_covariance, rmi_loss_term
 
 IGNORE = 255
 

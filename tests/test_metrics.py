@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, jaccard_score
 
-from mistudy.metrics import SegmentationMetrics
+from mistudy.methods.metrics import SegmentationMetrics
 
 
 def _random_batch(gen, n=3, c=5, h=17, w=13, ignore_frac=0.1):
@@ -303,7 +303,7 @@ def test_a_large_void_region_stays_void_whatever_is_predicted_under_it():
 def test_boundary_f_at_the_studys_64_pixel_crops_matches_within_one_pixel():
     """0.75 % of a 64 x 64 crop's diagonal is 0.68 px: without the 1-pixel floor only exact pixels matched and a
     disc shifted by one pixel scored 0.5."""
-    from mistudy.metrics import boundary_tolerance_text, tolerance_pixels
+    from mistudy.methods.metrics import boundary_tolerance_text, tolerance_pixels
 
     assert tolerance_pixels(64, 64, None) == 1.0
     assert tolerance_pixels(375, 500, None) == pytest.approx(0.0075 * 625)
@@ -320,7 +320,7 @@ def test_boundary_f_at_the_studys_64_pixel_crops_matches_within_one_pixel():
 
 
 def test_boundary_tolerance_defaults_to_a_fraction_of_the_diagonal():
-    from mistudy.metrics import BOUNDARY_TOLERANCE_FRACTION, tolerance_pixels
+    from mistudy.methods.metrics import BOUNDARY_TOLERANCE_FRACTION, tolerance_pixels
 
     assert BOUNDARY_TOLERANCE_FRACTION == 0.0075  # Csurka et al.'s 0.75 %
     assert tolerance_pixels(300, 400, None) == pytest.approx(3.75)
@@ -406,7 +406,7 @@ def test_a_sigmoid_network_is_scored_by_its_own_probabilities_beside_the_softmax
     p = plain.compute()
     assert p["ece"] == p["ece_softmax"] == pytest.approx(1 - soft[0], rel=1e-5) and p["probabilities"] == "softmax"
     # the rmi use-case's BCE networks are read through sigmoids; its softmax-CE control and the others through softmax
-    from mistudy.config import TrainConfig
+    from mistudy.training.config import TrainConfig
 
     assert TrainConfig(use_case="rmi").probabilities == "sigmoid"
     assert TrainConfig(use_case="rmi", rmi_base="ce").probabilities == "softmax"
@@ -444,7 +444,7 @@ def test_information_scores_accept_their_own_rounding_on_single_class_prediction
     I(Y; Ŷ) = 0 (a constant prediction carries no information)."""
     from sklearn.metrics import mutual_info_score
 
-    from mistudy.metrics import information_scores
+    from mistudy.methods.metrics import information_scores
 
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mistudy.models import DeepLabV3, UNet, build_model, count_parameters
+from mistudy.methods.models import DeepLabV3, UNet, build_model, count_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ def test_bad_sizes():
 
 
 def test_unet_weights_load_and_a_new_head_replaces_another_class_count(tmp_path):
-    from mistudy.models import load_unet_weights
+    from mistudy.methods.models import load_unet_weights
 
     torch.manual_seed(0)
     source = build_model("unet", 7, init_features=8)
@@ -144,7 +144,7 @@ def test_unet_weights_load_and_a_new_head_replaces_another_class_count(tmp_path)
 
 
 def test_weights_of_another_architecture_name_the_mismatched_keys(tmp_path):
-    from mistudy.models import load_unet_weights
+    from mistudy.methods.models import load_unet_weights
 
     torch.save(build_model("unet", 7, init_features=16).state_dict(), tmp_path / "wide.pt")
     with pytest.raises(ValueError, match=r"wide.pt does not fit a U-Net of width 8: mismatched shapes "
@@ -193,7 +193,7 @@ def _cache_file(torch_home, name: str, enum: str = "DeepLabV3_ResNet50_Weights")
 
 
 def _mutual(**kw):
-    from mistudy.config import TrainConfig
+    from mistudy.training.config import TrainConfig
 
     return TrainConfig(use_case="mutual", train_samples=8, val_samples=4, resize_size=36, crop_size=32, batch_size=4,
                        unet_features=4, device="cpu", progress="none", deeplab_weights="COCO_WITH_VOC_LABELS_V1", **kw)
@@ -202,8 +202,8 @@ def _mutual(**kw):
 def test_a_weights_name_loads_torchvisions_file_from_the_hub_cache(tmp_path, monkeypatch):
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    from mistudy import networks, runs
-    from mistudy.progress import start_line
+    from mistudy.training import networks, runs
+    from mistudy.training.progress import start_line
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(0)
@@ -230,7 +230,7 @@ def test_a_weights_name_loads_torchvisions_file_from_the_hub_cache(tmp_path, mon
 
 
 def test_weights_names_are_checked_and_only_the_built_networks_need_theirs(tmp_path, monkeypatch):
-    from mistudy.config import TrainConfig
+    from mistudy.training.config import TrainConfig
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(ValueError, match=r"unknown deeplab_backbone_weights weights name 'IMAGENET1K_V3'; valid: "

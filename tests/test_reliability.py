@@ -20,15 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from datatrees import VOC_SPLITS, write_voc_mask
 from fakes import count_calls
-from mistudy import atomic, engine, inference, loaders, runs, safeload
-from mistudy.cli import error_line
-from mistudy.config import TrainConfig
-from mistudy.safeload import CheckpointError
-from mistudy.train import train, train_or_load
+from PIL import Image
+
+from mistudy.io import atomic, safeload
+from mistudy.io.cli import error_line
+from mistudy.io.safeload import CheckpointError
+from mistudy.training import engine, inference, loaders, runs
+from mistudy.training.config import TrainConfig
+from mistudy.training.train import train, train_or_load
 
 TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36, crop_size=32, unet_features=4,
             epochs=2, batch_size=4, device="cpu", progress="none", seed=3)
@@ -159,7 +160,7 @@ def test_a_schedule_that_depends_on_the_length_cannot_be_stretched(tmp_path):
 def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replaced(tmp_path, capsys):
     """A run names its weights by path; `mistudy pretrain` run again writes other weights at the same path. Reusing
     the old run (or extending it) would report it as a run from the new weights: refused, naming the file."""
-    from mistudy.models import build_model
+    from mistudy.methods.models import build_model
 
     weights, run_dir = tmp_path / "unet.pt", tmp_path / "run"
     torch.manual_seed(0)
@@ -199,7 +200,7 @@ def test_a_run_is_not_reused_or_continued_once_its_starting_weights_were_replace
 def test_weights_replaced_while_a_run_trains_are_not_taken_for_its_start(tmp_path, monkeypatch):
     """The record is taken once, at the start: a file pretrained again during the run's epochs does not become
     the weights the run is said to have started from."""
-    from mistudy.models import build_model
+    from mistudy.methods.models import build_model
 
     weights = tmp_path / "unet.pt"
     torch.manual_seed(0)
@@ -433,7 +434,7 @@ def test_lr_must_be_positive_says_so():
 
 
 def _full_disk_at(monkeypatch, n: int) -> dict:
-    """The n-th file written through `mistudy.atomic` from now on fails as on a full disk (ENOSPC); returns the
+    """The n-th file written through `mistudy.io.atomic` from now on fails as on a full disk (ENOSPC); returns the
     counter of writes."""
     real, calls = atomic.atomic_path, {"n": 0}
 
@@ -609,7 +610,7 @@ def test_diverged_weights_in_the_first_epoch_keep_nothing_and_say_so(tmp_path, m
 
 
 def test_more_loader_workers_than_cores_are_refused_before_anything_is_written(tmp_path):
-    from mistudy.loaders import available_cores
+    from mistudy.training.loaders import available_cores
 
     with pytest.raises(ValueError, match=f"^num_workers must be at most {available_cores()} \\(the CPU cores this "
                                          "process may use\\), got 100000$"):
@@ -619,8 +620,8 @@ def test_more_loader_workers_than_cores_are_refused_before_anything_is_written(t
 
 _BUSY_WORKERS = """
 import time, torch
-from mistudy.config import TrainConfig
-from mistudy.loaders import make_loader
+from mistudy.training.config import TrainConfig
+from mistudy.training.loaders import make_loader
 
 class Slow(torch.utils.data.Dataset):
     def __len__(self):
@@ -814,7 +815,7 @@ def test_a_full_disk_in_the_first_epoch_does_not_claim_an_earlier_checkpoint(tmp
 
 
 def test_weights_that_give_nan_from_the_start_keep_nothing_and_say_it_once(tmp_path, capsys):
-    from mistudy.models import build_model
+    from mistudy.methods.models import build_model
 
     weights = tmp_path / "nan.pt"
     net = build_model("unet", 4, init_features=4)

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mistudy import stats
-from mistudy.metrics import (SegmentationMetrics, ece_from_calibration, information_from_confmat,
-                             miou_from_confmat)
+from mistudy.methods import stats
+from mistudy.methods.metrics import (
+    SegmentationMetrics,
+    ece_from_calibration,
+    information_from_confmat,
+    miou_from_confmat,
+)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29, 100, 2.5])

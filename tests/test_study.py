@@ -9,11 +9,13 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mistudy import ablations, runs, study
-from mistudy import train as train_module
-from mistudy.config import TrainConfig
+from mistudy import study
+from mistudy.report import ablations
 from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan
-from mistudy.train import train_or_load
+from mistudy.training import runs
+from mistudy.training import train as train_module
+from mistudy.training.config import TrainConfig
+from mistudy.training.train import train_or_load
 
 # Each throwaway notebook records what the runner gave it: injected parameters, environment, working directory.
 RECORD = '''
@@ -427,8 +429,8 @@ def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untim
 
 
 def test_each_profile_declares_its_seeds_and_the_tuning_grid_never_uses_them(nb_dir, tmp_path):
-    from mistudy import tuning
-    from mistudy.config import STUDY_SEEDS
+    from mistudy.report import tuning
+    from mistudy.training.config import STUDY_SEEDS
 
     assert all(STUDY_SEEDS[p] >= 5 for p in ("standard", "long", "paper"))  # every headline budget: five seeds
     assert [s.parameters["seed"] for s in _plan(nb_dir, "--notebooks", "02", "--profile", "long")] == [0, 1, 2, 3, 4]
@@ -443,8 +445,8 @@ def test_each_profile_declares_its_seeds_and_the_tuning_grid_never_uses_them(nb_
 
 
 def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chose(nb_dir, tmp_path):
-    from mistudy import tuning
-    from mistudy.tables import write_table
+    from mistudy.io.tables import write_table
+    from mistudy.report import tuning
 
     figures = tmp_path / "figures"
     argv = ["--notebooks", "02", "03", "04", "--seeds", "0", "--profile", "tiny", "--recipe", "tuned",

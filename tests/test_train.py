@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from fakes import count_calls
-from mistudy import engine, inference, loaders, networks, runs
-from mistudy.config import TrainConfig
-from mistudy.engine import NonFiniteLossError
-from mistudy.loaders import EpochSampler
-from mistudy.train import evaluate_run, train
+
+from mistudy.training import engine, inference, loaders, networks, runs
+from mistudy.training.config import TrainConfig
+from mistudy.training.engine import NonFiniteLossError
+from mistudy.training.loaders import EpochSampler
+from mistudy.training.train import evaluate_run, train
 
 TINY = dict(dataset="synthetic", train_samples=10, val_samples=6, resize_size=36,
             crop_size=32, unet_features=4, epochs=3, batch_size=4, device="cpu", progress="none", seed=3)
@@ -463,8 +463,8 @@ def test_random_crop_protocol_pools_five_passes_by_default(tmp_path):
 def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions(tmp_path):
     import numpy as np
 
-    from mistudy.metrics import per_image_miou
-    from mistudy.stats import miou_from_counts
+    from mistudy.methods.metrics import per_image_miou
+    from mistudy.methods.stats import miou_from_counts
 
     summary = train(tiny(tmp_path, epochs=1))
     counts = runs.load_per_image(tmp_path / "run", "unet", "last")
@@ -482,7 +482,7 @@ def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions
 
 
 def test_learning_rate_factors_by_hand():
-    from mistudy.networks import LRFactor
+    from mistudy.training.networks import LRFactor
 
     linear = LRFactor("constant", total=100, warmup_steps=4, warmup_mode="linear", warmup_factor=0.2)
     assert [linear(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
@@ -515,8 +515,8 @@ def test_a_metric_failure_keeps_the_epoch_and_resume_scores_it(tmp_path, monkeyp
     """A failure while scoring an epoch (once: a probability range check on a single-class prediction) must not
     lose the epoch: its weights are saved before the error, and --resume scores it and finishes the run exactly as
     an uninterrupted one."""
-    from mistudy import metrics
-    from mistudy.train import EvaluationError
+    from mistudy.methods import metrics
+    from mistudy.training.train import EvaluationError
 
     full = train(tiny(tmp_path, "full"))
     real = metrics.SegmentationMetrics.compute
@@ -540,7 +540,7 @@ def test_a_metric_failure_keeps_the_epoch_and_resume_scores_it(tmp_path, monkeyp
 
 
 PROGRESS_CELL = """
-from mistudy.progress import Progress
+from mistudy.training.progress import Progress
 bars = Progress("unet", 3, option="bar")
 for epoch in bars.epochs(1):
     for _ in bars.steps(range(2), epoch):
@@ -571,7 +571,8 @@ def test_a_notebook_progress_bar_leaves_its_final_state_as_text_in_the_saved_not
 
 def test_a_terminal_progress_bar_prints_nothing_extra(monkeypatch, capsys):
     import tqdm.std
-    from mistudy import progress
+
+    from mistudy.training import progress
 
     monkeypatch.setattr(progress, "tqdm", tqdm.std.tqdm)
     bars = progress.Progress("unet", 3, option="bar")
@@ -585,8 +586,8 @@ def test_a_run_scored_by_older_metrics_is_scored_again_when_reused_without_train
     """A table never mixes runs scored under two definitions: a finished run whose metrics.json is of an older scoring
     version (as every run before the sigmoid calibration and the 1-pixel boundary tolerance) is scored again from
     its checkpoints, not reused as it is and not trained again."""
-    from mistudy.metrics import SCORING_VERSION
-    from mistudy.train import train_or_load
+    from mistudy.methods.metrics import SCORING_VERSION
+    from mistudy.training.train import train_or_load
 
     cfg = tiny(tmp_path, epochs=2, use_case="rmi")
     first = train(cfg)
@@ -613,7 +614,7 @@ def test_a_run_scored_by_older_metrics_is_scored_again_when_reused_without_train
 def test_a_run_says_what_it_will_do_before_its_first_step_and_projects_its_time(tmp_path, capsys):
     import re
 
-    from mistudy import progress
+    from mistudy.training import progress
 
     run_dir = tmp_path / "run"
     history = train(tiny(tmp_path, progress="log", train_samples=40, epochs=2)) and runs.load_history(run_dir)

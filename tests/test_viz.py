@@ -12,11 +12,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from mistudy import inference, loaders, viz  # noqa: E402
-from mistudy.config import TrainConfig  # noqa: E402
 from mistudy.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, dataset_info, display_image  # noqa: E402
-from mistudy.train import train  # noqa: E402
-
+from mistudy.report import viz  # noqa: E402
+from mistudy.training import inference, loaders
+from mistudy.training.config import TrainConfig  # noqa: E402
+from mistudy.training.train import train  # noqa: E402
 
 
 def _history(networks=("unet",), parts=("ce",)):
@@ -172,7 +172,7 @@ def test_absent_classes_are_marked_not_drawn_as_zero_bars():
 
 
 def test_the_forest_plot_says_what_its_colours_mean_and_long_titles_wrap():
-    from mistudy.stats import Interval
+    from mistudy.methods.stats import Interval
 
     rows = [{"setting": "up", "d": Interval(0.2, 0.1, 0.3, 3)}, {"setting": "none", "d": Interval(0.0, -0.1, 0.1, 3)}]
     title = "a long title " * 12
@@ -189,7 +189,7 @@ def test_the_drawn_masks_are_the_scored_ones_under_bf16_and_channels_last(tmp_pa
     drawn masks (scikit-learn) equals the per-image one the run was scored by (issue 20)."""
     from sklearn.metrics import confusion_matrix
 
-    from mistudy import runs
+    from mistudy.training import runs
 
     cfg = TrainConfig(dataset="synthetic", train_samples=6, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=4, epochs=1, batch_size=3, eval_batch_size=1, device="cpu", progress="none",

@@ -15,13 +15,37 @@ entry point the trainer and the notebooks use).
 
 from mistudy.data.build import build_dataset
 from mistudy.data.cache import ResizedCache
-from mistudy.data.classes import (CITYSCAPES_CLASSES, DATASETS, IGNORE_COLOR, IGNORE_INDEX, IMAGENET_MEAN,
-                                  IMAGENET_STD, SPLITS, SYNTHETIC_CLASSES, VOC_CLASSES, DatasetInfo, colorize_mask,
-                                  dataset_info, display_image, voc_palette)
-from mistudy.data.files import (CityscapesSegmentation, VOCAugSegmentation, VOCSegmentation, check_files, download,
-                                in_selection_split)
-from mistudy.data.synthetic import (SYNTHETIC_DEFAULT_LEVEL, SYNTHETIC_DEFAULT_SIZES, SYNTHETIC_LEVELS,
-                                    SyntheticSegmentation, synthetic_sample)
+from mistudy.data.classes import (
+                                  CITYSCAPES_CLASSES,
+                                  DATASETS,
+                                  IGNORE_COLOR,
+                                  IGNORE_INDEX,
+                                  IMAGENET_MEAN,
+                                  IMAGENET_STD,
+                                  SPLITS,
+                                  SYNTHETIC_CLASSES,
+                                  VOC_CLASSES,
+                                  DatasetInfo,
+                                  colorize_mask,
+                                  dataset_info,
+                                  display_image,
+                                  voc_palette,
+)
+from mistudy.data.files import (
+                                  CityscapesSegmentation,
+                                  VOCAugSegmentation,
+                                  VOCSegmentation,
+                                  check_files,
+                                  download,
+                                  in_selection_split,
+)
+from mistudy.data.synthetic import (
+                                  SYNTHETIC_DEFAULT_LEVEL,
+                                  SYNTHETIC_DEFAULT_SIZES,
+                                  SYNTHETIC_LEVELS,
+                                  SyntheticSegmentation,
+                                  synthetic_sample,
+)
 from mistudy.data.transforms import PROTOCOLS, build_transform, transform_steps
 
 __all__ = [

@@ -13,10 +13,9 @@ import torchvision
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mistudy.atomic import atomic_file
-from mistudy.atomic import write_text as atomic_write_text
 from mistudy.data.files import _PairedFiles
-
+from mistudy.io.atomic import atomic_file
+from mistudy.io.atomic import write_text as atomic_write_text
 
 _CACHE_VERSION = 2  # 2: keyed on file contents
 DIGESTS_FILE = "file-digests.cache"

@@ -15,8 +15,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mistudy.data.classes import (CITYSCAPES_CLASSES, CITYSCAPES_LUT, CITYSCAPES_NUM_LABEL_IDS, IGNORE_INDEX, SPLITS,
-                                  VOC_CLASSES, check_choice, check_size)
+from mistudy.data.classes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LUT,
+    CITYSCAPES_NUM_LABEL_IDS,
+    IGNORE_INDEX,
+    SPLITS,
+    VOC_CLASSES,
+    check_choice,
+    check_size,
+)
 from mistudy.data.transforms import to_tensors
 
 

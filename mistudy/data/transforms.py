@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from mistudy.data.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, check_choice, check_size

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mistudy import data, viz
-from mistudy.comparison import NETWORK_LABELS, networks_in_order, runs_for
-from mistudy.config import USE_CASES
-from mistudy.inference import predict_samples
+from mistudy import data
+from mistudy.report import viz
+from mistudy.report.comparison import NETWORK_LABELS, networks_in_order, runs_for
+from mistudy.training.config import USE_CASES
+from mistudy.training.inference import predict_samples
 
 
 def mean_per_class_iou(group: list[dict], network: str, checkpoint: str = "best_miou") -> list[float | None]:

@@ -1,10 +1,10 @@
 """Figures written by the study: every file gets a provenance sidecar.
 
-- Files: `save_figure` (PNG + provenance sidecar, through `mistudy.atomic`).
+- Files: `save_figure` (PNG + provenance sidecar, through `mistudy.io.atomic`).
 - Figures (pyplot, returned for the notebook to show and save): `plot_training_curves`, `plot_predictions`
   (images, ground truth and predicted masks with a class legend, like the paper's Figures 4-9), `plot_per_class_iou`,
   `plot_learning_curves`, `plot_reliability`, `plot_effects` (forest plot); helpers `class_legend_handles`,
-  `wrap_title`.  The predictions they draw come from `mistudy.inference.predict_samples`.
+  `wrap_title`.  The predictions they draw come from `mistudy.training.inference.predict_samples`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from mistudy.atomic import atomic_path
 from mistudy.data import IGNORE_COLOR, IGNORE_INDEX, colorize_mask, dataset_info
-from mistudy.runs import provenance, write_provenance
+from mistudy.io.atomic import atomic_path
+from mistudy.io.provenance import provenance, write_provenance
 
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, prov: dict | None = None,
@@ -58,7 +58,7 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
 def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.figure.Figure:
     """Training losses, validation mIoU / micro IoU (and selection-split mIoU) and validation pixel accuracy per epoch.
 
-    history: rows of `mistudy.runs.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>",
+    history: rows of `mistudy.training.runs.load_history` ({"epoch", "<net>/train_<part>", "<net>/val_<metric>",
     "<net>/select_<metric>", ...}); one line per network (and loss part: the total loss solid, its parts dashed /
     dotted).
     """
@@ -252,7 +252,7 @@ def plot_reliability(diagrams: dict[str, dict], title: str = "") -> matplotlib.f
 
 def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "") -> matplotlib.figure.Figure:
     """Forest plot: one panel per key of ``keys`` ({row key: panel title}), one row per setting, the estimate with
-    its interval as a horizontal bar, zero dashed.  rows: dicts with "setting" and `mistudy.stats.Interval` values
+    its interval as a horizontal bar, zero dashed.  rows: dicts with "setting" and `mistudy.methods.stats.Interval` values
     (None: not applicable)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.42 * len(rows) + 1.6), sharey=True,

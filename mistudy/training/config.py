@@ -212,7 +212,7 @@ class TrainConfig:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
         if self.dataset != "synthetic" and self.data_root is None:
             raise ValueError(f"dataset {self.dataset!r} needs data_root= (the directory holding the data)")
-        from mistudy.models import named_weights
+        from mistudy.methods.models import named_weights
 
         for name in WEIGHTS_OPTIONS:  # an unknown torchvision weights name raises listing the valid ones
             if getattr(self, name):
@@ -228,7 +228,7 @@ class TrainConfig:
         """The files a run reads exist, fetched first where ``download`` asks (validate() checks values only, so a
         saved run's configuration loads on a machine without its data): FileNotFoundError naming the first
         missing one."""
-        from mistudy.models import fetch_weights
+        from mistudy.methods.models import fetch_weights
 
         if self.dataset != "synthetic":
             if self.download:
@@ -250,7 +250,7 @@ class TrainConfig:
 
     def weights_files(self) -> dict[str, Path]:
         """{option: local file} of `weights_options` (a torchvision weights name: its file in torch's hub cache)."""
-        from mistudy.models import weights_file
+        from mistudy.methods.models import weights_file
 
         return {name: weights_file(name, value) for name, value in self.weights_options().items()}
 
@@ -419,7 +419,7 @@ def profile_settings(name: str | None, device: str = "auto", dataset: str = "syn
     """The TrainConfig fields of a profile (None: `resolve_profile`'s default for ``dataset``).  bf16 autocast is
     kept on CPU only where the CPU computes bf16 in hardware (elsewhere it is emulated and slower): the profile then
     falls back to float32."""
-    from mistudy.distributed import cpu_has_native_bf16, resolve_device
+    from mistudy.training.distributed import cpu_has_native_bf16, resolve_device
 
     settings = dict(PROFILES[resolve_profile(name, dataset)])
     if settings.get("amp") == "bf16" and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():

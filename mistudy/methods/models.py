@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, get_weight
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
-from mistudy import safeload
+from mistudy.io import safeload
 
 
 def _block(in_channels: int, features: int) -> nn.Sequential:

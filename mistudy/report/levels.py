@@ -13,10 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mistudy import data, runs, stats, viz
-from mistudy.tables import Table, write_table
-from mistudy.cli import OneLineParser, non_negative_int, positive_int
-from mistudy.config import PROFILES, study_config
+from mistudy import data
+from mistudy.io.cli import OneLineParser, non_negative_int, positive_int
+from mistudy.io.tables import Table, write_table
+from mistudy.methods import stats
+from mistudy.report import viz
+from mistudy.training import runs
+from mistudy.training.config import PROFILES, study_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             cfg = study_config("baseline", args.profile, {"epochs": args.epochs}, synthetic_level=level, seed=seed,
                                device=args.device, run_dir=str(results / level / f"seed{seed}"), progress="log")
-            from mistudy.train import train_or_load
+            from mistudy.training.train import train_or_load
 
             train_or_load(cfg)
             histories.append(runs.load_history(cfg.resolved_run_dir()))

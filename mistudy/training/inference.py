@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mistudy import data, runs, safeload
-from mistudy.config import CHECKPOINTS, WEIGHTS_OPTIONS
-from mistudy.distributed import Context, resolve_device
-from mistudy.loaders import SeededItems, build_datasets, to_device
-from mistudy.metrics import SegmentationMetrics
-from mistudy.networks import amp_dtype, autocast_for, build_networks, use_channels_last
+from mistudy import data
+from mistudy.io import safeload
+from mistudy.methods.metrics import SegmentationMetrics
+from mistudy.training import runs
+from mistudy.training.config import CHECKPOINTS, WEIGHTS_OPTIONS
+from mistudy.training.distributed import Context, resolve_device
+from mistudy.training.loaders import SeededItems, build_datasets, to_device
+from mistudy.training.networks import amp_dtype, autocast_for, build_networks, use_channels_last
 
 
 class NonFiniteOutputError(RuntimeError):

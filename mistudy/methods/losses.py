@@ -217,7 +217,7 @@ def rmi_loss_term(
     """The RMI loss term (nats, minimised): sum over classes of the batch mean of 0.5 log det(Sigma_{Y|P}) / radius**2.
 
     It is the negative of the prediction-dependent part of Zhao et al.'s lower bound on I(Y; P), per dimension
-    (the RMI authors call it ``rmi_lower_bound``; `mistudy.infotheory.rmi_bound_bits` is the bound itself, in bits).
+    (the RMI authors call it ``rmi_lower_bound``; `mistudy.methods.infotheory.rmi_bound_bits` is the bound itself, in bits).
 
     labels: [N, C, H, W] one-hot labels (zeroed at ignored pixels); probs: [N, C, H, W]
     probabilities (zeroed at ignored pixels, plus 1e-6). Both are optionally max/avg pooled

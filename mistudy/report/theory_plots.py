@@ -3,10 +3,10 @@
 - Demo inputs: `discrete_bump`, `discretized_gaussian_joint`, `toy_label_map`, `blurred_prediction`,
   `noisy_prediction`, and the sweeps `rmi_versus_blur` / `rmi_versus_mixing`.
 - `plot_*` draw one figure each with pyplot and return it (the notebook saves it with
-  `mistudy.viz.save_figure`; the inline backend shows it).
+  `mistudy.report.viz.save_figure`; the inline backend shows it).
 - `*_widget` wrap a plot function in `ipywidgets.interactive`. Widget state is not kept in executed
   notebooks, so the notebook also draws every demo once as a plain figure at the default values.
-All quantities come from `mistudy.infotheory`, in bits.
+All quantities come from `mistudy.methods.infotheory`, in bits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.transforms.v2 import functional as TF
 
-from mistudy import infotheory as it
+from mistudy.methods import infotheory as it
 
 # ----------------------------------------------------------------------------- demo inputs
 

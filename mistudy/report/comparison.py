@@ -1,7 +1,7 @@
 """The comparison of the study (notebook 05, and the ablations of notebook 06): every finished run under
 ``<results>/<dataset>/<use-case>/*/`` grouped by setting, each method's mean over seeds with a t-interval, and each
 method paired with the baseline trained with the same seeds and scored on the same images -- the paired difference
-of every score with an interval over seeds widened by the image-sampling variance (`mistudy.stats`) and a verdict
+of every score with an interval over seeds widened by the image-sampling variance (`mistudy.methods.stats`) and a verdict
 worded from it -- beside the paper's single-run numbers.  `protocol_text` names every protocol choice the numbers
 depend on.
 """
@@ -14,13 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
-from mistudy import runs, stats
-from mistudy.config import (CHECKPOINT_RULES, DATASETS, HEADLINE_CHECKPOINT, PRIMARY_NETWORK, RUNTIME_OPTIONS,
-                            USE_CASES)
-from mistudy.train import SCORES
-from mistudy.metrics import (PROBABILITY_TEXT, SCORING_VERSION, VOID_BAND_PX, boundary_tolerance_text, ece_from_calibration,
-                             information_from_confmat, mean_entropy_from_sums, miou_from_confmat)
-from mistudy.tables import write_table
+from mistudy.io.tables import write_table
+from mistudy.methods import stats
+from mistudy.methods.metrics import (
+    PROBABILITY_TEXT,
+    SCORING_VERSION,
+    VOID_BAND_PX,
+    boundary_tolerance_text,
+    ece_from_calibration,
+    information_from_confmat,
+    mean_entropy_from_sums,
+    miou_from_confmat,
+)
+from mistudy.training import runs
+from mistudy.training.config import (
+    CHECKPOINT_RULES,
+    DATASETS,
+    HEADLINE_CHECKPOINT,
+    PRIMARY_NETWORK,
+    RUNTIME_OPTIONS,
+    USE_CASES,
+)
+from mistudy.training.runs import SCORES
 
 USE_CASE_TITLES = {  # the paper's names of the use-cases (sections 4.1-4.3)
     "baseline": "U-Net: Baseline",
@@ -204,7 +219,7 @@ def _per_image(group: list[dict], network: str, checkpoint: str, statistic: str)
 def paired_difference(method: list[dict], baseline: list[dict], metric: str = "miou", network: str = PRIMARY_NETWORK,
                       checkpoint: str = "best_miou") -> tuple[stats.Interval, stats.Interval] | None:
     """metric(method) - metric(baseline) on the seeds both have: (seeds and images interval, images-only interval),
-    `mistudy.stats.paired_difference` on the runs' per-image statistics.
+    `mistudy.methods.stats.paired_difference` on the runs' per-image statistics.
 
     None when no seed is shared, the runs were scored on different images, or per-image statistics are missing.
     """

@@ -1,7 +1,7 @@
 """The training engine: the set-up of a run, one optimisation step per use-case, one epoch.
 
-`mistudy.train.train` strings these together with the loaders (`mistudy.loaders`), the networks
-(`mistudy.networks`) and the scoring (`mistudy.inference`); `benchmarks/bench_train.py` times the same `setup` and
+`mistudy.training.train.train` strings these together with the loaders (`mistudy.training.loaders`), the networks
+(`mistudy.training.networks`) and the scoring (`mistudy.training.inference`); `benchmarks/bench_train.py` times the same `setup` and
 `train_step`.  The three use-cases (paper section 3.2):
 
     baseline  U-Net, cross-entropy
@@ -19,14 +19,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mistudy import data, distributed, inference
-from mistudy.config import TrainConfig
-from mistudy.distributed import Context, unwrap
-from mistudy.loaders import build_datasets, make_loader, to_device
-from mistudy.losses import RMILoss, cross_entropy_loss, mutual_kl
-from mistudy.networks import (amp_dtype, autocast_for, build_networks, build_optimizers, build_schedulers,
-                              compile_networks, finite_check_interval, frozen_bn_stats, place_networks,
-                              seed_everything, use_channels_last)
+from mistudy import data
+from mistudy.methods.losses import RMILoss, cross_entropy_loss, mutual_kl
+from mistudy.training import distributed, inference
+from mistudy.training.config import TrainConfig
+from mistudy.training.distributed import Context, unwrap
+from mistudy.training.loaders import build_datasets, make_loader, to_device
+from mistudy.training.networks import (
+    amp_dtype,
+    autocast_for,
+    build_networks,
+    build_optimizers,
+    build_schedulers,
+    compile_networks,
+    finite_check_interval,
+    frozen_bn_stats,
+    place_networks,
+    seed_everything,
+    use_channels_last,
+)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 
-from mistudy import atomic, runs
+from mistudy.io import atomic, provenance
 
 
 class Table:
@@ -83,8 +83,8 @@ def write_table(rows: list[dict], path, prov: dict | None = None, columns: list[
     stem = path.with_suffix("") if path.suffix in (".csv", ".md") else path
     csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
     md = (f"{title}\n\n" if title else "") + markdown_table(markdown_rows or rows, None if markdown_rows else columns)
-    info = runs.provenance(**(prov or {}))
+    info = provenance.provenance(**(prov or {}))
     for path_, text in ((csv_path, csv_text(rows, columns)), (md_path, md)):
-        runs.write_provenance(path_, info, content_changed=atomic.write_text_if_changed(path_, text))
+        provenance.write_provenance(path_, info, content_changed=atomic.write_text_if_changed(path_, text))
     return csv_path, md_path
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mistudy import stats
-from mistudy.config import PRIMARY_NETWORK, USE_CASES
+from mistudy.methods import stats
+from mistudy.training.config import PRIMARY_NETWORK, USE_CASES
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)  # the same for every use-case: the paper's 1e-4 (rmi, mutual) to 3e-3
 TUNING_SEEDS = (100, 101)  # never a study seed (those count from 0)
@@ -39,7 +39,7 @@ def table_stem(dataset: str) -> str:
 
 def selection_score(run: dict, network: str = PRIMARY_NETWORK) -> float:
     """A run's tuning score: its best selection-split mIoU over the validated epochs (history.json)."""
-    from mistudy import runs
+    from mistudy.training import runs
 
     values = [row[f"{network}/select_miou"] for row in runs.load_history(run["run_dir"])
               if row.get(f"{network}/select_miou") is not None]
@@ -70,7 +70,7 @@ def tuning_rows(grid: dict[str, list[dict]]) -> list[dict]:
 
 def write_tuning(rows: list[dict], figures_dir, dataset: str, prov: dict, protocol: str) -> tuple[Path, Path]:
     """<figures_dir>/<dataset>_06_tuning.{csv,md}: the grid's scores and choices (the tuned study reads the CSV)."""
-    from mistudy.tables import write_table
+    from mistudy.io.tables import write_table
 
     title = (f"Learning-rate tuning on {dataset}: {RULE_TEXT}; intervals: Student-t over the tuning seeds, cut at 0 "
              "and 1. Chosen: "

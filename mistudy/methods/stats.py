@@ -41,7 +41,7 @@ Where it holds and where it does not (issue 28; seeded simulations in the tests,
   `seed_check` says so beside the mean: how many seeds are better or worse (an exact sign test) and which seeds lie
   far from the others (a robust median / MAD rule), so that a bimodal method is reported as such.
 
-Every score is recomputed from summed per-image statistics (`mistudy.metrics`), so a validation set with one image
+Every score is recomputed from summed per-image statistics (`mistudy.methods.metrics`), so a validation set with one image
 left out is scored exactly as the real one.  `verdict` words a difference from its interval, never from the point
 estimate; `holm` adjusts the p-values of a family of comparisons (the ablation grid).  numpy only; scipy checks the
 numbers in the tests.
@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-
 
 # How the paired intervals are made, in the words the tables print beside them.
 PAIRED_INTERVAL_TEXT = ("95% interval over seeds (each seed's difference on the whole validation set), widened by the "
@@ -274,7 +273,7 @@ def paired_difference(method: np.ndarray, baseline: np.ndarray, score: Callable[
     method, baseline: per-image statistics [S, N, ...] -- seed s of both trained with the same seed, image n the same
         validation image (e.g. confusion matrices [S, N, C, C]).
     score: a function of statistics summed over images [..., *stat shape] -> scores [...], vectorised over leading
-        axes (e.g. `mistudy.metrics.miou_from_confmat`).
+        axes (e.g. `mistudy.methods.metrics.miou_from_confmat`).
     The per-seed differences use every image; the image variance is the jackknife over images of the mean
     difference, each image left out of every seed's sums at once (the pairing is kept).
     """

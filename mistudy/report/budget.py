@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mistudy import runs, stats, viz
-from mistudy.comparison import comparison, diff_cell, paper_claim, runs_for
-from mistudy.config import PRIMARY_NETWORK, PROFILES, USE_CASES
-from mistudy.metrics import miou_from_confmat
+from mistudy.methods import stats
+from mistudy.methods.metrics import miou_from_confmat
+from mistudy.report import viz
+from mistudy.report.comparison import comparison, diff_cell, paper_claim, runs_for
+from mistudy.training import runs
+from mistudy.training.config import PRIMARY_NETWORK, PROFILES, USE_CASES
 
 # The plateau test of a validation-mIoU curve (issue 28).  The window: the last PLATEAU_FRACTION of the validated
 # epochs, at least PLATEAU_MIN_EPOCHS of them.  Each seed's least-squares slope over the window; the slope's 95%
@@ -219,7 +221,7 @@ def budget_table(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def write_budget(rows: list[dict], path, prov: dict | None = None) -> tuple[Path, Path]:
     """<path>.{csv,md}: `budget_table` (numbers in the CSV, formatted in the Markdown), with provenance."""
-    from mistudy.tables import write_table
+    from mistudy.io.tables import write_table
 
     numbers, formatted = budget_table(rows)
     title = ("The answer as a function of the training budget: each use-case's validation mIoU curve (weights after "

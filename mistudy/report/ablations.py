@@ -7,20 +7,20 @@ kl_weight, temperature, update schedule, and mutual learning between two U-Nets 
 Every setting is trained with the same seeds, data and budget as the study's baseline and reference runs (the
 profile's settings plus the same overrides), so each effect is a paired difference: against the baseline
 (does the method help at this setting?) and against the paper's setting of the same method (does the
-hyperparameter matter?), each with an interval over seeds and validation images (`mistudy.stats`), and with
+hyperparameter matter?), each with an interval over seeds and validation images (`mistudy.methods.stats`), and with
 verdicts adjusted for the number of settings compared (Holm).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dataclasses import asdict
-
-from mistudy import comparison, runs, stats, tuning
-from mistudy.tables import write_table
-from mistudy.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config, study_seeds
+from mistudy.io.tables import write_table
+from mistudy.methods import stats
+from mistudy.report import comparison, tuning
+from mistudy.training import runs
+from mistudy.training.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config, study_seeds
 
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
 SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
@@ -67,7 +67,7 @@ ABLATIONS = {
     "mutual, both pretrained": Setting("mutual", {"deeplab_weights": PRETRAINED, "unet_weights": PRETRAINED},
                                        baseline="baseline, pretrained U-Net"),
 }
-# each use-case at every rate of the tuning grid (`mistudy.tuning`)
+# each use-case at every rate of the tuning grid (`mistudy.report.tuning`)
 ABLATIONS |= {tuning.setting_name(uc, lr): Setting(uc, {"lr": lr}) for uc in USE_CASES for lr in tuning.LEARNING_RATES}
 GRIDS = {
     # notebook 06's default: the paper's open questions and the controls of each method's parts
@@ -77,7 +77,7 @@ GRIDS = {
     # (a pretrained DeepLabV3, a U-Net from scratch) against the from-scratch baseline; both networks pretrained
     "pretrained": ["baseline, pretrained U-Net", "rmi, pretrained U-Net", "mutual, pretrained DeepLabV3 partner",
                    "mutual, both pretrained"],
-    # every use-case at every rate, on the tuning seeds, chosen on the selection split (`mistudy.tuning`)
+    # every use-case at every rate, on the tuning seeds, chosen on the selection split (`mistudy.report.tuning`)
     "tuning": [n for n, s in ABLATIONS.items() if "lr" in s.changes],
     # the controls of RMI's parts alone (e.g. at a longer budget): the switch to sigmoid BCE, RMI on softmax CE
     "controls": ["rmi λ=1 (BCE alone)", "rmi added to softmax CE"],
@@ -122,14 +122,14 @@ def settings(names=None) -> dict[str, Setting]:
 def _resolve(changes: dict, base, profile: str) -> dict:
     """The markers of a setting's changes made concrete: PRETRAINED -> the profile's weights file of that network,
     the slow start's length -> 10% of the run's optimisation steps."""
-    from mistudy import pretrain
+    from mistudy.training import pretrain
 
     out = {}
     for key, value in changes.items():
         if value == PRETRAINED:
             value = str(pretrain.weights_path(profile, "unet" if key == "unet_weights" else "deeplabv3"))
         elif value == SLOW_START["warmup_steps"]:
-            from mistudy import loaders
+            from mistudy.training import loaders
 
             images = base.train_samples or len(loaders.build_datasets(base)["train"])
             value = max(1, round(0.1 * base.epochs * (images // base.resolved_batch_size)))
@@ -172,7 +172,7 @@ def run(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict
         resume: bool = False, **fields) -> dict[str, list[dict]]:
     """Train (or reuse) every run of the grid (``resume``: continue those that exist); returns {setting: [run of each
     seed]} as `runs.load_run` gives."""
-    from mistudy.train import train_or_load
+    from mistudy.training.train import train_or_load
 
     grid: dict[str, list[dict]] = {}
     for name, cfg in configs(names, seeds, profile, overrides, results_dir, resume, **fields):
@@ -192,7 +192,7 @@ def _difference(method, reference, metric="miou", checkpoint="best_miou"):
 def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[dict]:
     """One row per setting: mIoU mean [t-interval], its paired difference from the baseline and from the paper's
     setting of the same method, and the scores beyond mIoU against the paper's setting (each
-    `mistudy.stats.paired_difference`: seeds and validation images); "<family>_holm": the Holm-adjusted p-value of
+    `mistudy.methods.stats.paired_difference`: seeds and validation images); "<family>_holm": the Holm-adjusted p-value of
     the difference within its column (the grid's family of simultaneous tests)."""
     rows = []
     for name, group in grid.items():
@@ -280,7 +280,7 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
                   name: str = "ablations"):
     """Notebook 06's table and forest plot, written to ``<figures_dir>/<dataset>_06_<name>.{csv,md,png}`` (name: the
     grid's) with their provenance; returns (table rows, figure)."""
-    from mistudy import viz
+    from mistudy.report import viz
 
     found = [r for g in grid.values() for r in g]
     seeds = sorted({r["config"]["seed"] for r in found})

@@ -2,7 +2,7 @@
 
 Every score is a function of a few counts kept for every validation image, so batches, evaluation passes and
 processes are added before any division happens, and a resampled or leave-one-out set of images is scored exactly
-as the real one (`mistudy.stats`):
+as the real one (`mistudy.methods.stats`):
 
 * the confusion matrix (rows ground truth, columns prediction): pixel accuracy, micro IoU, mIoU, per-class IoU and
   recall, and the mutual information between ground truth and prediction I(Y; Ŷ) (bits) with its normalised form;

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mistudy import data, runs, viz
-from mistudy.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
-from mistudy.config import PRIMARY_NETWORK, resolve_profile, study_config
-from mistudy.inference import predict_samples
-from mistudy.progress import weights_text
-from mistudy.tables import Table, Tables, write_table
-from mistudy.train import SCORES, train_or_load
+from mistudy import data
+from mistudy.io.tables import Table, Tables, write_table
+from mistudy.report import viz
+from mistudy.report.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
+from mistudy.training import runs
+from mistudy.training.config import PRIMARY_NETWORK, resolve_profile, study_config
+from mistudy.training.inference import predict_samples
+from mistudy.training.progress import weights_text
+from mistudy.training.runs import SCORES
+from mistudy.training.train import train_or_load
+
 
 def metrics_rows(metrics: dict, network: str = PRIMARY_NETWORK) -> list[dict]:
     """Rows last / best_loss / best_miou of one network of a run's metrics.json (the notebooks' table).

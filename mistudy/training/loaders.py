@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mistudy import data
-from mistudy.config import TrainConfig
+from mistudy.training.config import TrainConfig
+
 
 class EpochSampler(Sampler):
     """Shuffled order fixed by (seed, epoch), sharded over ranks, indices tagged with the epoch.

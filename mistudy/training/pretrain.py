@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from mistudy import atomic, runs, safeload
-from mistudy.cli import OneLineParser, error_line, positive_int
-from mistudy.config import PROFILES, WEIGHTS_OPTIONS, TrainConfig, profile_settings
+from mistudy.io import atomic, provenance, safeload
+from mistudy.io.cli import OneLineParser, error_line, positive_int
+from mistudy.training import runs
+from mistudy.training.config import PROFILES, WEIGHTS_OPTIONS, TrainConfig, profile_settings
 
 NETWORKS = ("unet", "deeplabv3")
 PRETRAIN_DATA_SEED = 1_000  # the study's synthetic data use data_seed 0: another seed, other images
@@ -76,10 +77,10 @@ def export(run_dir: Path, network: str, path: Path, profile: str) -> Path:
         with atomic.atomic_path(path, suffix=".pt") as tmp:
             torch.save(ckpt["model"], tmp)
     metrics = runs.load_metrics(run_dir)
-    prov = runs.provenance(network=network, profile=profile, run_dir=str(run_dir), epoch=ckpt["epoch"],
+    prov = provenance.provenance(network=network, profile=profile, run_dir=str(run_dir), epoch=ckpt["epoch"],
                            corpus=f"synthetic {PRETRAIN_LEVEL} level, data_seed {PRETRAIN_DATA_SEED}",
                            pretraining_val_miou=metrics["networks"][network]["best_miou"]["miou"])
-    runs.write_provenance(path, prov, content_changed=not unchanged)
+    provenance.write_provenance(path, prov, content_changed=not unchanged)
     return path
 
 
@@ -117,7 +118,7 @@ def pretraining_rows(out: Path, networks=NETWORKS) -> list[dict]:
 
 def write_pretraining_table(out: Path, figures_dir: Path, profile: str) -> Path | None:
     """<figures_dir>/pretrain.{csv,md} from the pretraining runs in ``out``; None when none finished."""
-    from mistudy.tables import write_table
+    from mistudy.io.tables import write_table
 
     rows = pretraining_rows(out)
     if not rows:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                    "figures/<profile>/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    from mistudy.train import RUN_ERRORS, train_or_load
+    from mistudy.training.train import RUN_ERRORS, train_or_load
 
     out = Path(args.out or weights_dir(args.profile))
     for network in args.networks:

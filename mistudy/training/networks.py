@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from mistudy import data
-from mistudy.config import TrainConfig
-from mistudy.distributed import Context
-from mistudy.models import build_model, load_unet_weights, weights_file
+from mistudy.methods.models import build_model, load_unet_weights, weights_file
+from mistudy.training.config import TrainConfig
+from mistudy.training.distributed import Context
 
 # --------------------------------------------------------------------------------- networks and precision
 

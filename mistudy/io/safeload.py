@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-
 # How torch.save's two formats begin: a zip archive (the default since torch 1.6), or the legacy format's pickled
 # magic number (protocol 2, torch's default).
 _ZIP_START = b"PK\x03\x04"

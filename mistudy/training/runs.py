@@ -15,9 +15,9 @@ A run directory (`<results>/<dataset>/<use-case>/seed<k>/` by default) holds
                            [images, C, C], "tp", "fp", "fn" int64 [images, C], "boundary" int64 [images, 4, C],
                            "calibration" float64 [images, 3, bins], "entropy" float64 [images, 2] (the network's own
                            probabilities; "calibration_softmax", "entropy_softmax": its logits' softmax), the image's own
-                           "miou" and "boundary_f" float64 [images] (`mistudy.metrics`); and "ids"
+                           "miou" and "boundary_f" float64 [images] (`mistudy.methods.metrics`); and "ids"
 
-Every file is written through `mistudy.atomic`.  Also here: the project's default folders and the provenance
+Every file is written through `mistudy.io.atomic`.  Also here: the project's default folders and the provenance
 written beside every figure and table.
 """
 
@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import mistudy
-from mistudy import atomic, safeload
-from mistudy.config import OLD_NAMES, RESUMABLE_CHANGES, WEIGHTS_OPTIONS, TrainConfig, default_of
+from mistudy.io import atomic, safeload
+from mistudy.training.config import OLD_NAMES, RESUMABLE_CHANGES, TrainConfig, default_of
 
 WEIGHTS_RECORD = "weights.json"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source checkout (the set-up installs it editable)
+SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the source checkout (the set-up installs it editable)
 
 
 def project_path(name: str) -> Path:
@@ -478,32 +478,3 @@ def load_run(run_dir) -> dict:
         out[name] = _read_json(path)
     out["config"] = {**asdict(config_from_json(out["config"])), "resume": out["config"].get("resume", False)}
     return out
-
-
-# --------------------------------------------------------------------------------------------- provenance
-
-def provenance(**fields) -> dict:
-    """Where a figure or table came from: the caller's fields plus versions and the date."""
-    info = {"package": f"mistudy {mistudy.__version__}", "torch": torch.__version__,
-            "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    info.update(fields)
-    return info
-
-
-def write_provenance(path, prov: dict, content_changed: bool = True) -> Path:
-    """Write `<path>.provenance.json` beside a figure or table.  When the file itself did not change and the old
-    provenance differs from ``prov`` in its date only, it is kept: regenerating an unchanged figure changes
-    nothing in the checkout."""
-    side = Path(str(path) + ".provenance.json")
-    text = json.dumps(prov, indent=2, default=str) + "\n"
-    if not content_changed and side.is_file():
-        try:
-            old = json.loads(side.read_text())
-        except ValueError:
-            old = None
-        new = json.loads(text)
-        if old is not None and {k: v for k, v in old.items() if k != "date"} == \
-                {k: v for k, v in new.items() if k != "date"}:
-            return side
-    atomic.write_text(side, text)
-    return side

@@ -1,6 +1,6 @@
-"""Train one use-case: the recipe, top to bottom.  The pieces are in `mistudy.engine` (set-up, steps, epochs),
-`mistudy.loaders`, `mistudy.networks` and `mistudy.inference` (scoring), the files in `mistudy.runs` (the
-run-directory contract), the collectives in `mistudy.distributed`.
+"""Train one use-case: the recipe, top to bottom.  The pieces are in `mistudy.training.engine` (set-up, steps, epochs),
+`mistudy.training.loaders`, `mistudy.training.networks` and `mistudy.training.inference` (scoring), the files in `mistudy.training.runs` (the
+run-directory contract), the collectives in `mistudy.training.distributed`.
 
 `train(TrainConfig(...))` writes a run directory and returns its metrics; `train_or_load` reuses a finished run
 of the same configuration (the notebooks call it); `evaluate_run` re-scores a saved run.
@@ -15,16 +15,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 import torch
 
-from mistudy import atomic, data, distributed, engine, inference, loaders, networks, runs, safeload
-from mistudy.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig, profile_of
-from mistudy.engine import NonFiniteLossError, Setup
-from mistudy.metrics import SCORING_VERSION, nan_to_none
-from mistudy.progress import Progress, start_line
-
-SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
+from mistudy import data
+from mistudy.io import atomic, safeload
+from mistudy.methods.metrics import SCORING_VERSION, nan_to_none
+from mistudy.training import distributed, engine, inference, loaders, networks, runs
+from mistudy.training.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig, profile_of
+from mistudy.training.engine import NonFiniteLossError, Setup
+from mistudy.training.progress import Progress, start_line
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -132,7 +131,7 @@ class EvaluationError(RuntimeError):
 
 
 # What a training run raises for a user to act on (bad data, files, options, a full disk, another writer): the
-# command line prints these as one line (`mistudy.cli.error_line`); anything else is a bug and keeps its traceback.
+# command line prints these as one line (`mistudy.io.cli.error_line`); anything else is a bug and keeps its traceback.
 RUN_ERRORS = (NonFiniteLossError, inference.NonFiniteOutputError, EvaluationError, runs.RunLockedError,
               safeload.CheckpointError, ValueError, OSError)  # OSError: a full disk, a folder not writable...
 
@@ -156,7 +155,7 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
                                   f"training state are saved in {run_dir / 'last.pt'}: --resume scores it again and "
                                   "continues") from e
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
-                for k in SCORES}
+                for k in runs.SCORES}
         row["eval_seconds"] = round(time.perf_counter() - t0, 3)  # both splits (the "seconds" column: training)
     state["unevaluated"] = None
     if s.ctx.is_main:

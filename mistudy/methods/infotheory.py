@@ -7,7 +7,7 @@ and `joint_distribution` (an empirical joint from paired label samples).
 Continuous bridge to Region Mutual Information (Zhao et al. 2019, arXiv 1910.12037):
 `gaussian_mutual_information` (MI of jointly Gaussian vectors from their covariance),
 `neighbourhood_vectors` and `rmi_bound_bits` (the prediction-dependent part of RMI's lower bound).
-These are for teaching and cross-checking, in float64; the training loss lives in `mistudy.losses`.
+These are for teaching and cross-checking, in float64; the training loss lives in `mistudy.methods.losses`.
 
 Conventions:
 - Inputs are numpy arrays, torch tensors or (nested) Python sequences; they are read as float64.
