@@ -271,7 +271,7 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
     Each row: dataset, use_case, network, checkpoint, setting (empty unless runs of one cell differ in more than the
     seed), epochs, n_seeds, seeds, <metric>_mean / _std / _low / _high (t-interval over seeds) for METRICS,
     miou_diff / _low / _high and verdict (paired with the baseline of the same seeds and images; the baseline
-    and the mutual teacher have none), protocol, paper_table, paper_iou (the paper's mIoU), paper_accuracy.
+    and the mutual partner have none), protocol, paper_table, paper_iou (the paper's mIoU), paper_accuracy.
     A dataset x use-case without runs keeps its paper row (n_seeds 0) when the paper has numbers for it, and
     gets a note either way.
     """
@@ -399,8 +399,9 @@ def format_comparison(rows: list[dict]) -> list[dict]:
     """The comparison rows as printable cells."""
     out = []
     for r in rows:
+        # the paper's "teacher" is named for what it is here: a partner, which may be weaker than its student
         role = " (student)" if r["use_case"] == "mutual" and r["network"] == PRIMARY_NETWORK else \
-            " (teacher)" if r["use_case"] == "mutual" else ""
+            " (partner)" if r["use_case"] == "mutual" else ""
         cell = {"dataset": r["dataset"], "use-case": r["use_case"], "network": NETWORK_LABELS[r["network"]] + role}
         if any(row.get("setting") for row in rows):
             cell["setting"] = r.get("setting")
