@@ -1,13 +1,21 @@
 """What a use-case notebook (02-04) shows, in a few calls: `UseCaseReport` trains (or reuses) the run, then draws its
-training curves, metrics table, reliability diagram, per-class IoU and predicted masks."""
+training curves, metrics table, reliability diagram, per-class IoU and predicted masks, and what each method shows of
+its own: its loss's terms over training (`loss_terms`: RMI's BCE and RMI terms; both networks of mutual learning and
+their KL term), the RMI term's scale beside notebook 01's bound (`rmi_examples`, `rmi_term_examples`, `rmi_floor`),
+the mutual-learning partner beside the student and the U-Net trained alone (`partners`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from mistudy import data
 from mistudy.io.tables import Table, Tables, write_table
-from mistudy.report import viz
+from mistudy.methods import infotheory
+from mistudy.methods.losses import rmi_loss_term
+from mistudy.report import theory_plots, viz
 from mistudy.report.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
 from mistudy.training import runs
 from mistudy.training.config import PRIMARY_NETWORK, resolve_profile, study_config
@@ -43,8 +51,38 @@ def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
     return rows
 
 
+ROLES = {"deeplabv3": "partner", "unet_peer": "partner", "unet": "student"}  # in mutual learning
 NOTEBOOK_OF = {"baseline": "02_baseline", "rmi": "03_rmi", "mutual": "04_mutual_learning"}
 THIN_CLASSES = {"synthetic": ("ring", "bar")}  # the thin structures a structure-aware loss should help most
+
+
+def rmi_term(labels: np.ndarray, probs: np.ndarray, radius: int = 3) -> float:
+    """The RMI term the training loss minimises, for one class of one image (nats per dimension): labels [H, W] 0/1,
+    probs [H, W] in [0, 1] (the loss's + 1e-6 added here too)."""
+    as_batch = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))[None, None]  # noqa: E731
+    return float(rmi_loss_term(as_batch(labels), as_batch(probs) + 1e-6, radius))
+
+
+def rmi_floor(radius: int = 3) -> float:
+    """The lowest value of the RMI term per class, ½ ln det(εI) / d = ½ ln ε (ε = 5e-4): what a class absent from
+    an image contributes whatever is predicted (its Σ_Y and so Σ_{Y|P} are 0), and the value a perfect
+    prediction approaches."""
+    return rmi_term(np.zeros((radius, radius)), np.full((radius, radius), 0.5), radius)
+
+
+def rmi_term_examples(radius: int = 3, size: int = 48, seed: int = 0) -> list[dict]:
+    """The RMI training term beside notebook 01's bound for its toy label map and predictions with more and more
+    structure, and for a class absent from the image: rows {"case", "RMI term (nats/dim)", "bound (bits)"}."""
+    labels = theory_plots.toy_label_map(size)
+    cases = {"class absent from the image (any prediction)": (np.zeros_like(labels),
+                                                               theory_plots.noisy_prediction(labels, 0.0, seed)),
+             "noise: knows nothing of the labels": (labels, theory_plots.noisy_prediction(labels, 0.0, seed)),
+             "blurred truth, sigma = 3": (labels, theory_plots.blurred_prediction(labels, 3.0)),
+             "blurred truth, sigma = 1": (labels, theory_plots.blurred_prediction(labels, 1.0)),
+             "the truth itself": (labels, labels)}
+    return [{"case": name, "RMI term (nats/dim)": rmi_term(lab, prob, radius),
+             "bound (bits)": infotheory.rmi_bound_bits(lab, prob, radius) if lab.any() else None}
+            for name, (lab, prob) in cases.items()]
 
 
 class UseCaseReport:
@@ -126,18 +164,93 @@ class UseCaseReport:
             out.append(Table(rows, label))
         return out
 
-    def per_class(self, checkpoint: str = "best_miou"):
-        """(table, figure) of the per-class IoU of every network."""
+    def per_class(self, checkpoint: str = "best_miou", beside_baseline: bool = False):
+        """(table, figure) of the per-class IoU of every network; ``beside_baseline``: with the U-Net of the baseline
+        run of the same seed beside them, when it has finished in the same results folder."""
         self._need_run()
         checkpoint = self._checkpoint(checkpoint)
         rows = per_class_rows(self.summary, self.info.class_names, checkpoint)
+        per_class = {self._label(n): [r[f"{n} IoU"] for r in rows] for n in self.cfg.networks}
+        base_dir, base = self._baseline_metrics() if beside_baseline else (None, None)
+        if base is not None and checkpoint in base["networks"].get(PRIMARY_NETWORK, {}):
+            column = f"baseline {PRIMARY_NETWORK} IoU"
+            for row, v in zip(rows, base["networks"][PRIMARY_NETWORK][checkpoint]["iou_per_class"]):
+                row[column] = v
+            if len(self.cfg.networks) == 1:  # "U-Net" twice: name the use-cases
+                per_class = {f"{label}, {self.cfg.use_case}": v for label, v in per_class.items()}
+            per_class[f"{NETWORK_LABELS[PRIMARY_NETWORK]}, baseline"] = [r[column] for r in rows]
+        elif beside_baseline:
+            print(f"(no finished baseline run in {base_dir} to set beside this one)")
         title = f"Per-class IoU ({checkpoint} weights), {self.title}, {self.cfg.dataset}"
         write_table(rows, f"{self.stem}_per_class_iou", self.prov, title=title)
-        per_class = {NETWORK_LABELS[n]: [r[f"{n} IoU"] for r in rows] for n in self.cfg.networks}
         fig = viz.plot_per_class_iou(per_class, self.info.class_names,
                                      title=f"Per-class IoU, {self.title}, {self.cfg.dataset}")
         viz.save_figure(fig, f"{self.stem}_per_class_iou.png", self.prov)
         return Table(rows, title), fig
+
+    def loss_terms(self):
+        """The method's own curves per epoch, one panel per history column: rmi: the total loss, its per-pixel term
+        (BCE, or CE with rmi_base="ce") and its RMI term, zero dashed; mutual: both networks' validation mIoU,
+        cross-entropy and KL term; baseline: its loss and validation mIoU."""
+        self._need_run()
+        zero = [(0.0, "0")]
+        if self.cfg.use_case == "rmi":
+            lam, base = self.cfg.rmi_bce_weight, self.cfg.rmi_base.upper()
+            panels = {"train_loss": f"total: {lam:g}·{base} + {1 - lam:g}·RMI",
+                      f"train_{self.cfg.rmi_base}": f"{base} term",
+                      "train_rmi": r"RMI term: $\sum_c\ \frac{1}{2d}\ \ln\det(\Sigma_{Y|P}+\varepsilon I)$"}
+            refs, what = {"train_loss": zero, "train_rmi": zero}, "the loss and its terms"
+        elif self.cfg.use_case == "mutual":
+            panels = {"val_miou": "validation mIoU", "train_ce": "cross-entropy",
+                      "train_kl": "KL(p_other ‖ p_self), towards the other network"}
+            refs, what = {}, "both networks"
+        else:
+            panels, refs, what = {"train_loss": "training loss", "val_miou": "validation mIoU"}, {}, "the loss"
+        labels = {n: self._label(n) for n in self.cfg.networks}
+        fig = viz.plot_history_terms(runs.load_history(self.run_dir), panels, self.cfg.networks, labels, refs,
+                                     title=f"{self.title} on {self.cfg.dataset} ({self.run_dir.name}): {what} per "
+                                           f"epoch (losses: means over the training images, nats)")
+        viz.save_figure(fig, f"{self.stem}_loss_terms.png", self.prov)
+        return fig
+
+    def rmi_examples(self) -> Table:
+        """The RMI term beside notebook 01's bound for toy predictions (`rmi_term_examples`), at this run's radius."""
+        self._need_run()
+        rows = rmi_term_examples(self.cfg.rmi_radius, seed=self.cfg.seed)
+        title = (f"The RMI term of one class (radius {self.cfg.rmi_radius}; floor ½ ln ε = "
+                 f"{rmi_floor(self.cfg.rmi_radius):.2f} nats) beside notebook 01's bound, on notebook 01's toy map")
+        write_table(rows, f"{self.stem}_rmi_examples", self.prov, title=title)
+        return Table(rows, title, floatfmt=".2f")
+
+    def partners(self, checkpoint: str = "best_miou") -> Table:
+        """Mutual learning: each network's validation scores side by side (the partner's strength beside the
+        student's), and the U-Net trained alone (the baseline run of the same seed) when it has finished."""
+        self._need_run()
+        checkpoint = self._checkpoint(checkpoint)
+        keys = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy", "boundary_f": "boundary F", "ece": "ECE"}
+
+        def row(label, scores):
+            return {"network": label, "epoch": scores.get("epoch"), **{k: scores.get(m) for m, k in keys.items()}}
+
+        rows = [row(self._label(n), self.summary["networks"][n][checkpoint]) for n in self.cfg.networks]
+        base_dir, base = self._baseline_metrics()
+        alone = (base or {}).get("networks", {}).get(PRIMARY_NETWORK, {}).get(checkpoint)
+        if alone is not None:
+            rows.append(row(f"{NETWORK_LABELS[PRIMARY_NETWORK]} alone (baseline, same seed)", alone))
+        elif self.cfg.use_case != "baseline":
+            print(f"(no finished baseline run in {base_dir} to set the U-Net trained alone beside)")
+        title = f"{self.title} on {self.cfg.dataset}: validation scores of each network ({checkpoint} weights)"
+        write_table(rows, f"{self.stem}_networks", self.prov, title=title)
+        return Table(rows, title)
+
+    def _label(self, network: str) -> str:
+        """A network's name in figures and tables, with its role when there are two (mutual learning)."""
+        return NETWORK_LABELS[network] + (f" ({ROLES[network]})" if len(self.cfg.networks) > 1 else "")
+
+    def _baseline_metrics(self) -> tuple[Path, dict | None]:
+        """(run directory, metrics or None) of the baseline run of the same seed in the same results folder."""
+        base_dir = Path(self.cfg.results_dir) / self.cfg.dataset / "baseline" / self.run_dir.name
+        return base_dir, runs.load_metrics(base_dir) if self.cfg.use_case != "baseline" else None
 
     def reliability(self, checkpoint: str = "best_miou"):
         """Reliability diagram (calibration) of every network."""
@@ -169,8 +282,7 @@ class UseCaseReport:
         self._need_run()
         checkpoint = self._checkpoint(checkpoint)
         lines = []
-        base_dir = Path(self.cfg.results_dir) / self.cfg.dataset / "baseline" / self.run_dir.name
-        base = runs.load_metrics(base_dir) if self.cfg.use_case != "baseline" else None
+        base_dir, base = self._baseline_metrics()
         mine = self.summary["networks"][PRIMARY_NETWORK][checkpoint]
         theirs = (base or {}).get("networks", {}).get(PRIMARY_NETWORK, {}).get(checkpoint)
         if self.cfg.use_case == "rmi":

@@ -1,7 +1,8 @@
 """Figures written by the study: every file gets a provenance sidecar.
 
 - Files: `save_figure` (PNG + provenance sidecar, through `mistudy.io.atomic`).
-- Figures (pyplot, returned for the notebook to show and save): `plot_training_curves`, `plot_predictions`
+- Figures (pyplot, returned for the notebook to show and save): `plot_training_curves`, `plot_history_terms` (chosen
+  history columns, one panel each: a loss's terms, both networks of mutual learning), `plot_predictions`
   (images, ground truth and predicted masks with a class legend, like the paper's Figures 4-9), `plot_per_class_iou`,
   `plot_learning_curves`, `plot_reliability`, `plot_effects` (forest plot); helpers `class_legend_handles`,
   `wrap_title`.  The predictions they draw come from `mistudy.training.inference.predict_samples`.
@@ -111,6 +112,46 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
         ax.set_ylim(0, 1)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history_terms(history: list[dict], panels: dict[str, str], networks, labels: dict[str, str] | None = None,
+                       references: dict[str, list[tuple[float, str]]] | None = None,
+                       title: str = "") -> matplotlib.figure.Figure:
+    """Chosen history columns per epoch, one panel each, one line per network (epochs without a value skipped).
+
+    panels: {column suffix: panel title}, e.g. {"train_bce": "BCE term", "train_rmi": "RMI term"}: the panel draws
+    "<network>/<suffix>" of every network that has it; labels: {network: legend label}; references: {suffix:
+    [(y, label), ...]} horizontal dashed lines (e.g. a term's floor).  A panel no network has a value for says so.
+    """
+    if not history:
+        raise ValueError("history is empty: the run has not finished an epoch")
+    if not panels:
+        raise ValueError("no panels asked for")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    colors = dict(zip(networks, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, (suffix, panel) in zip(axes[0], panels.items()):
+        for network in networks:
+            pts = [(row["epoch"], row[f"{network}/{suffix}"]) for row in history
+                   if row.get(f"{network}/{suffix}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, color=colors[network],
+                        label=(labels or {}).get(network, network))
+        for y, label in (references or {}).get(suffix, []):
+            ax.axhline(y, color="0.4", linestyle="--", linewidth=1, label=label)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not in this run's history", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(wrap_title(title, 50 * len(panels)))
     fig.tight_layout()
     return fig
 
