@@ -230,7 +230,7 @@ def results_page(figures_dir, profile: str, recipe: str | None = None, link_pref
         return "\n".join(out)
     provs = {p: read_provenance(p) or {} for p, _, _ in found}
     stale = {p: stale_reasons(p, provs[p]) for p, _, _ in found}
-    out += ["## How these were made", "", "| table | command | device | precision | CPU | torch | written | status |",
+    out += ["## How these were made", "", "| table | command | device | precision | CPU (of the machine that wrote it) | torch | written | status |",
             "|---|---|---|---|---|---|---|---|"]
     for p, _, _ in found:
         prov = provs[p]
