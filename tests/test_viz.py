@@ -55,6 +55,14 @@ def test_training_curves_plot_every_network_and_metric():
     assert len({styles["unet loss"], styles["unet ce"], styles["unet kl"]}) == 3  # parts tell apart
 
 
+def test_training_curves_explain_a_negative_loss():
+    history = [{"epoch": e, "unet/train_loss": 0.2 - 0.2 * e, "unet/train_bce": 0.3, "unet/train_rmi": -0.1 * e}
+               for e in (1, 2)]
+    label = viz.plot_training_curves(history).axes[0].get_xlabel()
+    assert "below 0 (loss, rmi)" in label and "mutual information" in label
+    assert viz.plot_training_curves(_history(("unet",), ("ce",))).axes[0].get_xlabel() == "epoch"
+
+
 def test_training_curves_single_part_loss_drawn_once():
     fig = viz.plot_training_curves(_history(("unet",), ("ce",)))
     assert list(_lines(fig.axes[0])) == ["unet loss"]  # ce == loss for the baseline
@@ -104,8 +112,14 @@ def test_prediction_panels_show_colourised_masks_and_a_legend():
 
 def test_per_class_iou_bars():
     fig = viz.plot_per_class_iou({"a": [0.5, None, 0.25], "b": [0.1, 0.2, 0.3]}, ["x", "y", "z"])
-    heights = [p.get_height() for p in fig.axes[0].patches]
-    assert heights == [0.5, 0.0, 0.25, 0.1, 0.2, 0.3]  # an absent class draws no bar
+    filled = [p.get_height() for p in fig.axes[0].patches if p.get_fill()]
+    assert filled == [0.5, 0.0, 0.25, 0.1, 0.2, 0.3]  # an absent class draws no bar of its own
+    # several seeds: the mean over the seeds where the class is present, each seed a dot
+    fig = viz.plot_per_class_iou({"a": [[0.4, 0.6], [0.0, 0.0], [None, 0.3]]}, ["x", "y", "z"])
+    assert [p.get_height() for p in fig.axes[0].patches if p.get_fill()] == [pytest.approx(0.5), 0.0,
+                                                                            pytest.approx(0.3)]
+    dots = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert sorted(float(v) for d in dots for v in d.get_ydata()) == [0.0, 0.0, 0.4, 0.6]
     with pytest.raises(ValueError, match="3 classes"):
         viz.plot_per_class_iou({"a": [0.5]}, ["x", "y", "z"])
 
@@ -164,10 +178,14 @@ def test_a_one_colour_prediction_is_named_under_its_panel():
 
 
 def test_absent_classes_are_marked_not_drawn_as_zero_bars():
-    fig = viz.plot_per_class_iou({"a": [0.5, None, 0.2], "b": [0.4, None, None]}, ["x", "y", "z"])
-    marks = [line for line in fig.axes[0].lines if line.get_marker() == "x"]
-    assert sum(len(m.get_xdata()) for m in marks) == 3
-    assert "class absent (no IoU)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    fig = viz.plot_per_class_iou({"a": [0.5, None, 0.0], "b": [0.4, None, None]}, ["x", "y", "z"],
+                                 absent_label="class absent from this level")
+    hatched = [p for p in fig.axes[0].patches if p.get_hatch()]
+    assert len(hatched) == 3 and all(p.get_height() == 1.0 and not p.get_fill() for p in hatched)
+    zero = [line for line in fig.axes[0].lines if line.get_marker() == "_"]  # a present class scored 0: a tick
+    assert sum(len(m.get_xdata()) for m in zero) == 1
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "class absent from this level" in legend and "IoU 0 (present, never found)" in legend
     plt.close(fig)
 
 
@@ -177,9 +195,22 @@ def test_the_forest_plot_says_what_its_colours_mean_and_long_titles_wrap():
     rows = [{"setting": "up", "d": Interval(0.2, 0.1, 0.3, 3)}, {"setting": "none", "d": Interval(0.0, -0.1, 0.1, 3)}]
     title = "a long title " * 12
     fig = viz.plot_effects(rows, {"d": "Δ mIoU"}, title=title)
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["interval above 0", "interval below 0",
-                                                                   "interval contains 0"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "better, the interval on its own", "worse, the interval on its own",
+        "no detectable difference, the interval on its own"]
     assert fig._suptitle.get_text().count("\n") >= 2
+    # coloured by the table's (Holm) verdict, hollow where the interval alone excludes 0; each row's reference
+    # written; one x-scale for every panel; the legend beside the panels
+    rows[1]["e"] = Interval(-0.3, -0.5, -0.1, 3)
+    fig = viz.plot_effects(rows, {"d": "a", "e": "b"}, verdicts={"d": ["no detectable difference", None],
+                                                                 "e": [None, "worse"]},
+                           references={"d": ["baseline (CE)", None], "e": [None, "the paper's setting"]})
+    points = {ax.get_title(): [line for line in ax.lines if line.get_marker() == "o"] for ax in fig.axes}
+    assert points["a"][0].get_markerfacecolor() == "white" and points["a"][0].get_color() == "0.5"
+    assert points["b"][0].get_color() == "tab:red"
+    assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()
+    assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["vs baseline (CE)", "vs the paper's setting"]
+    assert fig.legends[0].get_bbox_to_anchor().x0 == pytest.approx(fig.bbox.width)  # at the figure's right edge
     assert viz.wrap_title("short") == "short"
     plt.close(fig)
 

@@ -299,8 +299,15 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
         "verdict once the column's comparisons are counted together (family-wise 5%).",
         f"Protocol (every setting alike, the named change aside): "
         f"{comparison.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
-    fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs baseline", "vs_paper_setting": "Δ mIoU vs the paper's setting"},
-                           title=f"Ablations on {dataset}: effects with 95% intervals, each on its own ({len(seeds)} seeds; "
-                                 f"the table's Holm columns count the comparisons together)")
+    verdicts = {key: [stats.adjusted_verdict(r[key], r[f"{key}_holm"]) if r.get(key) else None for r in rows]
+                for key in FAMILIES}
+    references = {"vs_baseline": [r["baseline"] if r.get("vs_baseline") else None for r in rows],
+                  "vs_paper_setting": [REFERENCES[r["use_case"]] if r.get("vs_paper_setting") else None
+                                       for r in rows]}
+    fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs the row's baseline",
+                                  "vs_paper_setting": "Δ mIoU vs the paper's setting of its method"},
+                           title=f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset}: "
+                                 f"effects with 95% intervals ({len(seeds)} seeds), coloured by the table's Holm "
+                                 f"verdict", verdicts=verdicts, references=references)
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_{name}.png", prov)
     return table, fig

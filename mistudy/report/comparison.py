@@ -508,13 +508,14 @@ def by_rule_title() -> str:
 
 def runs_provenance(found: list[dict]) -> dict:
     """What a figure or table over several runs came from: the devices they ran on (as resolved, never "auto"),
-    AMP, epochs and seeds, each as a sorted list of the values found."""
+    AMP, epochs, seeds and the metrics' scoring version, each as a sorted list of the values found."""
     def values(get):
         return sorted({get(r) for r in found}, key=str)
 
     return dict(device=values(lambda r: r["metrics"].get("device", r["config"]["device"])),
                 amp=values(lambda r: r["config"].get("amp")), epochs=values(lambda r: r["config"]["epochs"]),
-                seed=values(lambda r: r["config"]["seed"]))
+                seed=values(lambda r: r["config"]["seed"]),
+                scoring_version=values(lambda r: r["metrics"].get("scoring_version", 1)))
 
 
 def comparison_provenance(results_dir, datasets, checkpoint: str) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 
 from mistudy import data
 from mistudy.report import viz
-from mistudy.report.comparison import NETWORK_LABELS, networks_in_order, runs_for
+from mistudy.report.comparison import CHECKPOINT_RULES, NETWORK_LABELS, networks_in_order, runs_for
 from mistudy.training.config import USE_CASES
 from mistudy.training.inference import predict_samples
 
@@ -71,11 +71,15 @@ def comparison_per_class(results_dir, dataset: str, checkpoint: str, figures_dir
         group = runs_for(results_dir, dataset, uc)
         for net in networks_in_order(group[0]["metrics"]["networks"]) if group else []:
             label = uc if uc != "mutual" else f"mutual {NETWORK_LABELS[net]}"
-            per_class[f"{label} (n={len(group)})"] = mean_per_class_iou(group, net, checkpoint)
+            per_seed = [r["metrics"]["networks"][net][checkpoint]["iou_per_class"] for r in group]
+            per_class[f"{label} (n={len(group)})"] = [list(c) for c in zip(*per_seed)]
     if not per_class:
         return None
     fig = viz.plot_per_class_iou(per_class, data.dataset_info(dataset).class_names,
-                                 title=f"Per-class IoU on {dataset} ({checkpoint} weights, mean over seeds)")
+                                 title=f"Per-class IoU on {dataset} ({checkpoint} weights; bar: mean over the seeds, "
+                                       "dots: each seed)",
+                                 absent_label=f"class absent from this {'level' if dataset == 'synthetic' else 'split'}"
+                                              " (no IoU, not 0)")
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_per_class_iou.png", {**prov, "dataset": dataset})
     return fig
 
@@ -90,6 +94,7 @@ def comparison_predictions(results_dir, dataset: str, checkpoint: str, figures_d
         if not group:
             continue
         run = group[0]
+        seed = run["config"]["seed"]
         samples = predict_samples(run["run_dir"], range(min(num_examples, run["metrics"]["val_samples"])),
                                          checkpoint, device=device)
         if reference is None:
@@ -99,12 +104,14 @@ def comparison_predictions(results_dir, dataset: str, checkpoint: str, figures_d
             print(f"note: {dataset} {uc} ({run['run_dir']}) was validated on other images; left out of the figure")
             continue
         for net in networks_in_order(samples["predictions"]):
-            label = {"baseline": "baseline U-Net", "rmi": "RMI U-Net"}.get(uc, f"mutual {NETWORK_LABELS[net]}")
+            label = {"baseline": "baseline U-Net", "rmi": "RMI U-Net"}.get(uc, f"mutual {NETWORK_LABELS[net]}") + \
+                f", seed {seed}"
             columns[label] = samples["predictions"][net]
     if reference is None:
         return None
     fig = viz.plot_predictions(reference["images"], reference["targets"], columns, dataset,
-                               title=f"The three use-cases on the same {dataset} validation images ({checkpoint} "
-                                     "weights)")
+                               title=viz.wrap_title(f"The three use-cases on the same {dataset} validation images "
+                                                    f"(each the lowest seed's run, {checkpoint} checkpoint: "
+                                                    f"{CHECKPOINT_RULES.get(checkpoint, checkpoint)})", 110))
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_05_predictions.png", {**prov, "dataset": dataset})
     return fig

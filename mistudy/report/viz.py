@@ -110,6 +110,14 @@ def plot_training_curves(history: list[dict], title: str = "") -> matplotlib.fig
             ax.legend(fontsize=8)
     for ax in (ax_iou, ax_acc):
         ax.set_ylim(0, 1)
+    negative = sorted({m for n, kind, m in filter(None, map(_split_key, keys)) if kind == "train"
+                       and any(v < 0 for v in series(f"{n}/train_{m}")[1])})
+    if negative:  # RMI's term (and a loss containing it) is a bound on minus the mutual information, not a distance
+        ax_loss.axhline(0, color="0.3", linewidth=0.8)
+        ax_loss.set_xlabel("epoch\n" + wrap_title(f"below 0 ({', '.join(negative)}): RMI's term is minus a lower "
+                                                  "bound on the mutual information between labels and prediction (up "
+                                                  "to a constant), so it can be negative; lower is better", 60),
+                           fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -208,31 +216,58 @@ def plot_predictions(images, targets, predictions: dict[str, list], dataset: str
     return fig
 
 
-def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "") -> matplotlib.figure.Figure:
-    """Grouped bars: per-class IoU of each method ({label: [IoU or None per class]}); None = class absent."""
+def plot_per_class_iou(per_class: dict[str, list], class_names, title: str = "",
+                       absent_label: str = "class absent (no IoU)") -> matplotlib.figure.Figure:
+    """Grouped bars: per-class IoU of each method.  per_class: {label: [IoU or None per class]} (one run) or
+    {label: [[IoU or None per seed] per class]} (several seeds: the bar is the mean over the seeds where the class
+    is present, each seed a dot, the range a line).  A class absent from the truth and the predictions has no IoU: a
+    hatched box marks it, never a bar of 0; a present class scored 0 shows a dark tick at 0."""
     labels = list(per_class)
     for label, values in per_class.items():
         if len(values) != len(class_names):
             raise ValueError(f"{label}: {len(values)} IoUs for {len(class_names)} classes")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.3 * len(class_names) * len(labels) + 2)), 3.8))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.3 * len(class_names) * len(labels) + 2) + 3), 4.2))
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(class_names))
+    any_absent = any_zero = any_spread = False
     for k, label in enumerate(labels):
-        values = np.array([np.nan if v is None else v for v in per_class[label]], dtype=float)
+        seeds = [v if isinstance(v, (list, tuple)) else [v] for v in per_class[label]]
+        present = [[float(s) for s in c if s is not None] for c in seeds]
+        mean = np.array([np.mean(c) if c else np.nan for c in present])
         offset = x + (k - (len(labels) - 1) / 2) * width
-        ax.bar(offset, np.nan_to_num(values), width, label=label)
-        absent = np.isnan(values)  # marked, so that an absent class is not read as an IoU of 0
-        ax.plot(offset[absent], np.full(absent.sum(), 0.02), "x", color="0.4", markersize=4,
-                label="class absent (no IoU)" if k == 0 and absent.any() else None)
+        bars = ax.bar(offset, np.nan_to_num(mean), width, label=label)
+        colour = bars.patches[0].get_facecolor() if bars.patches else None
+        for xi, c in zip(offset, present):
+            if len(c) > 1:
+                any_spread = True
+                ax.plot([xi, xi], [min(c), max(c)], color="0.15", linewidth=1)
+                ax.plot(np.full(len(c), xi), c, "o", color="0.15", markersize=2.5)
+        absent = np.isnan(mean)
+        for xi in offset[absent]:  # no IoU at all: a hatched box, so it is not read as 0
+            ax.bar(xi, 1.0, width, bottom=0, fill=False, edgecolor="0.6", hatch="///", linewidth=0)
+        any_absent |= bool(absent.any())
+        zero = ~absent & (np.nan_to_num(mean) == 0)
+        if zero.any():
+            any_zero = True
+            ax.plot(offset[zero], np.zeros(zero.sum()), "_", color=colour, markersize=12, markeredgewidth=3)
+    handles, _ = ax.get_legend_handles_labels()
+    if any_spread:
+        handles.append(Line2D([], [], color="0.15", marker="o", markersize=2.5, linewidth=1,
+                              label="each seed (line: their range)"))
+    if any_absent:
+        handles.append(Patch(facecolor="none", edgecolor="0.6", hatch="///", label=absent_label))
+    if any_zero:
+        handles.append(Line2D([], [], color="0.3", marker="_", markersize=12, markeredgewidth=3, linewidth=0,
+                              label="IoU 0 (present, never found)"))
     slanted = len(class_names) > 8  # long lists of names need slanted labels
     ax.set_xticks(x, class_names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.03, 1)  # room for the tick of an IoU of 0
     ax.set_ylabel("IoU")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(wrap_title(title, 90))
     fig.tight_layout()
     return fig
 
@@ -291,34 +326,55 @@ def plot_reliability(diagrams: dict[str, dict], title: str = "") -> matplotlib.f
     return fig
 
 
-def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "") -> matplotlib.figure.Figure:
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
+
+
+def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "", verdicts: dict[str, list] | None = None,
+                 references: dict[str, list] | None = None) -> matplotlib.figure.Figure:
     """Forest plot: one panel per key of ``keys`` ({row key: panel title}), one row per setting, the estimate with
-    its interval as a horizontal bar, zero dashed.  rows: dicts with "setting" and `mistudy.methods.stats.Interval` values
-    (None: not applicable)."""
+    its interval as a horizontal bar, zero dashed, one x-scale for every panel, the legend beside.  rows: dicts with
+    "setting" and `mistudy.methods.stats.Interval` values (None: not applicable).  verdicts: {key: [verdict per row]},
+    the verdict the table reads (e.g. Holm-adjusted): "better"/"worse" colour the row, anything else is grey, and
+    a hollow marker says the interval alone excludes 0 where that verdict does not; without it, the interval's own.
+    references: {key: [what the row is compared with, per row]}, written above each bar."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.42 * len(rows) + 1.6), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys) + 2.6, 0.55 * len(rows) + 1.8), sharey=True,
+                             sharex=True, squeeze=False)
     y = np.arange(len(rows))[::-1]
     for ax, (key, panel) in zip(axes[0], keys.items()):
-        for yi, row in zip(y, rows):
+        for i, (yi, row) in enumerate(zip(y, rows)):
             d = row.get(key)
             if d is None:
                 continue
             interval = not np.isnan(d.low)
-            colour = "0.5" if not interval or d.low <= 0 <= d.high else ("tab:green" if d.low > 0 else "tab:red")
+            raw = "better" if interval and d.low > 0 else "worse" if interval and d.high < 0 else None
+            verdict = (verdicts or {}).get(key, [None] * len(rows))[i] if verdicts and key in verdicts else raw
+            colour = VERDICT_COLOURS.get(verdict, "0.5")
+            hollow = raw is not None and verdict != raw
             if interval:
                 ax.plot([d.low, d.high], [yi, yi], color=colour, linewidth=2)
-            ax.plot([d.estimate], [yi], "o", color=colour, markersize=5)
+            ax.plot([d.estimate], [yi], "o", color=colour, markersize=6, markerfacecolor="white" if hollow else colour)
+            ref = (references or {}).get(key)
+            if ref and ref[i]:
+                ax.annotate(f"vs {ref[i]}", (0, yi), xycoords=("axes fraction", "data"), xytext=(3, 4),
+                            textcoords="offset points", fontsize=7, color="0.35", va="bottom")
         ax.axvline(0, color="0.3", linestyle="--", linewidth=1)
         ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("Δ (95% interval)")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, [r["setting"] for r in rows])
+    axes[0][0].set_ylim(-0.6, len(rows) - 0.2)
+    what = "after Holm's adjustment (the table's verdict)" if verdicts else "the interval on its own"
     legend = [Line2D([], [], color=c, marker="o", linewidth=2, label=t) for c, t in
-              (("tab:green", "interval above 0"), ("tab:red", "interval below 0"), ("0.5", "interval contains 0"))]
-    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
+              (("tab:green", f"better, {what}"), ("tab:red", f"worse, {what}"),
+               ("0.5", f"no detectable difference, {what}"))]
+    if verdicts:
+        legend.append(Line2D([], [], color="0.5", marker="o", markerfacecolor="white", linewidth=2,
+                             label="hollow: the interval alone\nexcludes 0, not after Holm"))
+    fig.legend(handles=legend, loc="center left", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(wrap_title(title, 45 * len(keys)), fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout()
     return fig
 
 
