@@ -138,7 +138,8 @@ def test_rmi_report_shows_its_terms_and_the_baseline_beside_it(monkeypatch, tmp_
     table, fig = report.per_class(beside_baseline=True)
     assert [r["baseline unet IoU"] for r in table.rows] == [0.95, 0.7, None, None, 0.4, None, 0.3]
     assert [r["unet IoU"] for r in table.rows] == per_class
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][-2:] == ["U-Net, rmi", "U-Net, baseline"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [t for t in legend if t.startswith("U-Net")] == ["U-Net, rmi", "U-Net, baseline"], legend
     assert report.rmi_examples().rows == usecase.rmi_term_examples(seed=0)
 
 
@@ -158,5 +159,6 @@ def test_mutual_report_sets_the_partner_beside_the_student_and_the_unet_alone(mo
     assert (rows[0]["mIoU"], rows[-1]["mIoU"], rows[-1]["boundary F"]) == (0.4, 0.6, 0.7)
     assert (tmp_path / "figures" / "synthetic_04_mutual_learning_seed0_networks.md").is_file()
     _, fig = report.per_class(beside_baseline=True)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][-3:] == [
-        "DeepLabV3 (partner)", "U-Net (student)", "U-Net, baseline"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [t for t in legend if t.startswith(("U-Net", "DeepLabV3"))] == [
+        "DeepLabV3 (partner)", "U-Net (student)", "U-Net, baseline"], legend
