@@ -10,7 +10,7 @@ from mistudy.io.tables import Table, Tables, write_table
 from mistudy.report import viz
 from mistudy.report.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
 from mistudy.training import runs
-from mistudy.training.config import PRIMARY_NETWORK, resolve_profile, study_config
+from mistudy.training.config import CHECKPOINTS, PRIMARY_NETWORK, USE_CASE_NOTEBOOKS, resolve_profile, study_config
 from mistudy.training.inference import predict_samples
 from mistudy.training.progress import weights_text
 from mistudy.training.runs import SCORES
@@ -27,7 +27,7 @@ def metrics_rows(metrics: dict, network: str = PRIMARY_NETWORK) -> list[dict]:
         raise ValueError(f"metrics hold networks {sorted(nets)}, not {network!r}")
     return [{"checkpoint": rule, "epoch": nets[network][rule]["epoch"],
              **{k: nets[network][rule].get(k) for k in (*SCORES, "mean_class_accuracy", *EXTRA_METRICS)}}
-            for rule in ("last", "best_loss", "best_miou") if rule in nets[network]]
+            for rule in reversed(CHECKPOINTS) if rule in nets[network]]
 
 
 def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
@@ -43,7 +43,6 @@ def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
     return rows
 
 
-NOTEBOOK_OF = {"baseline": "02_baseline", "rmi": "03_rmi", "mutual": "04_mutual_learning"}
 THIN_CLASSES = {"synthetic": ("ring", "bar")}  # the thin structures a structure-aware loss should help most
 
 
@@ -87,11 +86,11 @@ class UseCaseReport:
         self.summary = train_or_load(self.cfg)
         self.run_dir = Path(self.summary["run_dir"])
         self.prov = dict(dataset=self.cfg.dataset, device=self.summary.get("device"), epochs=self.cfg.epochs,
-                         seed=self.cfg.seed, notebook=f"{NOTEBOOK_OF[self.cfg.use_case]}.ipynb",
+                         seed=self.cfg.seed, notebook=f"{USE_CASE_NOTEBOOKS[self.cfg.use_case]}.ipynb",
                          run_dir=str(self.run_dir), protocol=protocol_text(self.summary.get("config") or
                                                                            runs.load_run(self.run_dir)["config"],
                                                                            self.summary))
-        self.stem = self.figures_dir / f"{self.cfg.dataset}_{NOTEBOOK_OF[self.cfg.use_case]}_{self.run_dir.name}"
+        self.stem = self.figures_dir / f"{self.cfg.dataset}_{USE_CASE_NOTEBOOKS[self.cfg.use_case]}_{self.run_dir.name}"
         print(f"run directory: {self.run_dir.resolve()}\nfigures and tables: {self.figures_dir.resolve()}")
         return self.summary
 
@@ -169,7 +168,7 @@ class UseCaseReport:
         self._need_run()
         checkpoint = self._checkpoint(checkpoint)
         lines = []
-        base_dir = Path(self.cfg.results_dir) / self.cfg.dataset / "baseline" / self.run_dir.name
+        base_dir = runs.run_path(self.cfg.results_dir, self.cfg.dataset, "baseline", self.run_dir.name)
         base = runs.load_metrics(base_dir) if self.cfg.use_case != "baseline" else None
         mine = self.summary["networks"][PRIMARY_NETWORK][checkpoint]
         theirs = (base or {}).get("networks", {}).get(PRIMARY_NETWORK, {}).get(checkpoint)
