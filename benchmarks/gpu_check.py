@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from mistudy.training import runs  # noqa: E402
+from mistudy.training.config import USE_CASE_NOTEBOOKS  # noqa: E402
 from bench_train import PAPER_EPOCHS, PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES  # noqa: E402
 
 USE_CASES = ("baseline", "rmi", "mutual")
@@ -53,10 +55,10 @@ def run_projection(run_dir: Path, train_images: int, eval_images: int) -> dict |
     """Hours of the 200-epoch paper-scale study of one use-case (one seed, both datasets) from the run's last epoch:
     its training throughput for the training images, its evaluation seconds per image (selection + validation
     split) for the paper's validation images and a selection split of a tenth of its training images."""
-    history = run_dir / "history.json"
-    if not history.is_file():
+    history = runs.load_history(run_dir)
+    if not history:
         return None
-    last = json.loads(history.read_text())[-1]
+    last = history[-1]
     eval_per_image = last.get("eval_seconds", 0.0) / eval_images
     epoch = PAPER_TRAIN_IMAGES / last["images_per_second"] + eval_per_image * (PAPER_VAL_IMAGES + PAPER_TRAIN_IMAGES / 10)
     return {"epoch_seconds": last["seconds"] + last.get("eval_seconds", 0.0), "train_img_s": last["images_per_second"],
@@ -144,8 +146,9 @@ def main() -> int:
         try:
             import papermill  # noqa: F401
 
-            report["steps"].append(step("notebook_02", [py, "-m", "papermill", "notebooks/02_baseline.ipynb",
-                                                        str(out / "02_baseline.ipynb"), "-p", "profile", "tiny",
+            notebook = f"{USE_CASE_NOTEBOOKS['baseline']}.ipynb"
+            report["steps"].append(step("notebook_02", [py, "-m", "papermill", f"notebooks/{notebook}",
+                                                        str(out / notebook), "-p", "profile", "tiny",
                                                         "-p", "device", args.device, "-p", "results_dir",
                                                         str(out / "nb_results")], out, 120 * slower,
                                         {"MISTUDY_FIGURES": str(out / "nb_figures")}))

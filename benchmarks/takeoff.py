@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--threshold", type=float, default=0.4)
     p.add_argument("--out", default="results/takeoff")
-    p.add_argument("--profile", default="quick")
+    p.add_argument("--profile", default=None, help="default: env MISTUDY_PROFILE, else quick (config.resolve_profile)")
     args = p.parse_args()
     for recipe in args.recipe or [""]:
         changes = parse_assignments(recipe.split())

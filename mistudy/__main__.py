@@ -14,6 +14,7 @@ import sys
 from dataclasses import fields
 
 import mistudy
+from mistudy.data import PROTOCOLS
 from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_float, positive_int
 from mistudy.training.config import (
     CHECKPOINTS,
@@ -109,7 +110,7 @@ def build_parser(profile: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory written by `mistudy train`")
     p.add_argument("--checkpoint", default="best_miou", choices=list(CHECKPOINTS), help="which weights (default: "
                    "best_miou)")
-    p.add_argument("--protocol", default=None, choices=["paper", "full", "random-crop"],
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                    help="evaluation protocol (default: the run's)")
     p.add_argument("--data-root", "--root", default=None, help="dataset root (default: the run's; --root: its old "
                    "name, kept as an alias)")

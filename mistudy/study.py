@@ -39,7 +39,9 @@ from mistudy.training.config import (
     DEFAULT_PROFILE_TEXT,
     PROFILE_HELP,
     PROFILES,
+    USE_CASE_NOTEBOOKS,
     USE_CASES,
+    TrainConfig,
     parse_assignments,
     resolve_profile,
     study_config,
@@ -47,16 +49,14 @@ from mistudy.training.config import (
 )
 from mistudy.training.runs import PROJECT_ROOT, default_figures_dir, default_results_dir
 
-NOTEBOOKS = {
+PER_RUN = {name[:2]: use_case for use_case, name in USE_CASE_NOTEBOOKS.items()}  # run once per dataset and seed
+NOTEBOOKS = dict(sorted({
     "01": "01_information_theory.ipynb",
-    "02": "02_baseline.ipynb",
-    "03": "03_rmi.ipynb",
-    "04": "04_mutual_learning.ipynb",
+    **{key: f"{USE_CASE_NOTEBOOKS[use_case]}.ipynb" for key, use_case in PER_RUN.items()},
     "05": "05_comparison.ipynb",
     "06": "06_ablations.ipynb",
-}
-DEFAULT_NOTEBOOKS = ("01", "02", "03", "04", "05")
-PER_RUN = {"02": "baseline", "03": "rmi", "04": "mutual"}  # run once per dataset and seed
+}.items()))
+DEFAULT_NOTEBOOKS = ("01", *PER_RUN, "05")
 REAL_DATASETS = tuple(d for d in DATASETS if d != "synthetic")
 # --dataset all: the paper's two benchmarks and the synthetic one (voc_aug is VOC with the larger training list)
 ALL_DATASETS = tuple(d for d in DATASETS if d != "voc_aug")
@@ -84,6 +84,7 @@ class Step:
     output: Path
     parameters: dict
     label: str
+    config: TrainConfig | None = None  # 02-04: the run's configuration, built once (`_run_config`)
 
 
 class UsageError(ValueError):
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any TrainConfig field for 02-04, e.g. --set rmi_pool=avg --set cache_dir=/data/cache "
                         "(`python -m mistudy train --help` lists them); applied after the profile")
     p.add_argument("--epochs", type=positive_int, default=None, help="shortcut for --set epochs=N")
-    p.add_argument("--eval-protocol", default=None, choices=["paper", "full", "random-crop"],
+    p.add_argument("--eval-protocol", default=None, choices=list(data.PROTOCOLS),
                    help="shortcut for --set eval_protocol=P (random-crop: the authors' random crops, 5 passes)")
     p.add_argument("--results-dir", default=None, help="runs and executed notebooks (default: the project's "
                    "results/<profile>/)")
@@ -231,9 +232,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
     theory_figures = Path(args.figures_dir or default_figures_dir(None)).resolve()
     executed = results / "notebooks"
 
-    def step(key: str, parameters: dict, subdir: str = "", label: str = "") -> Step:
+    def step(key: str, parameters: dict, subdir: str = "", label: str = "", config: TrainConfig | None = None) -> Step:
         notebook = nb_dir / NOTEBOOKS[key]
-        return Step(key, notebook, executed / subdir / notebook.name, parameters, notebook.stem + label)
+        return Step(key, notebook, executed / subdir / notebook.name, parameters, notebook.stem + label, config)
 
     overrides = _overrides(args)
     if args.ablations is not None:
@@ -249,26 +250,22 @@ def plan(args: argparse.Namespace) -> list[Step]:
     for dataset in datasets:  # every use-case of one dataset and seed before the next seed
         root = str(roots[dataset]) if dataset in roots else None
         per_use_case = {uc: {**overrides, **({"lr": rates[dataset][uc]} if rates else {})} for uc in USE_CASES}
-        for key in (k for k in PER_RUN if k in keys):  # every option checked now, not hours later in a notebook
-            try:
-                study_config(PER_RUN[key], args.profile, per_use_case[PER_RUN[key]], dataset=dataset,
-                             data_root=root, device=args.device)
-            except (ValueError, FileNotFoundError) as e:
-                raise UsageError(f"{PER_RUN[key]} on {dataset}: {e}") from None
         for seed in seeds:
             for key in (k for k in PER_RUN if k in keys):
                 config = per_use_case[PER_RUN[key]]
+                try:  # every option checked now (the first seed's), not hours later in a notebook
+                    cfg = _run_config(args, PER_RUN[key], dataset, root, config, seed=seed, results_dir=str(results))
+                except (ValueError, FileNotFoundError) as e:
+                    raise UsageError(f"{PER_RUN[key]} on {dataset}: {e}") from None
                 params = {"profile": args.profile, "dataset": dataset, "data_root": root, "device": args.device,
                           "seed": seed, "results_dir": str(results), "figures_dir": str(figures)}
                 if config:
                     params["config"] = config
                 if args.download:
                     params["download"] = True
-                if args.resume and runs.resume_if_started(study_config(
-                        PER_RUN[key], args.profile, config, dataset=dataset, data_root=root, device=args.device,
-                        seed=seed, results_dir=str(results))).resume:
+                if args.resume and runs.resume_if_started(cfg).resume:
                     params["resume"] = True  # the runs not started yet start: --resume is not a typo check here
-                steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})"))
+                steps.append(step(key, params, f"{dataset}/seed{seed}", f" ({dataset}, seed {seed})", cfg))
     if "05" in keys:
         steps.append(step("05", {"profile": args.profile, "results_dir": str(results), "figures_dir": str(figures),
                                  "datasets": datasets}))
@@ -289,6 +286,14 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 label = f" ({dataset})" if grid == "ablations" else f" ({dataset}, {grid} grid)"
                 steps.append(step("06", params, dataset if grid == "ablations" else f"{dataset}/{grid}", label))
     return steps
+
+
+def _run_config(args: argparse.Namespace, use_case: str, dataset: str, root: str | None, config: dict | None,
+                **where) -> TrainConfig:
+    """The TrainConfig of one of the study's runs (the study's one place that builds one): the profile's settings,
+    the dataset, its root and the device, then ``config`` (--set values, a tuned rate), then ``where`` (seed,
+    results_dir)."""
+    return study_config(use_case, args.profile, config, dataset=dataset, data_root=root, device=args.device, **where)
 
 
 def _folders(args: argparse.Namespace, tuned_from: bool = False) -> tuple[Path, Path]:
@@ -347,10 +352,7 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
         p = step.parameters
         key, needs, run_dirs = _task_key(step), (), ()
         if step.key in PER_RUN:
-            cfg = study_config(PER_RUN[step.key], p["profile"], p.get("config"), dataset=p["dataset"],
-                               data_root=p["data_root"], device=p["device"], seed=p["seed"],
-                               results_dir=p["results_dir"])
-            run_dirs = (str(cfg.resolved_run_dir()),)
+            run_dirs = (str(step.config.resolved_run_dir()),)
             use_case_tasks.setdefault(p["dataset"], []).append(key)
         elif step.key == "05":
             needs = tuple(k for d in p["datasets"] for k in use_case_tasks.get(d, []))
@@ -393,11 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         steps = plan(args)
         checked = set()
         # data and weights there (or fetched) before hours of runs: 02-04's, and 06's (its references' use-cases)
-        needed = [(PER_RUN[s.key], s) for s in steps if s.key in PER_RUN] + \
-            [(uc, s) for s in steps if s.key == "06" for uc in USE_CASES]
-        for use_case, s in needed:
-            cfg = study_config(use_case, args.profile, s.parameters.get("config"),
-                               dataset=s.parameters["dataset"], data_root=s.parameters["data_root"], device=args.device)
+        needed = [s.config for s in steps if s.key in PER_RUN] + \
+            [_run_config(args, uc, s.parameters["dataset"], s.parameters["data_root"], s.parameters.get("config"))
+             for s in steps if s.key == "06" for uc in USE_CASES]
+        for cfg in needed:
             if cfg.data_root and cfg.dataset not in checked:
                 checked.add(cfg.dataset)
                 if args.download:

@@ -278,3 +278,38 @@ def test_verdicts_by_budget_name_a_profile_whose_runs_were_scored_otherwise(tmp_
                                                                                                      "long": 2})
     assert rows[0]["quick: Δ mIoU [95%] verdict"].endswith("(2 epochs, n=2)")
     assert rows[0]["long: Δ mIoU [95%] verdict"].startswith("– (not compared: 1 run(s) were scored under an older")
+
+
+def test_notebook_05s_budget_table_is_written_through_its_own_figures_dir(tmp_path, monkeypatch):
+    """Notebook 05's budget cell (`write_verdicts_by_budget`): the profiles are budget.BUDGET_PROFILES' own folders,
+    the table goes to the notebook's figures_dir, and a folder that is not a profile's own writes nothing."""
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        for uc, q in (("baseline", 0.6), ("rmi", 0.9)):
+            preds, targets = masks(rng, 8, q, size=16)
+            fake_run(runs.default_results_dir("quick"), "synthetic", uc, seed, scores(0.8, 0.5),
+                     counts=per_image(preds, targets), epochs=budget.PROFILES["quick"]["epochs"])
+    assert budget.budget_results_dirs() == {p: tmp_path / "results" / p for p in budget.BUDGET_PROFILES}
+    figures = tmp_path / "chosen"
+    tables, notes = budget.write_verdicts_by_budget(runs.default_results_dir("quick"), "quick", ["synthetic", "voc"],
+                                                    figures, {"notebook": "05"})
+    assert notes == [] and len(tables) == 1 and tables[0][0][0]["method (U-Net) vs baseline"] == "rmi"
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "synthetic_verdicts_by_budget.csv", "synthetic_verdicts_by_budget.csv.provenance.json",
+        "synthetic_verdicts_by_budget.md", "synthetic_verdicts_by_budget.md.provenance.json"]
+    assert not (tmp_path / "figures").exists()  # nothing beside the profiles' folders any more
+    elsewhere = tmp_path / "results" / "quick" / "tuned"
+    tables, notes = budget.write_verdicts_by_budget(elsewhere, "quick", ["synthetic"], tmp_path / "other", {})
+    assert tables == [] and "not a profile's own folder" in notes[0] and not (tmp_path / "other").exists()
+
+
+def test_notebook_05s_budget_cell_names_no_profile_and_passes_its_figures_dir():
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parent.parent / "notebooks" / "05_comparison.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if "write_verdicts_by_budget" in "".join(c["source"]))
+    assert "budget.write_verdicts_by_budget(results_dir, profile, datasets, figures_dir," in cell
+    assert not [p for p in budget.PROFILES if f'"{p}"' in cell or f"'{p}'" in cell]
+    assert "default_figures_dir" not in cell and ".parent" not in cell

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from fakes import fake_run, scores, statistics
+from oracles import miou_from_counts
 from scipy import stats as sps
 
 from mistudy.io import tables
@@ -194,8 +195,8 @@ def test_paired_difference_against_the_baseline_of_the_same_seeds(tmp_path):
     fake_run(tmp_path, "synthetic", "rmi", 3, _scores(0.9, 0.8), counts=good[0])  # no baseline with seed 3
     rows, _ = comparison.comparison(tmp_path, ["synthetic"])
     rmi = _row(rows, "synthetic", "rmi")
-    expected = np.mean([stats.miou_from_counts(*(good[s][k].sum(0) for k in ("tp", "fp", "fn")))
-                        - stats.miou_from_counts(*(base[s][k].sum(0) for k in ("tp", "fp", "fn"))) for s in (0, 1, 2)])
+    expected = np.mean([miou_from_counts(*(good[s][k].sum(0) for k in ("tp", "fp", "fn")))
+                        - miou_from_counts(*(base[s][k].sum(0) for k in ("tp", "fp", "fn"))) for s in (0, 1, 2)])
     assert rmi["n_seeds"] == 4 and rmi["miou_diff"] == pytest.approx(expected)  # paired on seeds 0-2 only
     assert rmi["miou_diff_low"] > 0 and rmi["verdict"] == "better"
     mutual = _row(rows, "synthetic", "mutual")  # identical predictions to the baseline: exactly no difference
@@ -333,3 +334,16 @@ def test_an_interval_of_a_bounded_score_stays_in_its_range(tmp_path):
     base = _row(comparison.comparison(tmp_path)[0], "synthetic", "baseline")
     for m in ("pixel_accuracy", "miou"):
         assert (base[f"{m}_low"], base[f"{m}_high"]) == (0.0, 1.0), m
+
+
+def test_a_use_case_reading_sets_its_run_beside_the_baseline_of_the_same_seed(tmp_path, capsys):
+    """UseCaseReport.reading finds the baseline run through the run-directory layout (`runs.run_path`)."""
+    fake_run(tmp_path, "synthetic", "baseline", 1, _scores(0.5, 0.3, [0.3] * 7))  # synthetic: 7 classes
+    run = fake_run(tmp_path, "synthetic", "rmi", 1, _scores(0.9, 0.8, [0.8] * 7))
+    report = usecase.UseCaseReport(TrainConfig(use_case="rmi", results_dir=str(tmp_path), seed=1), tmp_path / "f")
+    report.summary, report.run_dir = runs.load_metrics(run), run
+    lines = report.reading()
+    assert any(line.startswith("mIoU: 0.800 here against 0.300 for the baseline of the same seed") for line in lines)
+    report.run_dir = run.parent / "seed2"  # no baseline of that seed
+    assert report.reading()[-1] == f"(no finished baseline run in {tmp_path / 'synthetic' / 'baseline' / 'seed2'} " \
+        "to set this run beside)"

@@ -416,3 +416,20 @@ def test_bce_alone_is_lambda_one_and_skips_the_rmi_term(monkeypatch):
     assert value.item() == pytest.approx(bce.sum() / (keep.sum() + 1), rel=1e-5)
     with pytest.raises(ValueError, match="base"):
         RMILoss(3, base="focal")
+
+
+@pytest.mark.parametrize("base", ["bce", "ce"])
+def test_the_training_objective_is_the_losss_own_mix(base):
+    """engine.Objective's RMI loss is RMILoss's λ·BCE + (1 − λ)·RMI (`RMILoss.combine`), not a second spelling."""
+    from mistudy.training.config import TrainConfig
+    from mistudy.training.engine import Objective
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 9, 9), torch.randint(0, 4, (2, 9, 9))
+    cfg = TrainConfig(use_case="rmi", rmi_bce_weight=0.3, rmi_base=base)
+    loss, parts = Objective(cfg, 4)(logits, target)
+    rmi = RMILoss(4, bce_weight=0.3, base=base)
+    assert torch.allclose(loss, rmi(logits, target)) and set(parts) == {base, "rmi"}
+    assert torch.allclose(loss, 0.3 * parts[base] + 0.7 * parts["rmi"])
+    only_base = Objective(TrainConfig(use_case="rmi", rmi_bce_weight=1.0, rmi_base=base), 4)(logits, target)[0]
+    assert torch.allclose(only_base, parts[base])

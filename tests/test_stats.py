@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as sps
+from oracles import miou_from_counts
 
 from mistudy.methods import stats
 from mistudy.methods.metrics import (
@@ -70,7 +71,7 @@ def _counts_from_masks(preds, targets, num_classes):
     return tp, fp, fn
 
 
-def test_miou_from_counts_agrees_with_the_confusion_matrix():
+def test_miou_from_confmat_agrees_with_the_definition():
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 4, (6, 8, 8))
     preds = np.where(rng.random((6, 8, 8)) < 0.7, targets, rng.integers(0, 4, (6, 8, 8)))
@@ -79,9 +80,12 @@ def test_miou_from_counts_agrees_with_the_confusion_matrix():
     whole = SegmentationMetrics(4)
     whole.update(torch.as_tensor(preds), torch.as_tensor(targets))
     tp, fp, fn = _counts_from_masks(preds, targets, 4)
-    assert stats.miou_from_counts(tp.sum(0), fp.sum(0), fn.sum(0)) == pytest.approx(whole.compute()["miou"])
-    # a class absent from both prediction and ground truth is left out, as in SegmentationMetrics
-    assert stats.miou_from_counts(np.array([2.0, 0.0]), np.array([1.0, 0.0]), np.array([1.0, 0.0])) == 0.5
+    assert miou_from_counts(tp.sum(0), fp.sum(0), fn.sum(0)) == pytest.approx(whole.compute()["miou"])
+    # per image, too (the per-image scores of per_image.npz)
+    assert whole.per_image()["miou"] == pytest.approx(miou_from_counts(tp, fp, fn), nan_ok=True)
+    # a class absent from both prediction and ground truth is left out
+    assert miou_from_confmat(np.array([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])) == pytest.approx(
+        np.mean([2 / 4, 0 / 2]))
 
 
 def _runs(rng, seeds, images, classes, quality):
@@ -103,7 +107,7 @@ def test_paired_difference_point_estimate_is_the_mean_per_seed_difference():
     a, b = _runs(rng, 3, 10, 3, 0.9), _runs(rng, 3, 10, 3, 0.6)
     diff, images_only = stats.paired_difference(a, b, miou_from_confmat)
     tp = lambda cm: np.diagonal(cm, axis1=-2, axis2=-1)  # noqa: E731
-    by_hand = np.mean([stats.miou_from_counts(tp(a[s].sum(0)), a[s].sum(0).sum(0) - tp(a[s].sum(0)),
+    by_hand = np.mean([miou_from_counts(tp(a[s].sum(0)), a[s].sum(0).sum(0) - tp(a[s].sum(0)),
                                               a[s].sum(0).sum(1) - tp(a[s].sum(0)))
                        - miou_from_confmat(b[s].sum(0)) for s in range(3)])
     assert diff.estimate == pytest.approx(by_hand) and images_only.estimate == pytest.approx(by_hand)

@@ -14,7 +14,7 @@ from mistudy.report import ablations
 from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan
 from mistudy.training import runs
 from mistudy.training import train as train_module
-from mistudy.training.config import TrainConfig
+from mistudy.training.config import PROFILES, TrainConfig
 from mistudy.training.train import train_or_load
 
 # Each throwaway notebook records what the runner gave it: injected parameters, environment, working directory.
@@ -176,6 +176,20 @@ def test_plan_without_a_profile_runs_the_paper_profile_on_real_data(nb_dir, voc_
     assert _plan(nb_dir, "--notebooks", "03", "--seeds", "0")[0].parameters["profile"] == "quick"
     assert _plan(nb_dir, "--dataset", "voc", "--data-root", str(voc_root), "--profile", "tiny", "--notebooks", "03",
                  "--seeds", "0")[0].parameters["profile"] == "tiny"
+
+
+def test_study_honours_mistudy_profile_as_train_and_the_notebooks_do(nb_dir, monkeypatch, tmp_path):
+    """No --profile: env MISTUDY_PROFILE (config.resolve_profile), for the profile, its folders and its seeds; an
+    explicit --profile wins."""
+    monkeypatch.setenv("MISTUDY_PROFILE", "tiny")
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    steps = _plan(nb_dir, "--notebooks", "03", "05")
+    assert [s.parameters["profile"] for s in steps] == ["tiny", "tiny", "tiny"]  # 03 on seeds 0 1, then 05
+    assert [s.parameters.get("seed") for s in steps] == [0, 1, None]
+    assert steps[0].parameters["results_dir"] == str(tmp_path / "results" / "tiny")
+    assert steps[0].config.crop_size == PROFILES["tiny"]["crop_size"] and steps[0].config.seed == 0
+    assert steps[0].config.resolved_run_dir() == tmp_path / "results" / "tiny" / "synthetic" / "rmi" / "seed0"
+    assert _plan(nb_dir, "--profile", "quick", "--notebooks", "03", "--seeds", "0")[0].parameters["profile"] == "quick"
 
 
 def test_study_download_fetches_into_a_new_root_and_tells_the_notebooks(nb_dir, voc_root, tmp_path, monkeypatch):

@@ -463,8 +463,7 @@ def test_random_crop_protocol_pools_five_passes_by_default(tmp_path):
 def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions(tmp_path):
     import numpy as np
 
-    from mistudy.methods.metrics import per_image_miou
-    from mistudy.methods.stats import miou_from_counts
+    from oracles import miou_from_counts
 
     summary = train(tiny(tmp_path, epochs=1))
     counts = runs.load_per_image(tmp_path / "run", "unet", "last")
@@ -478,7 +477,7 @@ def test_per_image_counts_rebuild_the_confusion_matrix_and_match_the_predictions
         assert counts["tp"][i].tolist() == tp and counts["fp"][i].tolist() == fp
     union = counts["tp"] + counts["fp"] + counts["fn"]
     by_hand = [np.mean([t / u for t, u in zip(counts["tp"][i], union[i]) if u]) for i in range(6)]
-    assert per_image_miou(*(torch.as_tensor(counts[k]) for k in ("tp", "fp", "fn"))).tolist() == pytest.approx(by_hand)
+    assert counts["miou"].tolist() == pytest.approx(by_hand)
 
 
 def test_learning_rate_factors_by_hand():
@@ -540,8 +539,8 @@ def test_a_metric_failure_keeps_the_epoch_and_resume_scores_it(tmp_path, monkeyp
 
 
 PROGRESS_CELL = """
-from mistudy.training.progress import Progress
-bars = Progress("unet", 3, option="bar")
+from mistudy.training.progress import TrainingProgress
+bars = TrainingProgress("unet", 3, option="bar")
 for epoch in bars.epochs(1):
     for _ in bars.steps(range(2), epoch):
         pass
@@ -575,7 +574,7 @@ def test_a_terminal_progress_bar_prints_nothing_extra(monkeypatch, capsys):
     from mistudy.training import progress
 
     monkeypatch.setattr(progress, "tqdm", tqdm.std.tqdm)
-    bars = progress.Progress("unet", 3, option="bar")
+    bars = progress.TrainingProgress("unet", 3, option="bar")
     list(bars.epochs(1))
     bars.close()
     assert capsys.readouterr().out == ""

@@ -357,10 +357,14 @@ class RMILoss(nn.Module):
                 out["rmi"] = rmi_loss_term(onehot, probs * valid + _CLIP_MIN, self.radius, self.pool, self.pool_size)
             return out
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        parts = self.parts(logits, target)
-        base = parts["bce" if self.base == "bce" else "ce"]
+    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss from its `parts`: bce_weight * BCE (or CE) + (1 - bce_weight) * RMI (the per-pixel term alone
+        where RMI's weight is 0)."""
+        base = parts[self.base]
         return base if "rmi" not in parts else self.bce_weight * base + (1.0 - self.bce_weight) * parts["rmi"]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.parts(logits, target))
 
 
 # --------------------------------------------------------------------------- mutual learning

@@ -174,13 +174,21 @@ def _quiet_nanmean():
 
 # ----------------------------------------------------------------------- scores from summed statistics (numpy)
 
-def miou_from_confmat(cm) -> np.ndarray:
-    """mIoU [...] of confusion matrices [..., C, C]: mean over classes present in the ground truth or prediction."""
+def iou_from_confmat(cm) -> np.ndarray:
+    """IoU per class [..., C] of confusion matrices [..., C, C] (rows: ground truth): TP / (TP + FP + FN), NaN for
+    a class absent from both the ground truth and the prediction."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     union = cm.sum(-1) + cm.sum(-2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nanmean():
-        return np.nanmean(np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def miou_from_confmat(cm) -> np.ndarray:
+    """mIoU [...] of confusion matrices [..., C, C]: the mean of `iou_from_confmat` over the classes present in the
+    ground truth or prediction (NaN where none is) -- the project's one definition of mIoU."""
+    with _quiet_nanmean():
+        return np.nanmean(iou_from_confmat(cm), axis=-1)
 
 
 def information_from_confmat(cm) -> tuple[np.ndarray, np.ndarray]:
@@ -456,14 +464,13 @@ class SegmentationMetrics:
         union = gt + pr - tp
         total = cm.sum()
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, tp / np.maximum(union, 1), nan)
             recall = np.where(gt > 0, tp / np.maximum(gt, 1), nan)
         mi, nmi = information_from_confmat(cm)
         out = {
             "pixel_accuracy": float(tp.sum() / total) if total else nan,
             "iou_micro": float(tp.sum() / union.sum()) if union.sum() > 0 else nan,
             "miou": float(miou_from_confmat(cm)),
-            "iou_per_class": iou.tolist(),
+            "iou_per_class": iou_from_confmat(cm).tolist(),
             "class_accuracy": recall.tolist(),
             "mean_class_accuracy": float(np.nanmean(recall)) if (gt > 0).any() else nan,
             "labelled_pixels": int(total),
@@ -500,32 +507,8 @@ class SegmentationMetrics:
                 "mean_entropy_bits": float(mean_entropy_from_sums(entropy))}
 
 
-def information_scores(confmat: np.ndarray) -> dict:
-    """I(Y; Ŷ) in bits from a confusion matrix of counts, and 2 I / (H(Y) + H(Ŷ))."""
-    mi, nmi = information_from_confmat(confmat)
-    return {"mutual_information_bits": float(mi), "normalized_mutual_information": float(nmi)}
-
-
 def nan_to_none(values):
     """JSON has no NaN: lists (and nested dicts of lists) are stored with None for undefined entries."""
     if isinstance(values, dict):
         return {k: nan_to_none(v) for k, v in values.items()}
     return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in values]
-
-
-@torch.no_grad()
-def per_image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """True positives, false positives and false negatives of every image and class: (tp, fp, fn), each int64
-    [N, C] on pred's device, from class ids pred, target [N, H, W] (``ignore_index`` unlabelled)."""
-    cm = image_confmats(pred, target, num_classes, ignore_index)
-    tp = cm.diagonal(dim1=1, dim2=2)
-    return tp, cm.sum(dim=1) - tp, cm.sum(dim=2) - tp
-
-
-def per_image_miou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """mIoU of each image [N] from per-image counts [N, C]: classes absent from an image's ground truth and
-    prediction are left out (NaN where an image has no labelled pixel)."""
-    union = (tp + fp + fn).double()
-    iou = torch.where(union > 0, tp.double() / union.clamp(min=1), torch.full_like(union, float("nan")))
-    return iou.nanmean(dim=1)

@@ -309,17 +309,6 @@ def mean_of_sums(sums: np.ndarray) -> np.ndarray:
         return np.where(sums[..., 1] > 0, sums[..., 0] / np.where(sums[..., 1] > 0, sums[..., 1], 1), np.nan)
 
 
-def miou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """mIoU over the last axis (classes) from summed counts [..., C]; classes with an empty union are left out.
-
-    The same rule as `SegmentationMetrics.compute()["miou"]`.
-    """
-    union = tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
-        return np.nanmean(iou, axis=-1) if iou.shape[-1] else np.full(iou.shape[:-1], np.nan)
-
-
 # ------------------------------------------------------------------------------------------- verdicts
 
 def holm(p_values) -> list[float]:

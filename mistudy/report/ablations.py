@@ -137,10 +137,11 @@ def _resolve(changes: dict, base, profile: str) -> dict:
     return out
 
 
-def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict | None = None,
+def configs(names=None, seeds=None, profile: str | None = None, overrides: dict | None = None,
             results_dir=None, resume: bool = False, **fields) -> list[tuple[str, object]]:
     """(setting name, TrainConfig) of every run of the grid: references and ablations, every seed; with ``resume``,
-    the runs that exist are continued (an interrupted grid, or a longer one) and the others start.
+    the runs that exist are continued (an interrupted grid, or a longer one) and the others start.  ``seeds``: None,
+    the profile's study seeds (`config.study_seeds`).
 
     Ablation runs go to ``<results_dir>/ablations/<dataset>/<use-case>/<setting>-seed<k>``; ``overrides`` (any
     TrainConfig field, e.g. {"epochs": 3}) apply to every run alike.  Without overrides the references are the
@@ -148,6 +149,7 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     with overrides they are trained beside the ablations.
     """
     profile = resolve_profile(profile, fields.get("dataset", "synthetic"))
+    seeds = study_seeds(profile) if seeds is None else seeds
     results = Path(results_dir or runs.default_results_dir(profile))
     out, seen = [], {}
     for name, setting in settings(names).items():
@@ -168,7 +170,7 @@ def configs(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: 
     return out
 
 
-def run(names=None, seeds=(0, 1, 2), profile: str | None = None, overrides: dict | None = None, results_dir=None,
+def run(names=None, seeds=None, profile: str | None = None, overrides: dict | None = None, results_dir=None,
         resume: bool = False, **fields) -> dict[str, list[dict]]:
     """Train (or reuse) every run of the grid (``resume``: continue those that exist); returns {setting: [run of each
     seed]} as `runs.load_run` gives."""

@@ -328,3 +328,31 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
                        **{f"{p}: Δ mIoU [95%] verdict": baseline_cells.get(p, "–")
                           for p in columns}})
     return out
+
+
+def budget_results_dirs() -> dict[str, Path]:
+    """{profile: its own results folder} of the budgets compared side by side (BUDGET_PROFILES)."""
+    return {p: runs.default_results_dir(p) for p in BUDGET_PROFILES}
+
+
+def write_verdicts_by_budget(results_dir, profile: str, datasets, figures_dir, prov: dict,
+                             checkpoint: str = "best_miou") -> tuple[list[tuple[list[dict], str]], list[str]]:
+    """Notebook 05's table of the verdicts at every budget (`verdicts_by_budget`), one per dataset with runs, written
+    to <figures_dir>/<dataset>_verdicts_by_budget.{csv,md}.  Only where ``results_dir`` is ``profile``'s own folder
+    (the budgets compare the profiles' own folders; a tuned recipe's or a hand-picked folder is not among them).
+    Returns ([(rows, title) of each table written], notes)."""
+    from mistudy.io.tables import write_table
+
+    budgets = budget_results_dirs()
+    if Path(results_dir).resolve() != runs.default_results_dir(profile).resolve():
+        return [], [f"{results_dir} is not a profile's own folder: the budgets' table compares those only; not written"]
+    tables = []
+    for d in datasets:
+        rows = verdicts_by_budget(budgets, d, checkpoint)
+        if rows:
+            title = (f"{d}: Δ mIoU vs baseline at each budget ({checkpoint} weights; {stats.PAIRED_INTERVAL_TEXT}); "
+                     f"curve: the plateau state of each U-Net's own validation curve ({PLATEAU_RULE_TEXT})")
+            write_table(rows, Path(figures_dir) / f"{d}_verdicts_by_budget", {**prov, "profiles": list(budgets)},
+                        title=title)
+            tables.append((rows, title))
+    return tables, []

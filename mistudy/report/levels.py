@@ -19,20 +19,24 @@ from mistudy.io.tables import Table, write_table
 from mistudy.methods import stats
 from mistudy.report import viz
 from mistudy.training import runs
-from mistudy.training.config import PROFILES, study_config
+from mistudy.training.config import DEFAULT_PROFILE, PROFILES, resolve_profile, study_config, study_seeds
 
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="mistudy levels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", nargs="+", default=list(data.SYNTHETIC_LEVELS), choices=list(data.SYNTHETIC_LEVELS))
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="settings of every run (default: quick)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="default: the profile's study "
+                   "seeds (mistudy.training.config.STUDY_SEEDS)")
+    p.add_argument("--profile", default=None, choices=list(PROFILES), help="settings of every run (default: env "
+                   f"MISTUDY_PROFILE, else {DEFAULT_PROFILE})")
     p.add_argument("--epochs", type=positive_int, default=24, help="epochs of every run (default: 24, four times "
                    "the quick profile's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--results-dir", default=None, help="default: <project>/results/levels")
     p.add_argument("--figures-dir", default=None, help="default: <project>/figures")
     args = p.parse_args(argv)
+    args.profile = resolve_profile(args.profile)
+    args.seeds = args.seeds if args.seeds is not None else study_seeds(args.profile)
     results = Path(args.results_dir or runs.project_path("results") / "levels")
     figures = Path(args.figures_dir or runs.project_path("figures"))
     budget = PROFILES[args.profile]["epochs"]

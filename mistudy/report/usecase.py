@@ -18,7 +18,7 @@ from mistudy.methods.losses import rmi_loss_term
 from mistudy.report import theory_plots, viz
 from mistudy.report.comparison import EXTRA_METRICS, NETWORK_LABELS, USE_CASE_TITLES, protocol_text
 from mistudy.training import runs
-from mistudy.training.config import PRIMARY_NETWORK, resolve_profile, study_config
+from mistudy.training.config import CHECKPOINTS, PRIMARY_NETWORK, USE_CASE_NOTEBOOKS, resolve_profile, study_config
 from mistudy.training.inference import predict_samples
 from mistudy.training.progress import weights_text
 from mistudy.training.runs import SCORES
@@ -35,7 +35,7 @@ def metrics_rows(metrics: dict, network: str = PRIMARY_NETWORK) -> list[dict]:
         raise ValueError(f"metrics hold networks {sorted(nets)}, not {network!r}")
     return [{"checkpoint": rule, "epoch": nets[network][rule]["epoch"],
              **{k: nets[network][rule].get(k) for k in (*SCORES, "mean_class_accuracy", *EXTRA_METRICS)}}
-            for rule in ("last", "best_loss", "best_miou") if rule in nets[network]]
+            for rule in reversed(CHECKPOINTS) if rule in nets[network]]
 
 
 def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
@@ -52,7 +52,6 @@ def per_class_rows(metrics: dict, class_names, checkpoint: str = "best_miou",
 
 
 ROLES = {"deeplabv3": "partner", "unet_peer": "partner", "unet": "student"}  # in mutual learning
-NOTEBOOK_OF = {"baseline": "02_baseline", "rmi": "03_rmi", "mutual": "04_mutual_learning"}
 THIN_CLASSES = {"synthetic": ("ring", "bar")}  # the thin structures a structure-aware loss should help most
 
 
@@ -125,11 +124,11 @@ class UseCaseReport:
         self.summary = train_or_load(self.cfg)
         self.run_dir = Path(self.summary["run_dir"])
         self.prov = dict(dataset=self.cfg.dataset, device=self.summary.get("device"), epochs=self.cfg.epochs,
-                         seed=self.cfg.seed, notebook=f"{NOTEBOOK_OF[self.cfg.use_case]}.ipynb",
+                         seed=self.cfg.seed, notebook=f"{USE_CASE_NOTEBOOKS[self.cfg.use_case]}.ipynb",
                          run_dir=str(self.run_dir), protocol=protocol_text(self.summary.get("config") or
                                                                            runs.load_run(self.run_dir)["config"],
                                                                            self.summary))
-        self.stem = self.figures_dir / f"{self.cfg.dataset}_{NOTEBOOK_OF[self.cfg.use_case]}_{self.run_dir.name}"
+        self.stem = self.figures_dir / f"{self.cfg.dataset}_{USE_CASE_NOTEBOOKS[self.cfg.use_case]}_{self.run_dir.name}"
         print(f"run directory: {self.run_dir.resolve()}\nfigures and tables: {self.figures_dir.resolve()}")
         return self.summary
 
@@ -249,7 +248,7 @@ class UseCaseReport:
 
     def _baseline_metrics(self) -> tuple[Path, dict | None]:
         """(run directory, metrics or None) of the baseline run of the same seed in the same results folder."""
-        base_dir = Path(self.cfg.results_dir) / self.cfg.dataset / "baseline" / self.run_dir.name
+        base_dir = runs.run_path(self.cfg.results_dir, self.cfg.dataset, "baseline", self.run_dir.name)
         return base_dir, runs.load_metrics(base_dir) if self.cfg.use_case != "baseline" else None
 
     def reliability(self, checkpoint: str = "best_miou"):

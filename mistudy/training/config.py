@@ -26,6 +26,8 @@ USE_CASES = {
     "rmi": dict(networks=("unet",), batch_size=2, lr=1e-4),
     "mutual": dict(networks=("deeplabv3", "unet"), batch_size=10, lr=1e-4),
 }
+# The notebook of each use-case (its number and name; the study runs it once per dataset and seed).
+USE_CASE_NOTEBOOKS = {"baseline": "02_baseline", "rmi": "03_rmi", "mutual": "04_mutual_learning"}
 PRIMARY_NETWORK = "unet"  # the network the paper's tables report (the student, for mutual)
 DATASETS = data.DATASETS
 LR_SCHEDULES = ("constant", "cosine", "poly")
@@ -44,6 +46,16 @@ def _opt(default, help: str, *, choices=None, low=None, positive: bool = False, 
     """A field with its metadata: ``low`` the smallest allowed number, ``positive`` numbers must be > 0."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "positive": positive,
                                             "kind": kind})
+
+
+def use_case_dir(results_dir, dataset: str, use_case: str) -> Path:
+    """<results_dir>/<dataset>/<use_case>/: the folder of a use-case's runs (`mistudy.training.runs.find_runs`)."""
+    return Path(results_dir) / dataset / use_case
+
+
+def run_path(results_dir, dataset: str, use_case: str, name: str) -> Path:
+    """A default run directory, <results_dir>/<dataset>/<use_case>/<name> (name: seed<k> unless run_name is set)."""
+    return use_case_dir(results_dir, dataset, use_case) / name
 
 
 # the options that start a run's networks from a local weights file (its content is recorded: `runs.check_weights`)
@@ -284,7 +296,7 @@ class TrainConfig:
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
             return Path(self.run_dir)
-        return Path(self.results_dir) / self.dataset / self.use_case / (self.run_name or f"seed{self.seed}")
+        return run_path(self.results_dir, self.dataset, self.use_case, self.run_name or f"seed{self.seed}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

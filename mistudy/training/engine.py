@@ -120,10 +120,7 @@ class Objective:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, other_logits: torch.Tensor | None = None):
         if self.rmi is not None:
             parts = self.rmi.parts(logits, target)  # (target values were checked when the masks were read)
-            base = parts[self.cfg.rmi_base]
-            loss = base if "rmi" not in parts else \
-                self.cfg.rmi_bce_weight * base + (1.0 - self.cfg.rmi_bce_weight) * parts["rmi"]
-            return loss, parts
+            return self.rmi.combine(parts), parts
         ce = self.ce(logits.float(), target)
         if other_logits is None:
             return ce, {"ce": ce}

@@ -29,7 +29,14 @@ import torch
 from mistudy.io import atomic, provenance, safeload
 from mistudy.io.cli import OneLineParser, error_line, positive_int
 from mistudy.training import runs
-from mistudy.training.config import PROFILES, WEIGHTS_OPTIONS, TrainConfig, profile_settings
+from mistudy.training.config import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    WEIGHTS_OPTIONS,
+    TrainConfig,
+    profile_settings,
+    resolve_profile,
+)
 
 NETWORKS = ("unet", "deeplabv3")
 PRETRAIN_DATA_SEED = 1_000  # the study's synthetic data use data_seed 0: another seed, other images
@@ -133,8 +140,9 @@ def write_pretraining_table(out: Path, figures_dir: Path, profile: str) -> Path 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="mistudy pretrain", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="image size and optimiser of the "
-                   "profile whose pretrained settings will use the weights")
+    p.add_argument("--profile", default=None, choices=list(PROFILES), help="image size and optimiser of the "
+                   "profile whose pretrained settings will use the weights (None: env MISTUDY_PROFILE, else "
+                   f"{DEFAULT_PROFILE})")
     p.add_argument("--samples", type=positive_int, default=DEFAULTS["samples"], help="pretraining images")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="pretraining epochs")
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                    "figures/<profile>/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args.profile = resolve_profile(args.profile)
     from mistudy.training.train import RUN_ERRORS, train_or_load
 
     out = Path(args.out or weights_dir(args.profile))

@@ -17,7 +17,10 @@ def progress_mode(option: str) -> str:
     return option if option != "auto" else os.environ.get("MISTUDY_PROGRESS", "bar")
 
 
-class Progress:
+class TrainingProgress:
+    """One training run's progress: a line per epoch (mode "log") or epoch and step bars ("bar"), with the time
+    left projected from the epochs done.  (The study's progress over its tasks is `mistudy.executors.Progress`.)"""
+
     def __init__(self, label: str, total_epochs: int, option: str = "auto", enabled: bool = True):
         self.label, self.total = label, total_epochs
         self.mode = progress_mode(option) if enabled else "none"

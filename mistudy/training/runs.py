@@ -40,9 +40,26 @@ import numpy as np
 import torch
 
 from mistudy.io import atomic, safeload
-from mistudy.training.config import OLD_NAMES, RESUMABLE_CHANGES, TrainConfig, default_of
+from mistudy.training.config import (  # noqa: F401  run_path, use_case_dir: the default layout, re-exported
+    OLD_NAMES,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    default_of,
+    run_path,
+    use_case_dir,
+)
 
+# The run directory's file names (the module docstring says what each holds): spelled here only.
+CONFIG_FILE = "config.json"
 WEIGHTS_RECORD = "weights.json"
+HISTORY_JSON, HISTORY_CSV = "history.json", "history.csv"
+LAST_CHECKPOINT = "last.pt"
+METRICS_FILE = "metrics.json"
+PER_IMAGE_FILE = "per_image.npz"
+EPOCH_CONFMATS = "val_per_epoch.npz"
+LOCK_FILE = ".lock"
+BEST_CHECKPOINTS_GLOB = "best_*-*.pt"  # every best_<rule>-<network>.pt (`checkpoint_path`)
+HISTORY_GLOB = "history.*"
 SCORES = ("pixel_accuracy", "iou_micro", "miou")  # the per-epoch scores kept in history.csv
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the source checkout (the set-up installs it editable)
 
@@ -73,11 +90,16 @@ def default_figures_dir(profile: str | None) -> Path:
 
 # ------------------------------------------------------------------------------------------------ writing
 
+def checkpoint_name(rule: str, network: str) -> str:
+    """The file of a checkpoint rule (`config.CHECKPOINTS`): last.pt (every network), else <rule>-<network>.pt
+    (best_loss-unet.pt, ...)."""
+    return LAST_CHECKPOINT if rule == "last" else f"{rule}-{network}.pt"
+
+
 def checkpoint_path(run_dir: Path, rule: str, network: str) -> Path:
-    return run_dir / ("last.pt" if rule == "last" else f"{rule}-{network}.pt")
+    return Path(run_dir) / checkpoint_name(rule, network)
 
 
-LOCK_FILE = ".lock"
 
 
 class RunLockedError(RuntimeError):
@@ -160,7 +182,7 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
       stretched; a run cannot be resumed to fewer epochs than it has trained, nor continued when a weights file
       it started from has been replaced (`check_weights`).
     """
-    last, metrics = run_dir / "last.pt", run_dir / "metrics.json"
+    last, metrics = run_dir / LAST_CHECKPOINT, run_dir / METRICS_FILE
     if not cfg.resume:
         if last.exists() or metrics.exists():
             raise FileExistsError(f"run directory {run_dir} already holds a run; pass resume=True to continue it, "
@@ -172,7 +194,7 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
     diff = config_differences(cfg, run_dir, ignore=RESUMABLE_CHANGES)
     if diff:
         raise ValueError(f"cannot resume {run_dir} with a different configuration ({format_differences(diff)})")
-    saved = _read_json(run_dir / "config.json")
+    saved = _read_json(run_dir / CONFIG_FILE)
     if saved.get("epochs") != cfg.epochs and cfg.lr_schedule != "constant":
         raise ValueError(f"cannot resume {run_dir} for {cfg.epochs} epochs instead of {saved.get('epochs')}: its "
                          f"{cfg.lr_schedule} learning-rate schedule depends on the number of epochs")
@@ -189,7 +211,7 @@ def check_writable(cfg: TrainConfig, run_dir: Path) -> str:
 def write_config(cfg: TrainConfig, run_dir: Path, commit: str | None = None) -> None:
     """config.json (staged for ``commit``, if given): the configuration of what the run directory's checkpoints
     hold."""
-    atomic.write_json(target(run_dir, "config.json", commit), {**asdict(cfg), "resume": False})
+    atomic.write_json(target(run_dir, CONFIG_FILE, commit), {**asdict(cfg), "resume": False})
 
 
 def weights_record(cfg: TrainConfig) -> dict:
@@ -231,7 +253,7 @@ def check_weights(cfg: TrainConfig, run_dir: Path) -> None:
 def _check_unrecorded(name: str, path: str, run_dir: Path) -> None:
     """A run written before weights.json existed: the file must not be newer than the run's last saved epoch
     (config.json is written with each epoch), the only time on record."""
-    if Path(path).stat().st_mtime > (run_dir / "config.json").stat().st_mtime:
+    if Path(path).stat().st_mtime > (run_dir / CONFIG_FILE).stat().st_mtime:
         raise FileExistsError(f"{name} {path} was written after the last saved epoch of the run in {run_dir}, which "
                               f"keeps no record of the weights it started from: {_REPLACED_ADVICE}")
 
@@ -248,7 +270,7 @@ def config_differences(cfg: TrainConfig, run_dir: Path, ignore: set[str], saved:
                        ) -> dict[str, tuple]:
     """{option: (saved value, cfg's value)} where cfg differs from the run saved in run_dir (its config.json, or
     ``saved``), options in ``ignore`` left out."""
-    saved = saved if saved is not None else _read_json(run_dir / "config.json")
+    saved = saved if saved is not None else _read_json(run_dir / CONFIG_FILE)
     saved = {OLD_NAMES.get(k, k): v for k, v in saved.items()}  # a run written before an option was renamed
     defaults = {f.name: default_of(f) for f in fields(cfg)}
     # a field added after the run was written counts as its default (the behaviour before it existed)
@@ -263,7 +285,7 @@ def format_differences(diff: dict[str, tuple]) -> str:
 def retire_results(run_dir: Path) -> None:
     """A run extended beyond its finished results: metrics.json and per_image.npz no longer describe its weights
     (the final evaluation writes them anew)."""
-    for name in ("metrics.json", "per_image.npz"):
+    for name in (METRICS_FILE, PER_IMAGE_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -320,7 +342,7 @@ def recover(run_dir: Path) -> None:
     the staged files of an epoch that was never committed.  Only where no writer is alive (the run lock held)."""
     if not _staged(run_dir):
         return
-    last = Path(run_dir) / "last.pt"
+    last = Path(run_dir) / LAST_CHECKPOINT
     try:
         commit = load_last(last).get("commit") if last.is_file() else None
     except safeload.CheckpointError:
@@ -356,24 +378,21 @@ def save_checkpoint(obj: dict, path: Path) -> None:
 
 def write_history(run_dir: Path, history: list[dict], commit: str | None = None) -> None:
     """history.json and .csv (staged for ``commit``, if given)."""
-    atomic.write_json(target(run_dir, "history.json", commit), history)
+    atomic.write_json(target(run_dir, HISTORY_JSON, commit), history)
     columns = list(dict.fromkeys(k for row in history for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    atomic.write_text(target(run_dir, "history.csv", commit), buf.getvalue())
+    atomic.write_text(target(run_dir, HISTORY_CSV, commit), buf.getvalue())
 
 
 def write_per_image(run_dir: Path, counts: dict[str, dict[str, np.ndarray]], ids: list) -> None:
     """counts: {"<net>/<checkpoint>": {name: array [images, ...]}} (`SegmentationMetrics.per_image`); ids: one per
     image."""
     arrays = {f"{key}/{part}": np.asarray(v) for key, parts in counts.items() for part, v in parts.items()}
-    with atomic.atomic_path(run_dir / "per_image.npz", suffix=".npz") as tmp:
+    with atomic.atomic_path(run_dir / PER_IMAGE_FILE, suffix=".npz") as tmp:
         np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), **arrays)
-
-
-EPOCH_CONFMATS = "val_per_epoch.npz"
 
 
 def add_epoch_confmats(run_dir: Path, epoch: int, confmats: dict[str, np.ndarray], commit: str | None = None) -> None:
@@ -401,7 +420,7 @@ def load_epoch_confmats(run_dir, network: str) -> dict[int, np.ndarray]:
 # ------------------------------------------------------------------------------------------------ reading
 
 def is_run_dir(path) -> bool:
-    return (Path(path) / "config.json").is_file()
+    return (Path(path) / CONFIG_FILE).is_file()
 
 
 def load_config(run_dir) -> TrainConfig:
@@ -409,7 +428,7 @@ def load_config(run_dir) -> TrainConfig:
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are written by "
                                 "`python -m mistudy train`")
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     saved = _read_json(path)
     try:
         return config_from_json(saved)
@@ -423,20 +442,20 @@ def config_from_json(saved: dict) -> TrainConfig:
 
 
 def load_history(run_dir) -> list[dict]:
-    path = Path(run_dir) / "history.json"
+    path = Path(run_dir) / HISTORY_JSON
     return _read_json(path, list) if path.exists() else []
 
 
 def load_metrics(run_dir) -> dict | None:
     settle(run_dir)
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS_FILE
     return _read_json(path) if path.exists() else None
 
 
 def load_per_image(run_dir, network: str, checkpoint: str) -> dict[str, np.ndarray]:
     """Every per-image statistic of one network and checkpoint ({name: [images, ...]}, see the module docstring),
     plus "ids" [images]."""
-    path = Path(run_dir) / "per_image.npz"
+    path = Path(run_dir) / PER_IMAGE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run has not finished (per-image scores are written "
                                 "by its final evaluation)")
@@ -462,7 +481,7 @@ def _read_json(path: Path, kind: type = dict):
 
 def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:
     """Finished runs (directories holding metrics.json) under <results_dir>/<dataset>/<use_case>/, sorted."""
-    return sorted(p.parent for p in (Path(results_dir) / dataset / use_case).glob("*/metrics.json"))
+    return sorted(p.parent for p in use_case_dir(results_dir, dataset, use_case).glob(f"*/{METRICS_FILE}"))
 
 
 def load_run(run_dir) -> dict:
@@ -471,8 +490,8 @@ def load_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     settle(run_dir)
     out = {"run_dir": run_dir}
-    for name in ("config", "metrics"):
-        path = run_dir / f"{name}.json"
+    for name, file in (("config", CONFIG_FILE), ("metrics", METRICS_FILE)):
+        path = run_dir / file
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished run")
         out[name] = _read_json(path)

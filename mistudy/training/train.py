@@ -21,9 +21,9 @@ from mistudy import data
 from mistudy.io import atomic, safeload
 from mistudy.methods.metrics import SCORING_VERSION, nan_to_none
 from mistudy.training import distributed, engine, inference, loaders, networks, runs
-from mistudy.training.config import PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig, profile_of
+from mistudy.training.config import CHECKPOINTS, PRIMARY_NETWORK, RESUMABLE_CHANGES, RUNTIME_OPTIONS, TrainConfig, profile_of
 from mistudy.training.engine import NonFiniteLossError, Setup
-from mistudy.training.progress import Progress, start_line
+from mistudy.training.progress import TrainingProgress, start_line
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -62,14 +62,14 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dict:
-    resuming = cfg.resume and (run_dir / "last.pt").exists()
+    resuming = cfg.resume and (run_dir / runs.LAST_CHECKPOINT).exists()
     weights = runs.weights_record(cfg) if ctx.is_main and not resuming else None  # before setup loads them
     s = engine.setup(cfg, ctx)
     state = resume_state(s, run_dir) if resuming else new_state(s)
     if ctx.is_main and not resuming:
         runs.write_config(cfg, run_dir)  # marks the directory as this run's before the first epoch
         runs.write_weights_record(run_dir, weights)
-    progress = Progress(cfg.use_case, cfg.epochs, cfg.progress, enabled=ctx.is_main)
+    progress = TrainingProgress(cfg.use_case, cfg.epochs, cfg.progress, enabled=ctx.is_main)
     steps, sizes = len(s.loaders["train"]), {split: len(d) for split, d in s.datasets.items()}
     progress.start(start_line(profile_of(cfg), sizes, cfg, steps, state["epoch"] + 1,
                               distributed.device_name(ctx.device), run_dir), steps, state["epoch"] + 1)
@@ -94,7 +94,7 @@ def _train_locked(cfg: TrainConfig, ctx, run_dir: Path, mode: str | None) -> dic
 
 def _kept(run_dir: Path, state: dict) -> str:
     saved = state.get("saved_epoch")
-    return f"the last good checkpoint ({run_dir / 'last.pt'}, epoch {saved}) is kept" if saved else \
+    return f"the last good checkpoint ({run_dir / runs.LAST_CHECKPOINT}, epoch {saved}) is kept" if saved else \
         "no epoch had been saved, so no checkpoint is kept"
 
 
@@ -112,11 +112,11 @@ def _clean_failed_start(run_dir: Path) -> None:
     """A run that failed before saving its first epoch (last.pt) has nothing to continue from: what it wrote
     (config.json, weights.json, the staged files of an epoch whose last.pt failed) is removed, and what is left is
     said."""
-    if (run_dir / "last.pt").exists():
+    if (run_dir / runs.LAST_CHECKPOINT).exists():
         print(f"The run in {run_dir} stopped; what it saved is kept (continue with --resume).")
         return
-    for path in [run_dir / "config.json", run_dir / runs.WEIGHTS_RECORD, *run_dir.glob("best_*-*.pt"),
-                 *run_dir.glob("history.*"), *run_dir.glob(f"{runs.STAGED_MARK}*")]:
+    for path in [run_dir / runs.CONFIG_FILE, run_dir / runs.WEIGHTS_RECORD, *run_dir.glob(runs.BEST_CHECKPOINTS_GLOB),
+                 *run_dir.glob(runs.HISTORY_GLOB), *run_dir.glob(f"{runs.STAGED_MARK}*")]:
         path.unlink(missing_ok=True)
     left = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE) if run_dir.is_dir() else []
     if not left:
@@ -152,7 +152,7 @@ def evaluate_epoch(s: Setup, run_dir: Path, state: dict, row: dict, epochs: int)
             if s.ctx.is_main:
                 save_epoch(s, run_dir, state, row)
             raise EvaluationError(f"scoring epoch {epoch} failed ({type(e).__name__}: {e}); the epoch's weights and "
-                                  f"training state are saved in {run_dir / 'last.pt'}: --resume scores it again and "
+                                  f"training state are saved in {run_dir / runs.LAST_CHECKPOINT}: --resume scores it again and "
                                   "continues") from e
         row |= {f"{net}/{split}_{k}": m[k] for split, by_net in scores.items() for net, m in by_net.items()
                 for k in runs.SCORES}
@@ -170,7 +170,7 @@ def new_state(s: Setup) -> dict:
 
 def resume_state(s: Setup, run_dir: Path) -> dict:
     """Networks, optimisers, scaler and RNG from last.pt; returns the saved epoch, best scores and history."""
-    path = run_dir / "last.pt"
+    path = run_dir / runs.LAST_CHECKPOINT
     ckpt = runs.load_last(path)
     if s.cfg.epochs < ckpt["epoch"]:
         raise ValueError(f"cannot resume {run_dir} for {s.cfg.epochs} epochs: it has already trained {ckpt['epoch']}")
@@ -206,7 +206,7 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict, confmats: dict |
     try:
         for rule, name in improved:
             runs.save_checkpoint({"model": s.nets[name].state_dict(), "network": name, "epoch": epoch, "rule": rule,
-                                  "config": config}, runs.staged_path(run_dir, commit, f"{rule}-{name}.pt"))
+                                  "config": config}, runs.staged_path(run_dir, commit, runs.checkpoint_name(rule, name)))
         if confmats:
             runs.add_epoch_confmats(run_dir, epoch, confmats, commit)
         runs.write_config(s.cfg, run_dir, commit)  # what last.pt holds (a resume may have extended the run)
@@ -217,7 +217,7 @@ def save_epoch(s: Setup, run_dir: Path, state: dict, row: dict, confmats: dict |
                               "scaler": s.scaler.state_dict(), "epoch": epoch, "best": state["best"],
                               "history": history, "unevaluated": state.get("unevaluated"),
                               "rng": networks.rng_state(), "config": config, "commit": commit},
-                             run_dir / "last.pt")  # the commit point
+                             run_dir / runs.LAST_CHECKPOINT)  # the commit point
     except Exception as e:  # not committed (a kill here is sorted out by `runs.recover`)
         runs.discard_staged(run_dir, commit)
         if isinstance(e, atomic.DiskFullError):
@@ -238,7 +238,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
     distributed.barrier(ctx)  # rank 0 has written the best checkpoints
     last = last_val or s.evaluate("val")
     by_network, counts = {n: {} for n in s.nets}, {}
-    for rule in ("last", "best_loss", "best_miou"):
+    for rule in reversed(CHECKPOINTS):  # last, best_loss, best_miou
         for name in s.nets:
             if rule == "last":
                 epoch, m = state["epoch"], last[name]
@@ -267,7 +267,7 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
     }
     if ctx.is_main:
         runs.write_per_image(run_dir, counts, image_ids(s.datasets["val"]))
-        atomic.write_json(run_dir / "metrics.json", summary)
+        atomic.write_json(run_dir / runs.METRICS_FILE, summary)
     distributed.barrier(ctx)
     return summary
 
@@ -312,7 +312,7 @@ def train_or_load(cfg: TrainConfig) -> dict:
     # config.json, which describes last.pt and may have moved on since (an interrupted extension)
     diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED, saved=metrics.get("config"))
     if not diff and metrics.get("scoring_version") != SCORING_VERSION:
-        if not (run_dir / "last.pt").exists():
+        if not (run_dir / runs.LAST_CHECKPOINT).exists():
             raise FileExistsError(f"{run_dir} holds a finished run scored by an older version of the metrics "
                                   f"({metrics.get('scoring_version', 1)}, now {SCORING_VERSION}) whose last.pt was "
                                   "deleted, so it cannot be scored again; delete the run to train it again")
