@@ -13,7 +13,7 @@ from scipy import stats as sps
 from mistudy.io import tables
 from mistudy.methods import stats
 from mistudy.methods.metrics import miou_from_confmat
-from mistudy.report import comparison, comparison_figures, usecase
+from mistudy.report import comparison, usecase
 from mistudy.training import runs
 from mistudy.training.config import TrainConfig
 from mistudy.training.train import train
@@ -113,12 +113,6 @@ def test_bad_arguments_and_broken_runs(tmp_path):
     (run / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         comparison.comparison(tmp_path, ["synthetic"])
-
-
-def test_mean_per_class_iou_skips_absent_classes():
-    found = [{"metrics": {"networks": {"unet": {"best_miou": {"iou_per_class": v}}}}}
-             for v in ([0.5, None, None], [0.7, 0.2, None])]
-    assert comparison_figures.mean_per_class_iou(found, "unet") == [pytest.approx(0.6), 0.2, None]
 
 
 def test_markdown_and_csv_cells():

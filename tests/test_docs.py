@@ -16,6 +16,8 @@ import pytest
 from mistudy.io import provenance
 from mistudy.report import results_page as rp
 
+import citations
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -40,11 +42,11 @@ def _doc_id(path: Path) -> str:
 
 @pytest.mark.parametrize("doc", DOCS, ids=_doc_id)
 def test_cited_tables_match_the_generated_files(doc):
-    blocks = rp.cited_blocks(doc.read_text())
+    blocks = citations.cited_blocks(doc.read_text())
     for line, cited, lines in blocks:
         path = ROOT / cited
         assert path.is_file(), f"{_doc_id(doc)}:{line} cites {cited}, which does not exist"
-        mismatch = rp.block_mismatch(lines, path.read_text())
+        mismatch = citations.block_mismatch(lines, path.read_text())
         assert mismatch is None, f"{_doc_id(doc)}:{line} differs from {cited}: {mismatch}"
         stale = rp.stale_reasons(path)
         assert not stale, f"{_doc_id(doc)}:{line} cites {cited}, which is stale: {'; '.join(stale)}"
@@ -52,9 +54,9 @@ def test_cited_tables_match_the_generated_files(doc):
 
 @pytest.mark.parametrize("doc", DOCS, ids=_doc_id)
 def test_no_number_is_retyped_outside_a_citation(doc):
-    found = rp.number_outside_citations(doc.read_text())
+    found = citations.number_outside_citations(doc.read_text())
     assert not found, (f"{_doc_id(doc)}: measured numbers outside a <!-- table: FILE --> citation (cite the "
-                       f"generated table, or end a line that is no result with {rp.NOT_A_RESULT}):\n"
+                       f"generated table, or end a line that is no result with {citations.NOT_A_RESULT}):\n"
                        + "\n".join(f"  line {i}: {s.strip()[:160]}" for i, s in found))
 
 
@@ -128,16 +130,16 @@ def test_stale_reasons_catch_settings_protocol_epochs_and_scoring(tmp_path):
 def test_a_changed_number_or_a_retyped_one_is_caught():
     table = "title\n\n| a | b |\n|---|---|\n| rmi | 0.221 [0.087, 0.354] |\n| mutual | 0.354 |\n"
     doc = "text\n<!-- table: t.md -->\n| a | b |\n|---|---|\n| mutual | 0.354 |\n<!-- /table -->\nmore\n"
-    (_, cited, lines), = rp.cited_blocks(doc)
-    assert cited == "t.md" and rp.block_mismatch(lines, table) is None
-    assert "0.221" in rp.block_mismatch(["| rmi | 0.222 [0.087, 0.354] |"], table)
-    assert rp.block_mismatch(["| mutual | 0.354 |", "| rmi | 0.221 [0.087, 0.354] |"], table)  # order kept
-    assert rp.number_outside_citations(doc) == []
-    assert [i for i, _ in rp.number_outside_citations(doc + "RMI reached 0.221 here.\n")] == [8]
-    assert [i for i, _ in rp.number_outside_citations("Δ −0.32 [−0.45, −0.19]\n")] == [1]
-    assert rp.number_outside_citations("the paper's 0.1965 " + rp.NOT_A_RESULT + "\n0.75% of 64 px\n") == []
+    (_, cited, lines), = citations.cited_blocks(doc)
+    assert cited == "t.md" and citations.block_mismatch(lines, table) is None
+    assert "0.221" in citations.block_mismatch(["| rmi | 0.222 [0.087, 0.354] |"], table)
+    assert citations.block_mismatch(["| mutual | 0.354 |", "| rmi | 0.221 [0.087, 0.354] |"], table)  # order kept
+    assert citations.number_outside_citations(doc) == []
+    assert [i for i, _ in citations.number_outside_citations(doc + "RMI reached 0.221 here.\n")] == [8]
+    assert [i for i, _ in citations.number_outside_citations("Δ −0.32 [−0.45, −0.19]\n")] == [1]
+    assert citations.number_outside_citations("the paper's 0.1965 " + citations.NOT_A_RESULT + "\n0.75% of 64 px\n") == []
     with pytest.raises(ValueError, match="not closed"):
-        rp.cited_blocks("<!-- table: t.md -->\n| a |\n")
+        citations.cited_blocks("<!-- table: t.md -->\n| a |\n")
 
 
 def test_results_page_embeds_the_tables_with_their_machine(tmp_path):
@@ -151,8 +153,8 @@ def test_results_page_embeds_the_tables_with_their_machine(tmp_path):
     page = rp.write_results_page(d, "quick").read_text()
     assert "`python -m mistudy study --profile quick`" in page and "float32" in page and "current" in page
     assert provenance.cpu_model().split(",")[0] in page
-    (_, cited, lines), = rp.cited_blocks(page)
-    assert cited == "comparison_by_selection_rule.md" and rp.block_mismatch(lines, text) is None
+    (_, cited, lines), = citations.cited_blocks(page)
+    assert cited == "comparison_by_selection_rule.md" and citations.block_mismatch(lines, text) is None
 
 
 def test_an_unchanged_file_keeps_its_sidecar_when_only_the_date_or_cpu_differ(tmp_path):

@@ -13,18 +13,6 @@ from mistudy.training.config import USE_CASES
 from mistudy.training.inference import predict_samples
 
 
-def mean_per_class_iou(group: list[dict], network: str, checkpoint: str = "best_miou") -> list[float | None]:
-    """Per-class IoU averaged over runs (seeds); a class absent from every run stays None."""
-    per_run = [r["metrics"]["networks"][network][checkpoint]["iou_per_class"] for r in group]
-    if len({len(p) for p in per_run}) != 1:
-        raise ValueError("runs have different numbers of classes")
-    out = []
-    for values in zip(*per_run):
-        present = [v for v in values if v is not None]
-        out.append(float(np.mean(present)) if present else None)
-    return out
-
-
 def pool_reliability(diagrams: list[dict]) -> dict:
     """Reliability diagrams of several runs (seeds) pooled bin by bin (counts added, means weighted by count), with
     the pooled ECE."""
