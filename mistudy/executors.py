@@ -1,5 +1,6 @@
-"""How a study's tasks are executed: one after another in this process tree (`run_sequential`, the default), or as
-tasks of a Ray cluster (`run_ray`: every GPU of a node, or every node of a cluster).
+"""How a study's tasks are executed: one after another in this process tree (`run_sequential`), or as tasks of a Ray
+cluster (`run_ray`: every core or GPU of this machine, or every node of a cluster).  `choose_workers` decides how many
+tasks run at once on this machine by default (its cores, available memory and GPUs) and how many threads each gets.
 
 A task is data, so that Ray can ship it: a notebook to execute with papermill (`NotebookTask`) or one training run
 (`TrainTask`, an ablation of notebook 06), with the tasks it needs finished first.  Each task writes where it writes
@@ -29,6 +30,7 @@ class NotebookTask:
     parameters: dict
     needs: tuple[str, ...] = ()
     run_dirs: tuple[str, ...] = ()  # the run directories it writes (none for 01 and 05)
+    cell_timeout: float | None = None  # seconds a cell may run before the task fails (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -46,22 +48,55 @@ class TaskError(RuntimeError):
     """A task failed; the message names it (the notebook and its cell, or the run) and the error."""
 
 
-def execute(task, kernel: str, cwd: str, log_path: str | None) -> float:
-    """Run one task here; returns its seconds.  A failure raises TaskError with a one-line message."""
+class RayStartError(RuntimeError):
+    """Ray did not start (or the cluster was not found); the message says why in one line."""
+
+
+def execute(task, kernel: str, cwd: str, log_path: str | None, threads: int | None = None) -> float:
+    """Run one task here; returns its seconds.  A failure raises TaskError with a one-line message.
+    ``threads``: the task's torch threads (OMP_NUM_THREADS of its kernel; None: as inherited)."""
     t0 = time.perf_counter()
-    if isinstance(task, NotebookTask):
-        _execute_notebook(task, kernel, cwd, log_path)
-    else:
-        _execute_training(task)
+    with _threads(threads):
+        if isinstance(task, NotebookTask):
+            _execute_notebook(task, kernel, cwd, log_path)
+        else:
+            _execute_training(task, threads)
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile; restored after.  A Ray worker runs
+    one task at a time, so setting its environment is safe; None: unchanged (the sequential study)."""
+    if threads is None:
+        yield
+        return
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str | None) -> None:
     import papermill
+    from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
     task.output.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a") if log_path else None
+    started: list = []  # the code cells in the order they started: the last is the one running
+
+    def cell_timeout(cell) -> float | None:  # nbclient asks once per code cell, as it starts it
+        started.append(cell)
+        return task.cell_timeout
+
     try:
         if log:
             log.write(f"\n===== {task.label}: {task.notebook.name} -> {task.output}\n")
@@ -69,11 +104,17 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
         with _stderr_to(log):
             papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.parameters,
                                        kernel_name=kernel, cwd=cwd, log_output=False, progress_bar=False,
-                                       stdout_file=log, stderr_file=log)
+                                       stdout_file=log, stderr_file=log, timeout_func=cell_timeout)
     except PapermillExecutionError as e:
         evalue = " ".join(str(e.evalue).split())
         raise TaskError(f"notebook {task.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} (executed "
                         f"notebook with the traceback: {task.output})") from None
+    except CellTimeoutError:
+        # In [N] of a fresh kernel: the N-th code cell started (papermill's parameters cell included)
+        source = " | ".join(line.strip() for line in started[-1].source.strip().splitlines()) if started else "?"
+        source = source if len(source) <= 80 else source[:77] + "..."
+        raise TaskError(f"notebook {task.label} timed out in cell [{len(started)}] ({source!r}): no reply after "
+                        f"{task.cell_timeout:g} s (executed notebook so far: {task.output})") from None
     except Exception as e:  # dead kernel, timeout, unreadable notebook: still one clear line
         raise TaskError(f"notebook {task.label} could not run: {type(e).__name__}: {e}") from None
     finally:
@@ -99,15 +140,22 @@ def _stderr_to(file):
         os.close(saved)
 
 
-def _execute_training(task: TrainTask) -> None:
+def _execute_training(task: TrainTask, threads: int | None = None) -> None:
+    import torch
+
     from mistudy.io.cli import error_line
     from mistudy.training.runs import config_from_json
     from mistudy.training.train import RUN_ERRORS, train_or_load
 
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         train_or_load(config_from_json(task.config).replace(progress="none"))
     except RUN_ERRORS as e:
         raise TaskError(f"run {task.label} failed: {type(e).__name__}: {error_line(e)}") from None
+    finally:
+        torch.set_num_threads(saved)
 
 
 def check_one_writer(tasks: list) -> None:
@@ -183,22 +231,38 @@ def run_sequential(tasks: list, kernel: str, cwd: Path, log_path: Path | None) -
     return []
 
 
+def start_ray(address: str | None = None, workers: int | None = None, cpus_per_task: float = 1,
+              gpus_per_task: float = 0) -> None:
+    """Join the Ray cluster at ``address``, or start a local one of ``workers`` x ``cpus_per_task`` CPUs (None: every
+    core), unless this process is connected already.  Raises RayStartError in one line when Ray does not start (on an
+    overloaded machine its raylet may not register within Ray's 30 s)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            cpus = (workers or max(1, int(available_cores() // cpus_per_task))) * cpus_per_task
+            ray.init(num_cpus=cpus, num_gpus=None if gpus_per_task else 0, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+    except Exception as e:  # Ray raises bare Exceptions (a raylet timing out, a cluster not found)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise RayStartError(f"Ray did not start: {type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
 def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address: str | None = None,
             workers: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0) -> list[str]:
     """The tasks on a Ray cluster (``address``; None: a local one of ``workers`` x ``cpus_per_task`` CPUs), each
-    holding ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs, started as soon as the tasks it needs have finished;
-    ``log_path``: a folder, one log file per task.
+    holding ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs and running ``cpus_per_task`` torch threads, started
+    as soon as the tasks it needs have finished; ``log_path``: a folder, one log file per task.
     A failing task is reported with its error while the others go on; tasks that need it are skipped.  Returns the
     errors."""
     import ray
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            cpus = (workers or max(1, int((os.cpu_count() or 1) // cpus_per_task))) * cpus_per_task
-            ray.init(num_cpus=cpus, num_gpus=None if gpus_per_task else 0, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+    start_ray(address, workers, cpus_per_task, gpus_per_task)
     resources = ray.cluster_resources()
     slots = int(resources.get("GPU", 0) // gpus_per_task) if gpus_per_task else \
         int(resources.get("CPU", 1) // cpus_per_task)
@@ -224,7 +288,7 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
                 # no more in flight than the cluster runs at once: "running" means running, and a task that
                 # becomes ready later is not queued behind tasks submitted early
                 waiting.remove(task)
-                running[remote.remote(task, kernel, str(cwd), log(task))] = task
+                running[remote.remote(task, kernel, str(cwd), log(task), max(1, int(cpus_per_task)))] = task
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1)
@@ -241,3 +305,81 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
         finished.add(task.key)
         progress.finished(task, seconds, running=len(running))
     return errors
+
+
+# ------------------------------------------------------------------------------------------ how many at once
+
+GIB = 2 ** 30
+# Peak resident memory of one task (its Jupyter kernel, and papermill in a Ray worker), by profile: the largest
+# task, mutual learning (a U-Net and a DeepLabV3-ResNet50 with Adam), trained by `mistudy train --profile quick
+# --use-case mutual` at one thread peaked at 1.84 GiB (/usr/bin/time -v); the notebook's kernel and the worker add
+# about half a GiB.  The paper profile (224 px, larger batches, loader workers): an estimate, unmeasured.
+TASK_MEMORY_GIB = {"tiny": 1.5, "quick": 2.5, "standard": 2.5, "long": 2.5, "paper": 6.0}
+RESERVED_GIB = 1.0  # the study's own process and Ray's (raylet, GCS), beside the tasks
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity: `taskset` and container limits count), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes without swapping (psutil, else /proc/meminfo, else free pages)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or failing: the kernel's own estimate
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def widest(tasks: list) -> int:
+    """How many of ``tasks`` can run at once at most, counted by depth (a task one step after the deepest task it
+    needs): the most tasks of one depth.  The quick study: 01 and the nine 02-04 notebooks, then 05."""
+    by_key = {t.key: t for t in tasks}
+    depth: dict[str, int] = {}
+
+    def depth_of(key: str) -> int:
+        if key not in depth:
+            depth[key] = 1 + max((depth_of(k) for k in by_key[key].needs if k in by_key), default=-1)
+        return depth[key]
+
+    counts: dict[int, int] = {}
+    for t in tasks:
+        counts[depth_of(t.key)] = counts.get(depth_of(t.key), 0) + 1
+    return max(counts.values(), default=1)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How a study runs on this machine: ``workers`` tasks at once, each with ``threads`` torch threads; ``why``: what
+    bounded it, for the study's first line."""
+
+    workers: int
+    threads: int
+    why: str
+
+
+def choose_workers(width: int, cores: int, memory: int, task_memory: int, gpus: int = 0) -> Workers:
+    """As many tasks at once as the machine allows: one per core (one per GPU slot where there are ``gpus``), no
+    more than the memory holds (``memory`` bytes available, less `RESERVED_GIB`, over ``task_memory`` bytes a task)
+    nor than the study has tasks to run at once (``width``); the cores shared out evenly as each task's threads."""
+    by_memory = max(1, int((memory - RESERVED_GIB * GIB) // max(1, task_memory)))
+    limits = {"GPUs" if gpus else "cores": gpus or max(1, cores), "memory": by_memory, "tasks": max(1, width)}
+    bound = min(limits, key=lambda k: limits[k])
+    workers = limits[bound]
+    threads = max(1, cores // workers)
+    why = (f"{cores} cores{f', {gpus} GPUs' if gpus else ''}, {memory / GIB:.1f} GiB available at "
+           f"~{task_memory / GIB:.1f} GiB a task, {width} tasks at most at once: bound by the {bound}")
+    return Workers(workers, threads, why)

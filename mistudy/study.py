@@ -13,10 +13,13 @@ per epoch instead of progress bars).  02-04 get the profile's name and a ``confi
 (--set NAME=VALUE, any field; --epochs and --eval-protocol are shortcuts).
 
 The console shows one line per finished notebook (or run) with the study's progress and the time left; the
-notebooks' own output goes to <results-dir>/study.log.  Executors (`mistudy.executors`): sequential (default) --
-a failing notebook stops the study with the notebook's name and the failing cell's error, what finished before
-stays; ray (--executor ray) -- every notebook and ablation run a task of a Ray cluster, a failing task reported
-while the others finish.
+notebooks' own output goes to <results-dir>/study.log (one file per task in <results-dir>/study-logs/ when tasks run
+at once).  Executors (`mistudy.executors`): auto (default) -- as many tasks at once as this machine's cores, memory and
+GPUs allow (`executors.choose_workers`), on a local Ray cluster, each with its share of the cores as threads; one
+after another where that is one task, or where Ray is not installed (one line says so); sequential (--workers 1 or
+--executor sequential) -- one after another, here: a failing notebook stops the study with the notebook's name and
+the failing cell's error, what finished before stays; ray (--executor ray) -- every notebook and ablation run a task
+of a Ray cluster (this machine's, or --address), a failing task reported while the others finish.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ NOTEBOOKS = dict(sorted({
     "06": "06_ablations.ipynb",
 }.items()))
 DEFAULT_NOTEBOOKS = ("01", *PER_RUN, "05")
+# Seconds a cell of these notebooks may run before the study calls it hung (01: its slowest cell takes seconds; an
+# ipywidgets cell was once seen never to return under papermill on a loaded machine, a known race in nbclient's
+# wait for the reply of widget cells, jupyter/nbclient#312).  The training notebooks have no limit: a cell trains.
+CELL_TIMEOUT = {"01": 600}
 REAL_DATASETS = tuple(d for d in DATASETS if d != "synthetic")
 # --dataset all: the paper's two benchmarks and the synthetic one (voc_aug is VOC with the larger training list)
 ALL_DATASETS = tuple(d for d in DATASETS if d != "voc_aug")
@@ -136,15 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook 06: these settings (names of mistudy.report.ablations.ABLATIONS, e.g. a grid's leads "
                         "again on new --seeds) instead of each grid's; default: the grid's settings")
     p.add_argument("--notebooks-dir", default=str(DEFAULT_NOTEBOOKS_DIR), help="where the numbered notebooks are")
-    p.add_argument("--executor", default="sequential", choices=["sequential", "ray"],
-                   help="sequential: one notebook after another, here; ray: every run a task of a Ray cluster, "
-                        "spread over its GPUs (or CPU cores); see the README's 'Many GPUs and machines'")
+    p.add_argument("--executor", default="auto", choices=["auto", "sequential", "ray"],
+                   help="auto: as many tasks at once as this machine's cores, memory and GPUs allow (a local Ray "
+                        "cluster; one after another where that is one, or without Ray); sequential: one notebook "
+                        "after another, here (as --workers 1); ray: every run a task of a Ray cluster, spread over its "
+                        "GPUs (or CPU cores); see the README's 'Many GPUs and machines'")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. auto, or "
                    "HOST:6379); default: start a local one on this machine")
-    p.add_argument("--workers", type=positive_int, default=None, help="with --executor ray and no --address: the "
-                   "local cluster's tasks at once (default: CPU cores / --cpus-per-task, or the GPUs)")
-    p.add_argument("--cpus-per-task", type=positive_int, default=1, help="with --executor ray: CPU cores each task "
-                   "holds (its torch threads)")
+    p.add_argument("--workers", type=positive_int, default=None, help="tasks at once on this machine (default: one "
+                   "per core or GPU, as many as the available memory holds); 1: one after another, here")
+    p.add_argument("--cpus-per-task", type=positive_int, default=None, help="with several workers: CPU cores each "
+                   "task holds, its torch threads (default: the cores shared out evenly; 1 with --address)")
     p.add_argument("--gpus-per-task", type=non_negative_float, default=None, help="with --executor ray: GPUs each "
                    "task holds (default: 1 where CUDA is present, else 0)")
     p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel to execute the notebooks with")
@@ -377,7 +386,8 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
                                             run_dirs=(run_dir,)))
                 out += trains
                 needs += tuple(t.key for t in trains)
-        out.append(NotebookTask(key, step.label, step.notebook, step.output, step.parameters, needs, run_dirs))
+        out.append(NotebookTask(key, step.label, step.notebook, step.output, step.parameters, needs, run_dirs,
+                                CELL_TIMEOUT.get(step.key)))
     check_one_writer(out)
     return out
 
@@ -407,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in cfg.weights_options().items():
                 fetch_weights(name, value, args.download)
         _check_kernel(args.kernel)
-        if args.executor == "ray":
-            _check_ray()
+        how = _choose_executor(args, steps, device)
         work = tasks(steps, args, expand_ablations=args.executor == "ray")
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -421,10 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         except (runs.RunLockedError, OSError) as e:
             print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
             return 1
-        return _run(args, work, device)
+        return _run(args, work, device, how)
 
 
-def _run(args: argparse.Namespace, work: list, device) -> int:
+def _run(args: argparse.Namespace, work: list, device, how: str = "one after another") -> int:
     """Execute the study's tasks (the results directory locked); returns the exit status."""
     from mistudy import executors
 
@@ -434,14 +443,18 @@ def _run(args: argparse.Namespace, work: list, device) -> int:
     cwd = Path(args.notebooks_dir).resolve()
     saved_progress = os.environ.get("MISTUDY_PROGRESS")
     os.environ["MISTUDY_PROGRESS"] = "log"  # inherited by the kernels: one line per epoch (in the log), no bars
-    print(f"{PROG}: {len(work)} tasks ({args.executor}); executed notebooks in {results / 'notebooks'}, their output in "
+    print(f"{PROG}: {len(work)} tasks, {how}; executed notebooks in {results / 'notebooks'}, their output in "
           f"{log}", flush=True)
     start = time.perf_counter()
     try:
         if args.executor == "ray":
             gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
-            errors = executors.run_ray(work, args.kernel, cwd, log, args.address, args.workers, args.cpus_per_task,
-                                       gpus)
+            try:
+                errors = executors.run_ray(work, args.kernel, cwd, log, args.address, args.workers,
+                                           args.cpus_per_task, gpus)
+            except executors.RayStartError as e:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+                return 1
         else:
             errors = executors.run_sequential(work, args.kernel, cwd, log)
     finally:
@@ -461,7 +474,63 @@ def _run(args: argparse.Namespace, work: list, device) -> int:
 
 
 def _check_ray() -> None:
+    if not _has_ray():
+        raise UsageError("--executor ray needs Ray: pip install 'ray>=2.9' (the README's set-up installs it)") from None
+
+
+def _has_ray() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:
-        raise UsageError("--executor ray needs Ray: pip install 'ray>=2.9' (the README's set-up installs it)") from None
+    return importlib.util.find_spec("ray") is not None
+
+
+def _choose_executor(args: argparse.Namespace, steps: list[Step], device) -> str:
+    """Resolve --executor auto, --workers, --cpus-per-task and --gpus-per-task in ``args`` for this machine
+    (`executors.choose_workers`); returns the words that say how the tasks run.  --workers 1 (or --executor
+    sequential): one after another, here, exactly as the sequential executor always did."""
+    from mistudy import executors
+
+    if args.executor == "sequential" and args.workers not in (None, 1):
+        raise UsageError(f"--executor sequential runs one task at a time; --workers {args.workers} needs the default "
+                         "executor (or --executor ray)")
+    if args.executor == "sequential" or (args.executor == "auto" and args.workers == 1):
+        args.executor = "sequential"
+        return "one after another"
+    if args.executor == "ray":
+        _check_ray()
+        if args.address:  # the cluster's own resources decide
+            args.cpus_per_task = args.cpus_per_task or 1
+            return f"on the Ray cluster at {args.address}, {args.cpus_per_task} thread(s) each"
+    gpus_per_task = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
+    gpu_slots = 0
+    if gpus_per_task > 0:
+        import torch
+
+        gpu_slots = max(1, int(torch.cuda.device_count() // gpus_per_task)) if torch.cuda.is_available() else 1
+    cores = executors.available_cores()
+    choice = executors.choose_workers(
+        executors.widest(tasks(steps, args, expand_ablations=True)), cores, executors.available_memory(),
+        int(executors.TASK_MEMORY_GIB.get(args.profile, executors.TASK_MEMORY_GIB["quick"]) * executors.GIB),
+        gpu_slots)
+    workers = args.workers or choice.workers
+    threads = args.cpus_per_task or max(1, cores // workers)
+    why = "" if args.workers else f" ({choice.why})"
+    if args.executor == "auto" and workers == 1:
+        args.executor = "sequential"
+        return f"one after another{why}"
+    if args.executor == "auto" and not _has_ray():
+        print(f"{PROG}: Ray is not installed, so the tasks run one after another (pip install 'ray>=2.9' runs "
+              f"{workers} at once on this machine; --workers 1 runs them one after another without this line)",
+              file=sys.stderr, flush=True)
+        args.executor = "sequential"
+        return "one after another"
+    if args.executor == "auto":  # started now, so that a Ray that cannot start here costs the study nothing
+        try:
+            executors.start_ray(None, workers, threads, gpus_per_task)
+        except executors.RayStartError as e:
+            print(f"{PROG}: {e}; so the tasks run one after another (--workers 1 runs them so without trying Ray)",
+                  file=sys.stderr, flush=True)
+            args.executor = "sequential"
+            return "one after another"
+    args.executor, args.workers, args.cpus_per_task, args.gpus_per_task = "ray", workers, threads, gpus_per_task
+    return f"{workers} at once, {threads} thread(s) each{why}"

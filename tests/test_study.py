@@ -273,8 +273,8 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capfd, 
     nb = write_notebooks(tmp_path / "nb")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MISTUDY_PROGRESS", raising=False)
-    code, out, err = _run(capfd, "--notebooks", "01", "03", "05", "--notebooks-dir", str(nb), "--seeds", "2",
-                          "--epochs", "5", "--results-dir", "res", "--figures-dir", "figs")
+    code, out, err = _run(capfd, "--workers", "1", "--notebooks", "01", "03", "05", "--notebooks-dir", str(nb),
+                          "--seeds", "2", "--epochs", "5", "--results-dir", "res", "--figures-dir", "figs")
     assert code == 0, err
     res = tmp_path / "res"
     rec = json.loads((res / "03-synthetic-2.json").read_text())
@@ -304,8 +304,8 @@ def test_runner_executes_notebooks_with_parameters_env_and_cwd(tmp_path, capfd, 
 def test_failing_notebook_stops_the_study_and_names_the_cell(tmp_path, capsys):
     nb = write_notebooks(tmp_path / "nb", fail={"02": "raise ValueError('boom: 42 is not a shape')"})
     res = tmp_path / "res"
-    code, out, err = _run(capsys, "--notebooks", "01", "02", "03", "--seeds", "0", "--notebooks-dir", str(nb),
-                          "--results-dir", str(res), "--figures-dir", str(tmp_path / "figs"))
+    code, out, err = _run(capsys, "--workers", "1", "--notebooks", "01", "02", "03", "--seeds", "0", "--notebooks-dir",
+                          str(nb), "--results-dir", str(res), "--figures-dir", str(tmp_path / "figs"))
     assert code == 1
     first = err.strip().splitlines()[0]
     assert "02_baseline (synthetic, seed 0)" in first and "ValueError: boom: 42 is not a shape" in first
@@ -399,16 +399,23 @@ def test_a_failing_task_on_ray_is_reported_while_the_others_finish(tmp_path, cap
 @pytest.mark.slow
 def test_a_tiny_study_on_a_two_worker_ray_cluster_equals_the_sequential_one(tmp_path, capsys, monkeypatch):
     """Bit-identical tables and per-image scores: the same runs, whichever executor trains them (one torch thread
-    per run in both, as Ray gives a task of one CPU), the ablation runs as Ray tasks of their own."""
+    per run in both), the ablation runs as Ray tasks of their own.  The parallel study is the default executor's
+    choice on a 2-core machine with memory to spare: two tasks at once, one thread each."""
     pytest.importorskip("ray")
     import numpy as np
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from mistudy import executors
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the sequential study's threads (the parallel one sets its own)
+    monkeypatch.setattr(executors, "available_cores", lambda: 2)
+    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
     common = ["--profile", "tiny", "--notebooks", "02", "03", "05", "06", "--seeds", "0", "1", "--device", "cpu"]
-    for name, extra in (("sequential", []), ("ray", ["--executor", "ray", "--workers", "2"])):
+    for name, extra in (("sequential", ["--workers", "1"]), ("ray", [])):
         code, out, err = _run(capsys, *common, *extra, "--results-dir", str(tmp_path / name / "results"),
                               "--figures-dir", str(tmp_path / name / "figures"))
         assert code == 0, err
+        assert out.startswith("mistudy study: ") and \
+            ("2 at once, 1 thread(s) each" in out.splitlines()[0]) == (name == "ray"), out
     figures = {n: tmp_path / n / "figures" for n in ("sequential", "ray")}
     for table in ("comparison_table.csv", "comparison_table_beyond_miou.csv", "synthetic_06_ablations.csv"):
         assert (figures["ray"] / table).read_text() == (figures["sequential"] / table).read_text(), table
@@ -420,6 +427,127 @@ def test_a_tiny_study_on_a_two_worker_ray_cluster_equals_the_sequential_one(tmp_
             assert sorted(a.files) == sorted(b.files)
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{path}: {key}")
+
+
+def test_workers_follow_the_cores_the_memory_the_gpus_and_the_study():
+    from mistudy.executors import GIB, choose_workers
+
+    quick = int(2.5 * GIB)
+    two_core = choose_workers(10, cores=2, memory=24 * GIB, task_memory=quick)  # this project's CPU machines
+    assert (two_core.workers, two_core.threads) == (2, 1) and "bound by the cores" in two_core.why
+    wide = choose_workers(10, cores=16, memory=64 * GIB, task_memory=quick)  # more cores than tasks at once
+    assert (wide.workers, wide.threads) == (10, 1) and "bound by the tasks" in wide.why
+    eight = choose_workers(10, cores=8, memory=64 * GIB, task_memory=quick)
+    assert (eight.workers, eight.threads) == (8, 1)
+    short = choose_workers(10, cores=16, memory=8 * GIB, task_memory=quick)  # (8 - 1 reserved) // 2.5: two tasks
+    assert (short.workers, short.threads) == (2, 8) and "bound by the memory" in short.why
+    little = choose_workers(10, cores=2, memory=3 * GIB, task_memory=quick)
+    assert (little.workers, little.threads) == (1, 2)  # one at a time, every core its thread
+    gpus = choose_workers(10, cores=32, memory=128 * GIB, task_memory=6 * GIB, gpus=4)
+    assert (gpus.workers, gpus.threads) == (4, 8) and "bound by the GPUs" in gpus.why
+    assert choose_workers(1, cores=16, memory=64 * GIB, task_memory=quick).workers == 1  # 05 alone
+
+
+def test_the_default_executor_runs_tasks_at_once_and_workers_1_one_after_another(nb_dir, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import torch
+
+    from mistudy import executors
+
+    monkeypatch.setattr(executors, "available_cores", lambda: 2)
+    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
+    started = []
+    monkeypatch.setattr(executors, "start_ray", lambda *a: started.append(a))  # the local cluster, not started here
+
+    def choose(*argv):
+        args = build_parser().parse_args(["--notebooks-dir", str(nb_dir), "--results-dir", str(tmp_path), *argv])
+        steps = plan(args)
+        how = study._choose_executor(args, steps, torch.device("cpu"))
+        return args, how
+
+    args, how = choose()  # the quick study: 01 and nine 02-04 notebooks at once at most, then 05
+    assert executors.widest(study.tasks(plan(args), args, expand_ablations=True)) == 10
+    assert (args.executor, args.workers, args.cpus_per_task, args.gpus_per_task) == ("ray", 2, 1, 0.0)
+    assert how.startswith("2 at once, 1 thread(s) each (2 cores, 24.0 GiB available") and "bound by the cores" in how
+    assert started == [(None, 2, 1, 0.0)]
+    args, how = choose("--workers", "1")
+    assert (args.executor, how) == ("sequential", "one after another")
+    args, how = choose("--executor", "sequential")
+    assert (args.executor, how) == ("sequential", "one after another")
+    args, how = choose("--notebooks", "05")  # one task: nothing to run beside it
+    assert args.executor == "sequential" and how.startswith("one after another (")
+    monkeypatch.setattr(executors, "available_cores", lambda: 8)
+    args, how = choose("--workers", "2")  # the cores shared out
+    assert (args.executor, args.workers, args.cpus_per_task) == ("ray", 2, 4) and how == "2 at once, 4 thread(s) each"
+    monkeypatch.setattr(executors, "available_memory", lambda: 4 * executors.GIB)  # (4 - 1) // 2.5: one task
+    args, how = choose()
+    assert args.executor == "sequential" and "bound by the memory" in how
+    with pytest.raises(UsageError, match="--executor sequential runs one task at a time; --workers 2"):
+        choose("--executor", "sequential", "--workers", "2")
+    capsys.readouterr()
+    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
+    monkeypatch.setattr(study, "_has_ray", lambda: False)  # a plain `pip install .`: no Ray
+    args, how = choose()
+    assert (args.executor, how) == ("sequential", "one after another")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ray is not installed, so the tasks run one after another" in err
+    with pytest.raises(UsageError, match="--executor ray needs Ray"):
+        choose("--executor", "ray")
+    monkeypatch.setattr(study, "_has_ray", lambda: True)
+
+    def fails(*_):
+        raise executors.RayStartError("Ray did not start: Exception: The current node timed out during startup.")
+
+    monkeypatch.setattr(executors, "start_ray", fails)  # an overloaded machine: the raylet did not register in time
+    args, how = choose()
+    assert (args.executor, how) == ("sequential", "one after another")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ray did not start: " in err and "so the tasks run one after another" in err
+
+
+def test_notebook_01_has_a_cell_time_limit_and_the_training_notebooks_none(nb_dir, tmp_path):
+    args = build_parser().parse_args(["--notebooks-dir", str(nb_dir), "--results-dir", str(tmp_path), "--seeds", "0"])
+    by_key = {t.key: t for t in study.tasks(plan(args), args, expand_ablations=False)}
+    assert by_key["01"].cell_timeout == study.CELL_TIMEOUT["01"] > 0
+    assert by_key["04 synthetic seed0"].cell_timeout is None and by_key["05"].cell_timeout is None
+
+
+@pytest.mark.slow
+def test_a_hung_cell_fails_its_task_in_one_line_naming_the_notebook_and_the_cell(tmp_path):
+    """A cell that never returns (as 01's widget cell once did under papermill) ends the task at the cell's time
+    limit: one line with the notebook, the cell's number and source, and the partly executed notebook."""
+    from mistudy.executors import NotebookTask, TaskError, execute
+
+    cells = [new_code_cell("x = 1"), new_code_cell("import time\ntime.sleep(600)  # hangs"), new_code_cell("y = 2")]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "mistudy", "display_name": "Python (mistudy)",
+                                                            "language": "python"}})
+    nbformat.write(nb, tmp_path / "hang.ipynb")
+    task = NotebookTask("01", "01_hang", tmp_path / "hang.ipynb", tmp_path / "out" / "hang.ipynb", {},
+                        cell_timeout=3)
+    with pytest.raises(TaskError) as info:
+        execute(task, "mistudy", str(tmp_path), str(tmp_path / "log"))
+    message = str(info.value)
+    assert message.startswith("notebook 01_hang timed out in cell [2] ('import time | time.sleep(600)  # hangs'): "
+                              "no reply after 3 s") and str(task.output) in message and "\n" not in message
+    executed = nbformat.read(task.output, as_version=4)
+    assert executed.cells[0].execution_count == 1 and executed.cells[2].execution_count is None
+
+
+@pytest.mark.slow
+def test_a_task_runs_its_kernel_with_its_share_of_threads_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    from mistudy.executors import NotebookTask, execute
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    code = ("import os, torch\nfrom pathlib import Path\n"
+            "Path('threads.txt').write_text(f\"{os.environ['OMP_NUM_THREADS']} {torch.get_num_threads()}\")")
+    nb = new_notebook(cells=[new_code_cell(code)], metadata={"kernelspec": {"name": "mistudy", "language": "python",
+                                                                            "display_name": "Python (mistudy)"}})
+    nbformat.write(nb, tmp_path / "threads.ipynb")
+    task = NotebookTask("02 x", "02_threads", tmp_path / "threads.ipynb", tmp_path / "out.ipynb", {})
+    execute(task, "mistudy", str(tmp_path), None, threads=1)  # (torch uses no more threads than cores)
+    assert (tmp_path / "threads.txt").read_text() == "1 1"
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
 
 
 def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untimed_kinds():
