@@ -36,6 +36,7 @@ from mistudy import data
 from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
 from mistudy.methods.models import fetch_weights
 from mistudy.report import tuning
+from mistudy.report.theory_plots import WIDGETS_ENV
 from mistudy.training import runs
 from mistudy.training.config import (
     DATASETS,
@@ -441,8 +442,10 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
     log = results / ("study-logs" if args.executor == "ray" else "study.log")  # ray: one file per task
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(args.notebooks_dir).resolve()
-    saved_progress = os.environ.get("MISTUDY_PROGRESS")
-    os.environ["MISTUDY_PROGRESS"] = "log"  # inherited by the kernels: one line per epoch (in the log), no bars
+    # inherited by the kernels: one line per epoch (in the log), no bars; no widgets (theory_plots.WIDGETS_ENV)
+    headless = {"MISTUDY_PROGRESS": "log", WIDGETS_ENV: "off"}
+    saved_env = {name: os.environ.get(name) for name in headless}
+    os.environ.update(headless)
     print(f"{PROG}: {len(work)} tasks, {how}; executed notebooks in {results / 'notebooks'}, their output in "
           f"{log}", flush=True)
     start = time.perf_counter()
@@ -458,10 +461,11 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
         else:
             errors = executors.run_sequential(work, args.kernel, cwd, log)
     finally:
-        if saved_progress is None:
-            os.environ.pop("MISTUDY_PROGRESS", None)
-        else:
-            os.environ["MISTUDY_PROGRESS"] = saved_progress
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     for error in errors:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     if errors:

@@ -447,6 +447,13 @@ def test_widgets_have_sliders_and_redraw(monkeypatch):
     assert "D(P||Q) = 0.000" in legend
 
 
+def test_widgets_are_not_built_in_the_study_s_headless_runs(monkeypatch):
+    monkeypatch.setenv(tp.WIDGETS_ENV, "off")
+    assert tp.coin_widget() is None and tp.gaussian_joint_widget() is None and tp.kl_widget() is None
+    monkeypatch.setenv(tp.WIDGETS_ENV, "on")
+    assert tp.coin_widget().kwargs == {"p": 0.3}
+
+
 # ----------------------------------------------------------------------------- notebook 01 as committed
 
 def test_notebook_01_is_clean_and_keeps_reference_outputs_for_checked_cells():

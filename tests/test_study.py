@@ -605,3 +605,23 @@ def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chos
     write_table(rows[:4], figures / tuning.table_stem("synthetic"))  # the grid stopped after the baseline's rates
     with pytest.raises(UsageError, match=r"chose no rate for \['rmi', 'mutual'\]"):
         _plan(nb_dir, *argv, "--figures-dir", str(figures))
+
+
+def test_the_study_runs_its_kernels_headless_and_restores_the_environment(nb_dir, tmp_path, monkeypatch):
+    """The kernels inherit one progress line per epoch and no widgets (notebook 01's sliders stalled papermill for
+    a whole cell time limit under load); the caller's environment is as it was afterwards."""
+    from mistudy import executors
+
+    seen = {}
+
+    def run_sequential(work, kernel, cwd, log):
+        seen.update({name: os.environ.get(name) for name in ("MISTUDY_PROGRESS", "MISTUDY_WIDGETS")})
+        return []
+
+    monkeypatch.setattr(executors, "run_sequential", run_sequential)
+    monkeypatch.delenv("MISTUDY_WIDGETS", raising=False)
+    monkeypatch.setenv("MISTUDY_PROGRESS", "bar")
+    assert study.main(["--notebooks-dir", str(nb_dir), "--results-dir", str(tmp_path), "--notebooks", "01",
+                       "--workers", "1"]) == 0
+    assert seen == {"MISTUDY_PROGRESS": "log", "MISTUDY_WIDGETS": "off"}
+    assert os.environ["MISTUDY_PROGRESS"] == "bar" and "MISTUDY_WIDGETS" not in os.environ

@@ -5,7 +5,10 @@
 - `plot_*` draw one figure each with pyplot and return it (the notebook saves it with
   `mistudy.report.viz.save_figure`; the inline backend shows it).
 - `*_widget` wrap a plot function in `ipywidgets.interactive`. Widget state is not kept in executed
-  notebooks, so the notebook also draws every demo once as a plain figure at the default values.
+  notebooks, so the notebook also draws every demo once as a plain figure at the default values; in the study's
+  headless runs (env MISTUDY_WIDGETS=off, set by `mistudy study`) the widgets are not built at all: an
+  ipywidgets cell was seen to stall papermill for its whole cell time limit on a loaded machine (nbclient's
+  handling of output widgets, jupyter/nbclient#312), and headless there is no one to move a slider.
 All quantities come from `mistudy.methods.infotheory`, in bits.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -256,21 +260,31 @@ def plot_rmi_growth(sigmas, bound_blur, alphas, bound_mix, perfect: float) -> Fi
 # ----------------------------------------------------------------------------- widgets
 
 
-def coin_widget() -> widgets.interactive:
+WIDGETS_ENV = "MISTUDY_WIDGETS"  # "off": the *_widget functions return None (headless runs)
+
+
+def _interactive(draw, **sliders) -> widgets.interactive | None:
+    """``ipywidgets.interactive(draw, **sliders)``, or None where env MISTUDY_WIDGETS is "off"."""
+    if os.environ.get(WIDGETS_ENV) == "off":
+        return None
+    return widgets.interactive(draw, **sliders)
+
+
+def coin_widget() -> widgets.interactive | None:
     """Slider for the coin's bias, redrawing `plot_coin`."""
     slider = widgets.FloatSlider(value=0.3, min=0.01, max=0.99, step=0.01, description="P(heads)",
                                  continuous_update=False)
-    return widgets.interactive(lambda p: _draw(plot_coin, p), p=slider)
+    return _interactive(lambda p: _draw(plot_coin, p), p=slider)
 
 
-def gaussian_joint_widget() -> widgets.interactive:
+def gaussian_joint_widget() -> widgets.interactive | None:
     """Slider for the correlation of a discretised bivariate normal, redrawing `plot_gaussian_joint`."""
     slider = widgets.FloatSlider(value=0.6, min=-0.95, max=0.95, step=0.05, description="rho",
                                  continuous_update=False)
-    return widgets.interactive(lambda rho: _draw(plot_gaussian_joint, rho), rho=slider)
+    return _interactive(lambda rho: _draw(plot_gaussian_joint, rho), rho=slider)
 
 
-def kl_widget(k: int = 8) -> widgets.interactive:
+def kl_widget(k: int = 8) -> widgets.interactive | None:
     """Sliders for the centre and width of two bumps P and Q over k outcomes, redrawing `plot_kl`."""
     def slider(value, lo, hi, label):
         return widgets.FloatSlider(value=value, min=lo, max=hi, step=0.1, description=label,
@@ -279,7 +293,7 @@ def kl_widget(k: int = 8) -> widgets.interactive:
     def draw(p_mean, p_width, q_mean, q_width):
         _draw(plot_kl, discrete_bump(k, p_mean, p_width), discrete_bump(k, q_mean, q_width))
 
-    return widgets.interactive(draw, p_mean=slider(2.0, 0, k - 1, "P centre"),
+    return _interactive(draw, p_mean=slider(2.0, 0, k - 1, "P centre"),
                                p_width=slider(1.0, 0.5, 3, "P width"),
                                q_mean=slider(4.0, 0, k - 1, "Q centre"),
                                q_width=slider(2.0, 0.5, 3, "Q width"))
