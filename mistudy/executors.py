@@ -65,15 +65,10 @@ def execute(task, kernel: str, cwd: str, log_path: str | None, threads: int | No
 
 
 @contextlib.contextmanager
-def _threads(threads: int | None):
-    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile; restored after.  A Ray worker runs
-    one task at a time, so setting its environment is safe; None: unchanged (the sequential study)."""
-    if threads is None:
-        yield
-        return
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: str(threads) for name in names})
+def environment(values: dict[str, str]):
+    """``values`` set in os.environ for the kernels started meanwhile (they inherit it); restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -82,6 +77,12 @@ def _threads(threads: int | None):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _threads(threads: int | None):
+    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile; restored after.  A Ray worker runs
+    one task at a time, so setting its environment is safe; None: unchanged (the sequential study)."""
+    return environment({} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
 
 def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str | None) -> None:

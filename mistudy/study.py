@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -443,13 +442,11 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(args.notebooks_dir).resolve()
     # inherited by the kernels: one line per epoch (in the log), no bars; no widgets (theory_plots.WIDGETS_ENV)
-    headless = {"MISTUDY_PROGRESS": "log", WIDGETS_ENV: "off"}
-    saved_env = {name: os.environ.get(name) for name in headless}
-    os.environ.update(headless)
+    headless = executors.environment({"MISTUDY_PROGRESS": "log", WIDGETS_ENV: "off"})
     print(f"{PROG}: {len(work)} tasks, {how}; executed notebooks in {results / 'notebooks'}, their output in "
           f"{log}", flush=True)
     start = time.perf_counter()
-    try:
+    with headless:
         if args.executor == "ray":
             gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
             try:
@@ -460,12 +457,6 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
                 return 1
         else:
             errors = executors.run_sequential(work, args.kernel, cwd, log)
-    finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     for error in errors:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     if errors:
