@@ -270,7 +270,8 @@ class UseCaseReport:
                                   device=self.device)
         predictions = {NETWORK_LABELS[n]: masks for n, masks in samples["predictions"].items()}
         fig = viz.plot_predictions(samples["images"], samples["targets"], predictions, self.cfg.dataset,
-                                   title=f"{self.title} on {self.cfg.dataset}: predicted masks ({checkpoint} weights)")
+                                   title=f"{self.title} on {self.cfg.dataset}, seed {self.cfg.seed}: predicted masks "
+                                         f"({checkpoint} weights)")
         viz.save_figure(fig, f"{self.stem}_predictions.png", self.prov)
         return fig
 
