@@ -591,6 +591,7 @@ def test_a_run_scored_by_older_metrics_is_scored_again_when_reused_without_train
     cfg = tiny(tmp_path, epochs=2, use_case="rmi")
     first = train(cfg)
     assert first["scoring_version"] == SCORING_VERSION
+    assert first["torch_threads"] == torch.get_num_threads()  # what a bit-for-bit repeat needs
     path = tmp_path / "run" / "metrics.json"
     old = json.loads(path.read_text())
     del old["scoring_version"]  # written before versions existed

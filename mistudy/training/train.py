@@ -264,6 +264,9 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
         "primary_network": PRIMARY_NETWORK, "train_samples": len(s.datasets["train"]),
         "select_samples": len(select) if select is not None else 0, "val_samples": len(s.datasets["val"]),
         "networks": by_network, "config": asdict(cfg) | {"resume": False}, "scoring_version": SCORING_VERSION,
+        # the CPU threads of this process: some networks' float arithmetic (DeepLabV3's) differs with it, so two runs
+        # of one configuration agree bit for bit only at the same thread count
+        "torch_threads": torch.get_num_threads(),
     }
     if ctx.is_main:
         runs.write_per_image(run_dir, counts, image_ids(s.datasets["val"]))
