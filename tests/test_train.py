@@ -357,10 +357,14 @@ def test_rmi_training_same_with_fast_and_reference_loss(tmp_path, monkeypatch):
             super().__init__()
             self.kw = dict(num_classes=num_classes, radius=radius, pool=pool, pool_size=pool_size,
                            ignore_index=ignore_index)
+            self.bce_weight = bce_weight
 
         def parts(self, logits, target):  # each term of the reference alone: lambda = 1 is BCE, lambda = 0 RMI
             return {"bce": rmi_loss_reference(logits, target, bce_weight=1.0, **self.kw),
                     "rmi": rmi_loss_reference(logits, target, bce_weight=0.0, **self.kw)}
+
+        def combine(self, parts):  # Zhao et al.'s mix, written here again: lambda * BCE + (1 - lambda) * RMI
+            return self.bce_weight * parts["bce"] + (1 - self.bce_weight) * parts["rmi"]
 
     monkeypatch.setattr(engine, "RMILoss", lambda n, **kw: Reference(n, **kw))
     ref = train(tiny(tmp_path, "ref", **cfg))
