@@ -165,7 +165,8 @@ def _train(args) -> int:
     rule = "best_miou" if cfg.select_fraction > 0 else "last"
     print(json.dumps({n: {k: v for k, v in m[rule].items() if k in ("epoch", "pixel_accuracy", "iou_micro", "miou")}
                       for n, m in summary["networks"].items() if rule in m}, indent=2))
-    print(f"run written to {summary['run_dir']} (validation scores of the {rule} weights above)")
+    done = "reused from" if summary.get("reused") else "written to"
+    print(f"run {done} {summary['run_dir']} (validation scores of the {rule} weights above)")
     return 0
 
 

@@ -147,7 +147,8 @@ def test_train_cli_shares_the_notebooks_defaults_and_layout(tmp_path, monkeypatc
     assert main(["train", "--set", "epochs=1", "--device", "cpu", "--set", "use_case=rmi"]) == 0
     out = capsys.readouterr().out
     scores = json.loads(out[out.index("{"):out.rindex("}") + 1])
-    assert "Reusing the finished run" in out and scores["unet"] == {
+    assert "Reusing the finished run" in out and "run reused from" in out and "run written to" not in out
+    assert scores["unet"] == {
         k: v for k, v in json.loads((run / "metrics.json").read_text())["networks"]["unet"]["best_miou"].items()
         if k in scores["unet"]}
 

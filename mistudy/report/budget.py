@@ -193,8 +193,9 @@ def budget_lines(rows: list[dict]) -> list[str]:
 
 def budget_table(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(numbers, formatted) rows of the budget table: per use-case the epochs, seeds, last-epoch mean mIoU, the
-    plateau test's window, slope and projected gain with their 95% intervals, its state and rule, and Δ mIoU
-    against the baseline at the last epoch (`stats.PAIRED_INTERVAL_TEXT`)."""
+    plateau test's window, slope and projected gain with their 95% intervals, its state, and Δ mIoU against the
+    baseline at the last epoch (`stats.PAIRED_INTERVAL_TEXT`).  The CSV's rows name the plateau rule each; the
+    Markdown says it once, in its title (`write_budget`)."""
     numbers, formatted = [], []
     for r in rows:
         d = r["diff_last"]
@@ -214,8 +215,7 @@ def budget_table(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             "projected gain [95%]": f"{r['gain'].format(3, signed=True)} over {r['horizon']:g} epochs",
             "state": r["state"],
             "Δ mIoU vs baseline, last epoch [95%]": (
-                "–" if d is None else f"{d.format(signed=True)} {stats.verdict(d)}"),
-            "rule": PLATEAU_RULE_TEXT})
+                "–" if d is None else f"{d.format(signed=True)} {stats.verdict(d)}")})
     return numbers, formatted
 
 

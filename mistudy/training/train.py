@@ -302,7 +302,7 @@ REUSE_IGNORED = RUNTIME_OPTIONS | {"resume", "run_dir", "results_dir", "run_name
 
 def train_or_load(cfg: TrainConfig) -> dict:
     """Train ``cfg``, or load its run if the run directory already holds a finished run of the same configuration.
-    Returns the run's metrics.json content plus "run_dir".
+    Returns the run's metrics.json content plus "run_dir" (and "reused": True when nothing was trained).
 
     A finished run with a different configuration raises FileExistsError naming the differences (choose another
     run_name / results_dir, delete the run, or pass resume=True to extend it to more epochs).
@@ -325,7 +325,7 @@ def train_or_load(cfg: TrainConfig) -> dict:
     if not diff:
         runs.check_weights(cfg, run_dir)
         print(f"Reusing the finished run in {run_dir} (same configuration); delete it to train again.")
-        return {**metrics, "run_dir": str(run_dir)}
+        return {**metrics, "run_dir": str(run_dir), "reused": True}
     hint = " or pass resume=True to continue it" if set(diff) <= RESUMABLE_CHANGES else ""
     raise FileExistsError(f"{run_dir} holds a finished run with another configuration "
                           f"({runs.format_differences(diff)}); choose another run_name or results_dir, delete it{hint}")
