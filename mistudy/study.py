@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results, _ = _folders(args)
+    if args.recipe == "tuned":
+        _link_shared_runs(args, steps)
     with contextlib.ExitStack() as stack:
         try:  # one study at a time writes a results directory (its log, its notebooks)
             stack.enter_context(runs.RunLock(results, "results directory", "give this study another --results-dir"))
@@ -431,6 +433,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
             return 1
         return _run(args, work, device, how)
+
+
+def _link_shared_runs(args: argparse.Namespace, steps: list[Step]) -> None:
+    """--recipe tuned: a use-case whose tuned rate is the shared one has, seed by seed, the shared recipe's runs:
+    each finished one is linked into the tuned folder (`train.link_finished_run`) rather than trained again."""
+    from mistudy.training.train import link_finished_run
+
+    shared, _ = _folders(args, tuned_from=True)
+    linked = [s.label for s in steps if s.key in PER_RUN and link_finished_run(
+        s.config, s.config.replace(results_dir=str(shared)).resolved_run_dir())]
+    if linked:
+        print(f"{PROG}: --recipe tuned: {len(linked)} run(s) at the shared rate taken from {shared} (same "
+              f"configuration, nothing retrained): {', '.join(linked)}", flush=True)
 
 
 def _run(args: argparse.Namespace, work: list, device, how: str = "one after another") -> int:

@@ -607,6 +607,37 @@ def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chos
         _plan(nb_dir, *argv, "--figures-dir", str(figures))
 
 
+def test_the_tuned_recipe_takes_the_shared_runs_of_a_use_case_whose_rate_did_not_change(nb_dir, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """Tuning chose the shared rate for the baseline: its finished shared runs are the tuned recipe's too (linked,
+    not trained again); RMI's tuned rate differs, so its run is trained anew."""
+    from mistudy import study
+    from mistudy.io.tables import write_table
+    from mistudy.report import tuning
+    from mistudy.training.config import PROFILES, study_config
+    from mistudy.training.train import train
+
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    figures = tmp_path / "figures"
+    shared_lr = PROFILES["tiny"]["lr"]
+    rows = [{"use_case": uc, "lr": lr, "chosen": lr == best} for uc, best in
+            (("baseline", shared_lr), ("rmi", 3e-4), ("mutual", 1e-4)) for lr in tuning.LEARNING_RATES]
+    write_table(rows, figures / tuning.table_stem("synthetic"))
+    shared = tmp_path / "results" / "tiny"
+    for uc in ("baseline", "rmi"):  # the shared recipe's runs, finished
+        train(study_config(uc, "tiny", {"epochs": 1}, seed=0, device="cpu", progress="none", results_dir=str(shared)))
+    args = build_parser().parse_args(["--notebooks-dir", str(nb_dir), "--notebooks", "02", "03", "--seeds", "0",
+                                      "--profile", "tiny", "--recipe", "tuned", "--epochs", "1",
+                                      "--figures-dir", str(figures)])
+    steps = plan(args)
+    study._link_shared_runs(args, steps)
+    tuned = shared / "tuned" / "synthetic"
+    assert (tuned / "baseline" / "seed0" / "metrics.json").is_file() and not (tuned / "rmi").exists()
+    assert "1 run(s) at the shared rate taken from" in capsys.readouterr().out
+    study._link_shared_runs(args, steps)  # again: nothing more to take, nothing said
+    assert "taken from" not in capsys.readouterr().out
+
+
 def test_the_study_runs_its_kernels_headless_and_restores_the_environment(nb_dir, tmp_path, monkeypatch):
     """The kernels inherit one progress line per epoch and no widgets (notebook 01's sliders stalled papermill for
     a whole cell time limit under load); the caller's environment is as it was afterwards."""

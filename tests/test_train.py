@@ -652,3 +652,37 @@ def test_voc_aug_trains_end_to_end_the_same_with_the_cache(voc_root, tmp_path):
     cached = train(TrainConfig(**common, cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "cached")))
     assert plain["train_samples"] + plain["select_samples"] == 5 and plain["val_samples"] == 2  # VOC + SBD, VOC val
     assert plain["networks"] == cached["networks"]
+
+
+def test_a_finished_run_of_the_same_configuration_is_linked_not_trained_and_stays_independent(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """The tuned recipe's run of a use-case whose tuned rate is the shared one is the shared run: linked, reused
+    without a training step, and untouched when the shared run is extended afterwards (or the other way round)."""
+    from mistudy.training.train import link_finished_run, train_or_load
+
+    shared = tiny(tmp_path, "shared", epochs=2)
+    first = train(shared)
+    tuned = shared.replace(run_dir=str(tmp_path / "tuned" / "seed3"), results_dir=str(tmp_path / "tuned"))
+    assert not link_finished_run(tuned.replace(lr=3e-4), tmp_path / "shared")  # another rate: another run
+    assert not link_finished_run(tuned, tmp_path / "missing")
+    assert not (tmp_path / "tuned" / "seed3").exists()
+    assert link_finished_run(tuned, tmp_path / "shared")
+    linked = tmp_path / "tuned" / "seed3"
+    assert sorted(p.name for p in linked.iterdir()) == sorted(p.name for p in (tmp_path / "shared").iterdir())
+    assert os.stat(linked / "last.pt").st_ino == os.stat(tmp_path / "shared" / "last.pt").st_ino
+    assert not list((tmp_path / "tuned").glob(".*linking*")), "temporary folder left behind"
+    assert not link_finished_run(tuned, tmp_path / "shared")  # there already: never overwritten
+    calls = count_calls(monkeypatch, engine, "train_step")
+    again = train_or_load(tuned)
+    assert calls["n"] == 0 and again["networks"] == first["networks"] and again["reused"]
+    assert "Reusing the finished run" in capsys.readouterr().out
+    before = (linked / "metrics.json").read_bytes(), (linked / "history.json").read_bytes()
+    calls.update(n=0)
+    train(shared.replace(epochs=3, resume=True))  # the shared run extended: its files replaced, not rewritten
+    assert calls["n"] > 0 and len(runs.load_history(tmp_path / "shared")) == 3
+    assert ((linked / "metrics.json").read_bytes(), (linked / "history.json").read_bytes()) == before
+    assert len(runs.load_history(linked)) == 2
+    metrics = json.loads((tmp_path / "shared" / "metrics.json").read_text())
+    metrics["scoring_version"] = 1  # scored under older metrics: not taken as it is
+    (tmp_path / "shared" / "metrics.json").write_text(json.dumps(metrics))
+    assert not link_finished_run(shared.replace(run_dir=str(tmp_path / "other"), epochs=3), tmp_path / "shared")

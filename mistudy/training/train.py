@@ -300,6 +300,43 @@ def json_metrics(m: dict) -> dict:
 REUSE_IGNORED = RUNTIME_OPTIONS | {"resume", "run_dir", "results_dir", "run_name"}
 
 
+def link_finished_run(cfg: TrainConfig, source) -> bool:
+    """Make the finished run in ``source`` ``cfg``'s run as well, when it is one of the same configuration (what
+    `train_or_load` would reuse: the options of REUSE_IGNORED aside) scored under the current metrics, and cfg's run
+    directory does not exist yet.  Its files are hard-linked (copied where the file system cannot link) into a
+    temporary folder renamed into place, so the run appears whole or not at all; a run's files are only ever
+    replaced by atomic renames, never written in place, so the two directories stay independent afterwards.
+    Returns whether it linked.  E.g. the tuned recipe's run of a use-case whose tuned rate is the shared one."""
+    import os
+    import secrets
+    import shutil
+
+    source, run_dir = Path(source), cfg.resolved_run_dir()
+    if run_dir.exists() or not runs.is_run_dir(source) or (source / runs.LOCK_FILE).exists():
+        return False
+    metrics = runs.load_metrics(source)
+    if metrics is None or metrics.get("scoring_version") != SCORING_VERSION or runs.config_differences(
+            cfg, source, ignore=REUSE_IGNORED, saved=metrics.get("config")):
+        return False
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = run_dir.with_name(f".{run_dir.name}.linking-{secrets.token_hex(4)}")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, tmp, copy_function=link_or_copy,
+                        ignore=lambda _, names: [n for n in names if n == runs.LOCK_FILE or runs.STAGED_MARK in n])
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
 def train_or_load(cfg: TrainConfig) -> dict:
     """Train ``cfg``, or load its run if the run directory already holds a finished run of the same configuration.
     Returns the run's metrics.json content plus "run_dir" (and "reused": True when nothing was trained).
