@@ -182,6 +182,21 @@ class Progress:
         self.left = {t.key for t in tasks}
         self.done = self.failed = self.skipped = 0
         self.t0 = time.perf_counter()
+        self.started: dict[str, float] = {}  # task key -> when it started (wall clock, as files' times are)
+
+    def start(self, task) -> None:
+        self.started[task.key] = time.time()
+
+    def reused(self, task) -> bool:
+        """Whether ``task`` only found its runs finished (every run directory's metrics.json older than the task's
+        start): its few seconds say nothing of a training task's time, so the estimate leaves them out."""
+        from mistudy.training.runs import METRICS_FILE
+
+        t0 = self.started.get(task.key)
+        if t0 is None or not task.run_dirs:
+            return False
+        paths = [Path(d) / METRICS_FILE for d in task.run_dirs]
+        return all(p.is_file() and p.stat().st_mtime < t0 for p in paths)
 
     def _estimate(self) -> str:
         """The time left from the mean time of each kind of task; tasks of kinds not timed yet (a notebook 04 while
@@ -200,8 +215,11 @@ class Progress:
         self.left.discard(task.key)
         if error is None:
             self.done += 1
-            self.seconds.setdefault(self.kind[task.key], []).append(seconds)
-            what = f"done in {seconds:.0f} s"
+            if self.reused(task):
+                what = f"done in {seconds:.0f} s (its runs were finished: reused)"
+            else:
+                self.seconds.setdefault(self.kind[task.key], []).append(seconds)
+                what = f"done in {seconds:.0f} s"
         else:
             self.failed += 1
             what = "FAILED"
@@ -223,6 +241,7 @@ def run_sequential(tasks: list, kernel: str, cwd: Path, log_path: Path | None) -
     """Every task in order, here; the first failure stops the study (what finished stays).  Returns the errors."""
     progress = Progress(tasks)
     for task in tasks:
+        progress.start(task)
         try:
             seconds = execute(task, kernel, str(cwd), str(log_path) if log_path else None)
         except TaskError as e:
@@ -278,7 +297,7 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
         return str(Path(log_path) / ("".join(c if c.isalnum() or c in "=._-" else "_" for c in task.key) + ".log")) \
             if log_path else None
 
-    while waiting or running:
+    def submit_ready() -> None:
         for task in list(waiting):
             blocked = [k for k in task.needs if k in failed]
             if blocked:
@@ -289,7 +308,11 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
                 # no more in flight than the cluster runs at once: "running" means running, and a task that
                 # becomes ready later is not queued behind tasks submitted early
                 waiting.remove(task)
+                progress.start(task)
                 running[remote.remote(task, kernel, str(cwd), log(task), max(1, int(cpus_per_task)))] = task
+
+    while waiting or running:
+        submit_ready()
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1)
@@ -301,9 +324,10 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
             message = str(cause) if isinstance(cause, TaskError) else f"{task.label}: {type(e).__name__}: {e}"
             errors.append(message)
             failed.add(task.key)
-            progress.finished(task, None, message, running=len(running))
+            progress.finished(task, None, message, running=len(running))  # before the skips it causes
             continue
         finished.add(task.key)
+        submit_ready()  # the tasks that take its place first, so that the line counts them as running
         progress.finished(task, seconds, running=len(running))
     return errors
 

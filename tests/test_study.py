@@ -392,6 +392,8 @@ def test_a_failing_task_on_ray_is_reported_while_the_others_finish(tmp_path, cap
     assert (res / "02-synthetic-0.json").is_file() and (res / "02-synthetic-1.json").is_file()
     assert "[skip] 05_comparison: not run, because 03_rmi" in out
     assert "failed" in out and "done" in out
+    # a finished task's line counts the task that took its place (it said "1 running" while two ran)
+    assert any("done in" in line and "2 running" in line for line in out.splitlines())
     failed_line = next(i for i, line in enumerate(out.splitlines()) if "03_rmi (synthetic, seed 0): FAILED" in line)
     assert "ValueError: boom in 03" in out.splitlines()[failed_line + 1]  # the reason beside the FAILED line
 
@@ -568,6 +570,38 @@ def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untim
     progress.finished(tasks[1], 120.0)
     progress.finished(tasks[2], 120.0)
     assert "100% of the study, nothing left" in out.getvalue().splitlines()[-1]
+
+
+def test_a_task_that_found_its_runs_finished_says_so_and_does_not_shorten_the_time_left(tmp_path):
+    """A resumed study's first tasks reuse finished runs in seconds; timed as training tasks they made a study of
+    hours say "at least 1 min left"."""
+    import io
+    import os
+    import time
+
+    from mistudy.executors import NotebookTask, Progress
+
+    def task(key, run_dir):
+        return NotebookTask(key, key, Path("nb.ipynb"), Path("out.ipynb"), {}, run_dirs=(str(run_dir),))
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    tasks = [task("02 synthetic seed0", old), task("02 synthetic seed1", new), task("02 synthetic seed2", new)]
+    (old / "metrics.json").parent.mkdir()
+    (old / "metrics.json").write_text("{}")
+    past = time.time() - 3600
+    os.utime(old / "metrics.json", (past, past))  # finished an hour before the study
+    out = io.StringIO()
+    progress = Progress(tasks, workers=1, out=out)
+    for t in tasks:
+        progress.start(t)
+    progress.finished(tasks[0], 14.0)
+    assert "done in 14 s (its runs were finished: reused)" in out.getvalue()
+    assert "time left: estimating" in out.getvalue()  # 14 s is no training run's time
+    new.mkdir()
+    (new / "metrics.json").write_text("{}")  # written while the task ran: trained
+    progress.finished(tasks[1], 600.0)
+    last = out.getvalue().splitlines()[-1]
+    assert "done in 600 s (" in last and "about 10 min left" in last
 
 
 def test_each_profile_declares_its_seeds_and_the_tuning_grid_never_uses_them(nb_dir, tmp_path):
