@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mistudy.io import machine
+
 
 @dataclass(frozen=True)
 class NotebookTask:
@@ -264,7 +266,7 @@ def start_ray(address: str | None = None, workers: int | None = None, cpus_per_t
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            cpus = (workers or max(1, int(available_cores() // cpus_per_task))) * cpus_per_task
+            cpus = (workers or max(1, int(machine.available_cores() // cpus_per_task))) * cpus_per_task
             ray.init(num_cpus=cpus, num_gpus=None if gpus_per_task else 0, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
     except Exception as e:  # Ray raises bare Exceptions (a raylet timing out, a cluster not found)
@@ -341,32 +343,6 @@ GIB = 2 ** 30
 # about half a GiB.  The paper profile (224 px, larger batches, loader workers): an estimate, unmeasured.
 TASK_MEMORY_GIB = {"tiny": 1.5, "quick": 2.5, "standard": 2.5, "long": 2.5, "paper": 6.0}
 RESERVED_GIB = 1.0  # the study's own process and Ray's (raylet, GCS), beside the tasks
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity: `taskset` and container limits count), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new processes without swapping (psutil, else /proc/meminfo, else free pages)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # psutil missing or failing: the kernel's own estimate
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def widest(tasks: list) -> int:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mistudy import data
+from mistudy.io import machine
 from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
 from mistudy.methods.models import fetch_weights
 from mistudy.report import tuning
@@ -517,9 +518,9 @@ def _choose_executor(args: argparse.Namespace, steps: list[Step], device) -> str
         import torch
 
         gpu_slots = max(1, int(torch.cuda.device_count() // gpus_per_task)) if torch.cuda.is_available() else 1
-    cores = executors.available_cores()
+    cores = machine.available_cores()
     choice = executors.choose_workers(
-        executors.widest(tasks(steps, args, expand_ablations=True)), cores, executors.available_memory(),
+        executors.widest(tasks(steps, args, expand_ablations=True)), cores, machine.available_memory(),
         int(executors.TASK_MEMORY_GIB.get(args.profile, executors.TASK_MEMORY_GIB["quick"]) * executors.GIB),
         gpu_slots)
     workers = args.workers or choice.workers

@@ -10,6 +10,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from mistudy import study
+from mistudy.io import machine
 from mistudy.report import ablations
 from mistudy.study import NOTEBOOKS, UsageError, build_parser, main, plan
 from mistudy.training import runs
@@ -409,8 +410,8 @@ def test_a_tiny_study_on_a_two_worker_ray_cluster_equals_the_sequential_one(tmp_
     from mistudy import executors
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the sequential study's threads (the parallel one sets its own)
-    monkeypatch.setattr(executors, "available_cores", lambda: 2)
-    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
+    monkeypatch.setattr(machine, "available_cores", lambda: 2)
+    monkeypatch.setattr(machine, "available_memory", lambda: 24 * executors.GIB)
     common = ["--profile", "tiny", "--notebooks", "02", "03", "05", "06", "--seeds", "0", "1", "--device", "cpu"]
     for name, extra in (("sequential", ["--workers", "1"]), ("ray", [])):
         code, out, err = _run(capsys, *common, *extra, "--results-dir", str(tmp_path / name / "results"),
@@ -456,8 +457,8 @@ def test_the_default_executor_runs_tasks_at_once_and_workers_1_one_after_another
 
     from mistudy import executors
 
-    monkeypatch.setattr(executors, "available_cores", lambda: 2)
-    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
+    monkeypatch.setattr(machine, "available_cores", lambda: 2)
+    monkeypatch.setattr(machine, "available_memory", lambda: 24 * executors.GIB)
     started = []
     monkeypatch.setattr(executors, "start_ray", lambda *a: started.append(a))  # the local cluster, not started here
 
@@ -478,16 +479,16 @@ def test_the_default_executor_runs_tasks_at_once_and_workers_1_one_after_another
     assert (args.executor, how) == ("sequential", "one after another")
     args, how = choose("--notebooks", "05")  # one task: nothing to run beside it
     assert args.executor == "sequential" and how.startswith("one after another (")
-    monkeypatch.setattr(executors, "available_cores", lambda: 8)
+    monkeypatch.setattr(machine, "available_cores", lambda: 8)
     args, how = choose("--workers", "2")  # the cores shared out
     assert (args.executor, args.workers, args.cpus_per_task) == ("ray", 2, 4) and how == "2 at once, 4 thread(s) each"
-    monkeypatch.setattr(executors, "available_memory", lambda: 4 * executors.GIB)  # (4 - 1) // 2.5: one task
+    monkeypatch.setattr(machine, "available_memory", lambda: 4 * executors.GIB)  # (4 - 1) // 2.5: one task
     args, how = choose()
     assert args.executor == "sequential" and "bound by the memory" in how
     with pytest.raises(UsageError, match="--executor sequential runs one task at a time; --workers 2"):
         choose("--executor", "sequential", "--workers", "2")
     capsys.readouterr()
-    monkeypatch.setattr(executors, "available_memory", lambda: 24 * executors.GIB)
+    monkeypatch.setattr(machine, "available_memory", lambda: 24 * executors.GIB)
     monkeypatch.setattr(study, "_has_ray", lambda: False)  # a plain `pip install .`: no Ray
     args, how = choose()
     assert (args.executor, how) == ("sequential", "one after another")

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mistudy import data
+from mistudy.io.machine import available_cores
 from mistudy.training.config import TrainConfig
 
 
@@ -123,14 +124,6 @@ def evaluation_batch_size(cfg: TrainConfig) -> int:
     if cfg.eval_protocol == "full" and cfg.dataset != "synthetic":
         return 1  # whole images of different sizes cannot be stacked
     return cfg.resolved_batch_size
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity: fewer than the machine's under a scheduler)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def check_workers(cfg: TrainConfig) -> None:

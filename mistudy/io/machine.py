@@ -1,0 +1,31 @@
+"""What this machine gives a process: its CPU cores and the memory available to new processes."""
+
+from __future__ import annotations
+
+import os
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity: `taskset` and container limits count), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes without swapping (psutil, else /proc/meminfo, else free pages)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or failing: the kernel's own estimate
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
