@@ -239,6 +239,23 @@ def test_verdicts_by_budget_put_each_profiles_paired_verdict_side_by_side(tmp_pa
         assert cell.startswith(f"{expected['miou_diff']:+.3f}") and f" {word} (2 epochs, n=3)" in cell
 
 
+def test_a_mutual_verdict_at_each_budget_names_its_students_and_partners_strength(tmp_path):
+    """A weak partner pulls its student toward itself: the cell says how strong each network was."""
+    from mistudy.report.comparison import comparison
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        preds, targets = masks(rng, 8, 0.7, size=16)
+        fake_run(tmp_path, "synthetic", "baseline", seed, scores(0.8, 0.5), counts=per_image(preds, targets))
+        fake_run(tmp_path, "synthetic", "mutual", seed, scores(0.8, 0.5), counts=per_image(preds, targets),
+                 networks=("deeplabv3", "unet"))
+    rows = budget.verdicts_by_budget({"quick": tmp_path}, epochs={"quick": 2})
+    table = {r["network"]: r for r in comparison(tmp_path, ["synthetic"])[0] if r["use_case"] == "mutual"}
+    assert [r["method (U-Net) vs baseline"] for r in rows] == ["mutual"]
+    assert rows[0]["quick: Δ mIoU [95%] verdict"].endswith(
+        f"(2 epochs, n=3; mIoU student {table['unet']['miou_mean']:.3f}, partner {table['deeplabv3']['miou_mean']:.3f})")
+
+
 def test_verdicts_by_budget_name_the_plateau_state_of_each_curve(tmp_path):
     """With per-epoch matrices each cell names the method's own curve's state and a first row the baseline's."""
     from mistudy.report.comparison import runs_for

@@ -290,6 +290,17 @@ def test_verdicts_under_every_selection_rule_and_robust_only_where_they_agree(tm
                                        "n = 3, last worse")
     assert rows["mutual"]["across the rules"] == "robust: no detectable difference at n = 3 under every rule"
     assert "headline rule best_miou, declared before the runs" in comparison.by_rule_title()
+    # beside each verdict, how strong the networks it compares are: the partner beside its student
+    table = {(r["use_case"], r["network"]): r for r in comparison.comparison(tmp_path, ["synthetic"], "best_miou")[0]}
+
+    def ci(r):
+        return f"{r['miou_mean']:.3f} [{r['miou_low']:.3f}, {r['miou_high']:.3f}]"
+
+    base = ci(table[("baseline", "unet")])
+    assert rows["mutual"]["mIoU [95% CI] under the headline rule"] == (
+        f"student {ci(table[('mutual', 'unet')])}; partner (DeepLabV3) {ci(table[('mutual', 'deeplabv3')])}; "
+        f"baseline {base}")
+    assert rows["rmi"]["mIoU [95% CI] under the headline rule"] == f"rmi {ci(table[('rmi', 'unet')])}; baseline {base}"
 
 
 def test_a_seed_that_failed_to_take_off_is_named_beside_the_mean(tmp_path):

@@ -284,7 +284,8 @@ BUDGET_PROFILES = ("quick", "standard", "long")  # the same recipe trained longe
 def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic", checkpoint: str = "best_miou",
                        epochs: dict[str, int] | None = None) -> list[dict]:
     """The final tables' Δ mIoU verdict of each method at every budget (profile) that has runs, side by side:
-    one row per method, per profile "Δ [95% interval] verdict (epochs, n; curve <plateau state>)".  results_dirs:
+    one row per method, per profile "Δ [95% interval] verdict (epochs, n; curve <plateau state>)", mutual
+    learning's with its student's and partner's mean mIoU.  results_dirs:
     {profile: results dir}; only runs of the profile's length count (``epochs``, default: the profiles' own), so
     that a profile still being trained (the long runs extended one by one) never shows a mixture; profiles without
     such runs are left out.  Where the runs kept per-epoch matrices, each cell names the plateau state of the
@@ -306,8 +307,11 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
                 continue
             test = _curve_plateau(results_dir, dataset, r["use_case"], r["epochs"], r["n_seeds"])
             curve = f"; curve {test['state']}" if test else ""
+            partners = [p for p in rows if p["use_case"] == r["use_case"] and p["network"] != PRIMARY_NETWORK
+                        and p.get("n_seeds") and p.get("miou_mean") is not None]
+            strength = "".join(f"; mIoU student {r['miou_mean']:.3f}, partner {p['miou_mean']:.3f}" for p in partners)
             cells[r["use_case"]] = (f"{diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, "
-                                    f"n={r['n_seeds']}{curve})")
+                                    f"n={r['n_seeds']}{curve}{strength})")
         base = [r for r in rows if r["use_case"] == "baseline" and r["network"] == PRIMARY_NETWORK
                 and r.get("n_seeds") and r["epochs"] == (length or r["epochs"])]
         test = _curve_plateau(results_dir, dataset, "baseline", base[0]["epochs"], base[0]["n_seeds"]) if base else None

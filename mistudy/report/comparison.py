@@ -478,17 +478,20 @@ def summary_lines(rows: list[dict]) -> list[str]:
 def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
     """Each method's Δ mIoU against the baseline under every checkpoint rule (best_miou, best_loss, last), side by
     side: one row per dataset x method setting, "robust" only where the three verdicts agree, else the rule each
-    verdict depends on is plain to see.  The headline rule (HEADLINE_CHECKPOINT) is marked."""
+    verdict depends on is plain to see.  The headline rule (HEADLINE_CHECKPOINT) is marked; beside the verdicts, the
+    mIoU of the networks compared under it (`_networks_cell`: mutual learning's partner beside its student)."""
     tables = {rule: comparison(results_dir, datasets, rule)[0] for rule in CHECKPOINT_RULES}
     keyed = {rule: {(r["dataset"], r["use_case"], r.get("setting", "")): r for r in rows
                     if r["network"] == PRIMARY_NETWORK and r.get("miou_diff") is not None}
              for rule, rows in tables.items()}
+    headline = tables[HEADLINE_CHECKPOINT]
     out = []
     for key in keyed[HEADLINE_CHECKPOINT]:
         found = {rule: keyed[rule].get(key) for rule in CHECKPOINT_RULES}
         verdicts = {rule: r["verdict"] if r else None for rule, r in found.items()}
         row = {"dataset": key[0], "method (U-Net) vs baseline": key[1] + (f" ({key[2]})" if key[2] else ""),
-               "n": found[HEADLINE_CHECKPOINT]["n_seeds"]}
+               "n": found[HEADLINE_CHECKPOINT]["n_seeds"],
+               "mIoU [95% CI] under the headline rule": _networks_cell(headline, key)}
         for rule, r in found.items():
             label = f"{rule}{' (headline)' if rule == HEADLINE_CHECKPOINT else ''}"
             row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}" if r else "–"
@@ -498,6 +501,22 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
                                                                        for rule, v in verdicts.items()))
         out.append(row)
     return out
+
+
+def _networks_cell(rows: list[dict], key: tuple) -> str:
+    """The method's U-Net, the baseline's and (mutual learning) the partner's mIoU [t-interval] of one comparison:
+    how strong each network of a verdict is, the partner beside its student (e.g. a partner weaker than it)."""
+    dataset, use_case, setting = key
+    mine = [r for r in rows if r["dataset"] == dataset and r["use_case"] == use_case and r.get("setting", "") == setting
+            and r.get("n_seeds")]
+    base = [r for r in rows if r["dataset"] == dataset and r["use_case"] == "baseline" and r.get("n_seeds")
+            and r["network"] == PRIMARY_NETWORK]
+    parts = [f"{'student' if use_case == 'mutual' else use_case} {_ci_cell(r, 'miou')}" for r in mine
+             if r["network"] == PRIMARY_NETWORK]
+    parts += [f"partner ({NETWORK_LABELS[r['network']]}) {_ci_cell(r, 'miou')}" for r in mine
+              if r["network"] != PRIMARY_NETWORK]
+    parts += [f"baseline {_ci_cell(r, 'miou')}" for r in base[:1]]
+    return "; ".join(parts)
 
 
 def by_rule_title() -> str:
