@@ -26,6 +26,7 @@ from mistudy.training.networks import build_networks, use_channels_last
 def one_step(model: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, threads: int):
     """(every leaf module's output in execution order, every parameter's gradient) of one step at ``threads``."""
     torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the same dropout masks (DeepLabV3's head) in both steps
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
     outputs = []

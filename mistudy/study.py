@@ -425,14 +425,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results, _ = _folders(args)
-    if args.recipe == "tuned":
-        _link_shared_runs(args, steps)
     with contextlib.ExitStack() as stack:
         try:  # one study at a time writes a results directory (its log, its notebooks)
             stack.enter_context(runs.RunLock(results, "results directory", "give this study another --results-dir"))
         except (runs.RunLockedError, OSError) as e:
             print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
             return 1
+        if args.recipe == "tuned":
+            _link_shared_runs(args, steps)
         return _run(args, work, device, how)
 
 
@@ -442,8 +442,15 @@ def _link_shared_runs(args: argparse.Namespace, steps: list[Step]) -> None:
     from mistudy.training.train import link_finished_run
 
     shared, _ = _folders(args, tuned_from=True)
-    linked = [s.label for s in steps if s.key in PER_RUN and link_finished_run(
-        s.config, s.config.replace(results_dir=str(shared)).resolved_run_dir())]
+    linked = []
+    for step in (s for s in steps if s.key in PER_RUN):
+        source = step.config.replace(results_dir=str(shared)).resolved_run_dir()
+        try:
+            if link_finished_run(step.config, source):
+                linked.append(step.label)
+        except OSError as e:  # a full disk, a folder not ours: this run is trained instead, and the line says why
+            print(f"{PROG}: {step.label}: the shared run in {source} not taken ({error_line(e)}); trained instead",
+                  flush=True)
     if linked:
         print(f"{PROG}: --recipe tuned: {len(linked)} run(s) at the shared rate taken from {shared} (same "
               f"configuration, nothing retrained): {', '.join(linked)}", flush=True)

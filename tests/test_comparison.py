@@ -303,6 +303,23 @@ def test_verdicts_under_every_selection_rule_and_robust_only_where_they_agree(tm
     assert rows["rmi"]["mIoU [95% CI] under the headline rule"] == f"rmi {ci(table[('rmi', 'unet')])}; baseline {base}"
 
 
+def test_the_networks_beside_a_verdict_are_those_of_its_own_length(tmp_path):
+    """One results folder with baselines of two lengths (a long profile's runs extended one by one): the strength
+    shown beside RMI's 2-epoch verdict is the 2-epoch baseline's, the one its difference is paired with."""
+    rng = np.random.default_rng(4)
+    for seed in range(3):
+        short, long_ = statistics(rng, 12, 0.3), statistics(rng, 12, 0.9)
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=short, epochs=2, name=f"s{seed}")
+        fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.9, 0.8), counts=long_, epochs=4, name=f"l{seed}")
+        fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3), counts=short, epochs=2)
+    table = comparison.comparison(tmp_path, ["synthetic"], "best_miou")[0]
+    base = next(r for r in table if r["use_case"] == "baseline" and r["epochs"] == 2)
+    assert [r["miou_diff"] for r in table if r["use_case"] == "rmi"] == [0.0]  # paired with the 2-epoch runs
+    cell = comparison.verdicts_by_rule(tmp_path, ["synthetic"])[0]["mIoU [95% CI] under the headline rule"]
+    assert cell == f"rmi 0.300 [0.300, 0.300]; baseline {base['miou_mean']:.3f} [{base['miou_low']:.3f}, " \
+                   f"{base['miou_high']:.3f}]"
+
+
 def test_a_seed_that_failed_to_take_off_is_named_beside_the_mean(tmp_path):
     """Five seeds, four where RMI is as good as the baseline and one (seed 3) where it failed: the mean's interval
     alone would hide that the typical run is not worse; the table names the seed and the sign count."""

@@ -665,12 +665,14 @@ def test_a_finished_run_of_the_same_configuration_is_linked_not_trained_and_stay
     tuned = shared.replace(run_dir=str(tmp_path / "tuned" / "seed3"), results_dir=str(tmp_path / "tuned"))
     assert not link_finished_run(tuned.replace(lr=3e-4), tmp_path / "shared")  # another rate: another run
     assert not link_finished_run(tuned, tmp_path / "missing")
+    with runs.RunLock(tmp_path / "shared"):  # being written (extended, scored again): left alone
+        assert not link_finished_run(tuned, tmp_path / "shared")
     assert not (tmp_path / "tuned" / "seed3").exists()
     assert link_finished_run(tuned, tmp_path / "shared")
     linked = tmp_path / "tuned" / "seed3"
     assert sorted(p.name for p in linked.iterdir()) == sorted(p.name for p in (tmp_path / "shared").iterdir())
     assert os.stat(linked / "last.pt").st_ino == os.stat(tmp_path / "shared" / "last.pt").st_ino
-    assert not list((tmp_path / "tuned").glob(".*linking*")), "temporary folder left behind"
+    assert not list(tmp_path.glob("**/.linking*")), "temporary folder left behind"
     assert not link_finished_run(tuned, tmp_path / "shared")  # there already: never overwritten
     calls = count_calls(monkeypatch, engine, "train_step")
     again = train_or_load(tuned)

@@ -307,8 +307,9 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
                 continue
             test = _curve_plateau(results_dir, dataset, r["use_case"], r["epochs"], r["n_seeds"])
             curve = f"; curve {test['state']}" if test else ""
-            partners = [p for p in rows if p["use_case"] == r["use_case"] and p["network"] != PRIMARY_NETWORK
-                        and p.get("n_seeds") and p.get("miou_mean") is not None]
+            partners = [p for p in rows if (p["use_case"], p.get("setting") or "", p["epochs"]) == (
+                r["use_case"], r.get("setting") or "", r["epochs"]) and p["network"] != PRIMARY_NETWORK
+                and p.get("n_seeds") and p.get("miou_mean") is not None]
             strength = "".join(f"; mIoU student {r['miou_mean']:.3f}, partner {p['miou_mean']:.3f}" for p in partners)
             cells[r["use_case"]] = (f"{diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, "
                                     f"n={r['n_seeds']}{curve}{strength})")

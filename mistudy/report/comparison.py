@@ -491,7 +491,7 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
         verdicts = {rule: r["verdict"] if r else None for rule, r in found.items()}
         row = {"dataset": key[0], "method (U-Net) vs baseline": key[1] + (f" ({key[2]})" if key[2] else ""),
                "n": found[HEADLINE_CHECKPOINT]["n_seeds"],
-               "mIoU [95% CI] under the headline rule": _networks_cell(headline, key)}
+               "mIoU [95% CI] under the headline rule": _networks_cell(headline, found[HEADLINE_CHECKPOINT])}
         for rule, r in found.items():
             label = f"{rule}{' (headline)' if rule == HEADLINE_CHECKPOINT else ''}"
             row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}" if r else "–"
@@ -503,18 +503,19 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
     return out
 
 
-def _networks_cell(rows: list[dict], key: tuple) -> str:
-    """The method's U-Net, the baseline's and (mutual learning) the partner's mIoU [t-interval] of one comparison:
-    how strong each network of a verdict is, the partner beside its student (e.g. a partner weaker than it)."""
-    dataset, use_case, setting = key
-    mine = [r for r in rows if r["dataset"] == dataset and r["use_case"] == use_case and r.get("setting", "") == setting
-            and r.get("n_seeds")]
-    base = [r for r in rows if r["dataset"] == dataset and r["use_case"] == "baseline" and r.get("n_seeds")
-            and r["network"] == PRIMARY_NETWORK]
-    parts = [f"{'student' if use_case == 'mutual' else use_case} {_ci_cell(r, 'miou')}" for r in mine
-             if r["network"] == PRIMARY_NETWORK]
-    parts += [f"partner ({NETWORK_LABELS[r['network']]}) {_ci_cell(r, 'miou')}" for r in mine
-              if r["network"] != PRIMARY_NETWORK]
+def _networks_cell(rows: list[dict], method: dict) -> str:
+    """The ``method`` row's U-Net, its partner's (mutual learning) and the baseline's mIoU [t-interval], those of its
+    dataset and length (the runs its difference pairs; the partner of its setting too): how strong each network of
+    a verdict is, the partner beside its student (e.g. a partner weaker than it)."""
+    def paired(r: dict) -> bool:
+        return r["dataset"] == method["dataset"] and r.get("epochs") == method.get("epochs") and bool(r.get("n_seeds"))
+
+    use_case = method["use_case"]
+    partners = [r for r in rows if paired(r) and r["use_case"] == use_case and r["network"] != PRIMARY_NETWORK
+                and (r.get("setting") or "") == (method.get("setting") or "")]
+    base = [r for r in rows if paired(r) and r["use_case"] == "baseline" and r["network"] == PRIMARY_NETWORK]
+    parts = [f"{'student' if use_case == 'mutual' else use_case} {_ci_cell(method, 'miou')}"]
+    parts += [f"partner ({NETWORK_LABELS[r['network']]}) {_ci_cell(r, 'miou')}" for r in partners]
     parts += [f"baseline {_ci_cell(r, 'miou')}" for r in base[:1]]
     return "; ".join(parts)
 

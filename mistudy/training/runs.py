@@ -480,8 +480,10 @@ def _read_json(path: Path, kind: type = dict):
 
 
 def find_runs(results_dir, dataset: str, use_case: str) -> list[Path]:
-    """Finished runs (directories holding metrics.json) under <results_dir>/<dataset>/<use_case>/, sorted."""
-    return sorted(p.parent for p in use_case_dir(results_dir, dataset, use_case).glob(f"*/{METRICS_FILE}"))
+    """Finished runs (directories holding metrics.json) under <results_dir>/<dataset>/<use_case>/, sorted; hidden
+    folders (a copy being made) are none."""
+    return sorted(p.parent for p in use_case_dir(results_dir, dataset, use_case).glob(f"*/{METRICS_FILE}")
+                  if not p.parent.name.startswith("."))
 
 
 def load_run(run_dir) -> dict:

@@ -264,8 +264,9 @@ def final_evaluation(s: Setup, run_dir: Path, state: dict, last_val: dict | None
         "primary_network": PRIMARY_NETWORK, "train_samples": len(s.datasets["train"]),
         "select_samples": len(select) if select is not None else 0, "val_samples": len(s.datasets["val"]),
         "networks": by_network, "config": asdict(cfg) | {"resume": False}, "scoring_version": SCORING_VERSION,
-        # the CPU threads of this process: some networks' float arithmetic (DeepLabV3's) differs with it, so two runs
-        # of one configuration agree bit for bit only at the same thread count
+        # the CPU threads of this process: every network's float arithmetic differs with it (sums split over threads:
+        # benchmarks/thread_reproducibility.py), so two runs of one configuration agree bit for bit only at the same
+        # thread count
         "torch_threads": torch.get_num_threads(),
     }
     if ctx.is_main:
@@ -301,10 +302,11 @@ REUSE_IGNORED = RUNTIME_OPTIONS | {"resume", "run_dir", "results_dir", "run_name
 
 
 def link_finished_run(cfg: TrainConfig, source) -> bool:
-    """Make the finished run in ``source`` ``cfg``'s run as well, when it is one of the same configuration (what
-    `train_or_load` would reuse: the options of REUSE_IGNORED aside) scored under the current metrics, and cfg's run
-    directory does not exist yet.  Its files are hard-linked (copied where the file system cannot link) into a
-    temporary folder renamed into place, so the run appears whole or not at all; a run's files are only ever
+    """Make the finished run in ``source`` ``cfg``'s run as well, when it is one `train_or_load` would reuse (the same
+    configuration, the options of REUSE_IGNORED aside; scored under the current metrics; the same weights files) and
+    cfg's run directory does not exist yet.  Holding ``source``'s lock (a run being written or extended is left
+    alone), its files are hard-linked (copied where the file system cannot link) into a hidden folder beside the
+    use-case folders, then renamed into place, so the run appears whole or not at all.  A run's files are only ever
     replaced by atomic renames, never written in place, so the two directories stay independent afterwards.
     Returns whether it linked.  E.g. the tuned recipe's run of a use-case whose tuned rate is the shared one."""
     import os
@@ -312,28 +314,37 @@ def link_finished_run(cfg: TrainConfig, source) -> bool:
     import shutil
 
     source, run_dir = Path(source), cfg.resolved_run_dir()
-    if run_dir.exists() or not runs.is_run_dir(source) or (source / runs.LOCK_FILE).exists():
+    if run_dir.exists() or not runs.is_run_dir(source):
         return False
-    metrics = runs.load_metrics(source)
-    if metrics is None or metrics.get("scoring_version") != SCORING_VERSION or runs.config_differences(
-            cfg, source, ignore=REUSE_IGNORED, saved=metrics.get("config")):
-        return False
-
-    def link_or_copy(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    tmp = run_dir.with_name(f".{run_dir.name}.linking-{secrets.token_hex(4)}")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        shutil.copytree(source, tmp, copy_function=link_or_copy,
-                        ignore=lambda _, names: [n for n in names if n == runs.LOCK_FILE or runs.STAGED_MARK in n])
-        os.rename(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with runs.RunLock(source):
+            metrics = runs.load_metrics(source)
+            if metrics is None or metrics.get("scoring_version") != SCORING_VERSION or runs.config_differences(
+                    cfg, source, ignore=REUSE_IGNORED, saved=metrics.get("config")):
+                return False
+            runs.check_weights(cfg, source)
+
+            def link_or_copy(src, dst):
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+
+            def transient(_, names):  # the lock, an epoch's staged files, a writer's temporaries
+                return [n for n in names if n == runs.LOCK_FILE or runs.STAGED_MARK in n or atomic.TEMPORARY_MARK in n]
+
+            # staged two levels up (the dataset's folder, same file system): never inside a use-case folder, where
+            # a copy left by a kill would be read as one more run
+            tmp = run_dir.parent.parent / f".linking-{run_dir.parent.name}-{run_dir.name}-{secrets.token_hex(4)}"
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copytree(source, tmp, copy_function=link_or_copy, ignore=transient)
+                os.rename(tmp, run_dir)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except (runs.RunLockedError, FileExistsError, FileNotFoundError):  # being written; other weights
+        return False
     return True
 
 
