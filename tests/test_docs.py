@@ -32,7 +32,6 @@ KNOWN_STALE = {
     "figures/synthetic_verdicts_by_budget.*": "from the standard and long tables, scored before metrics version 3",
     "figures/quick/synthetic_06_ablations.*": "scored before metrics version 3: python -m mistudy study --notebooks 06",
     "figures/quick/synthetic_06_pretrained.*": "scored before metrics version 3: --notebooks 06 --grids pretrained",
-    "figures/quick/ablations_followup_seeds3-7/*": "scored before metrics version 3: the follow-up's command, docs/",
 }
 
 
