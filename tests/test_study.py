@@ -333,7 +333,7 @@ def test_train_or_load_reuses_a_finished_run_of_the_same_config(tmp_path, monkey
 
     monkeypatch.setattr(train_module, "train", no_training)
     again = train_or_load(cfg(progress="log", device="auto"))  # presentation and device do not matter
-    assert again == first
+    assert again == {**first, "reused": True} and "reused" not in first
     with pytest.raises(FileExistsError, match="lr: saved None, now 0.5") as info:
         train_or_load(cfg(lr=0.5))
     assert "resume=True" not in str(info.value)  # lr cannot change on resume
