@@ -688,3 +688,19 @@ def test_a_finished_run_of_the_same_configuration_is_linked_not_trained_and_stay
     metrics["scoring_version"] = 1  # scored under older metrics: not taken as it is
     (tmp_path / "shared" / "metrics.json").write_text(json.dumps(metrics))
     assert not link_finished_run(shared.replace(run_dir=str(tmp_path / "other"), epochs=3), tmp_path / "shared")
+
+
+def test_resuming_a_finished_run_of_the_same_configuration_reuses_it(tmp_path, monkeypatch, capsys):
+    """A resumed study passes resume=True to every run it finds started; a finished one of the same length has
+    nothing to continue: reused as it is (it used to be evaluated again, its metrics.json rewritten)."""
+    from mistudy.training.train import train_or_load
+
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    written = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
+    calls = count_calls(monkeypatch, inference, "evaluate")
+    again = train_or_load(cfg.replace(resume=True))
+    assert again["reused"] and calls["n"] == 0 and "Reusing the finished run" in capsys.readouterr().out
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == written
+    extended = train_or_load(cfg.replace(epochs=2, resume=True))  # more epochs: continued
+    assert extended["epochs"] == 2 and not extended.get("reused")

@@ -353,15 +353,20 @@ def train_or_load(cfg: TrainConfig) -> dict:
     Returns the run's metrics.json content plus "run_dir" (and "reused": True when nothing was trained).
 
     A finished run with a different configuration raises FileExistsError naming the differences (choose another
-    run_name / results_dir, delete the run, or pass resume=True to extend it to more epochs).
+    run_name / results_dir, delete the run, or pass resume=True to extend it to more epochs).  With resume=True a
+    finished run of the same configuration is reused too: there is nothing to continue.
     """
     run_dir = cfg.resolved_run_dir()
     metrics = runs.load_metrics(run_dir)
-    if metrics is None or cfg.resume or not runs.is_run_dir(run_dir):
+    if metrics is None or not runs.is_run_dir(run_dir):
         return train(cfg)
     # compared with the configuration the results were computed with (metrics.json keeps it), not with
     # config.json, which describes last.pt and may have moved on since (an interrupted extension)
     diff = runs.config_differences(cfg, run_dir, ignore=REUSE_IGNORED, saved=metrics.get("config"))
+    if cfg.resume and diff:
+        return train(cfg)  # extend it (train refuses the changes a resume cannot make)
+    # resume asked of a finished run of this very configuration (a resumed study's finished runs): nothing to
+    # continue, so it is reused (or scored again) as without resume, rather than evaluated once more
     if not diff and metrics.get("scoring_version") != SCORING_VERSION:
         if not (run_dir / runs.LAST_CHECKPOINT).exists():
             raise FileExistsError(f"{run_dir} holds a finished run scored by an older version of the metrics "
