@@ -54,11 +54,21 @@ class RayStartError(RuntimeError):
     """Ray did not start (or the cluster was not found); the message says why in one line."""
 
 
+def headless() -> dict[str, str]:
+    """What every task's kernel runs under, set by `execute` itself wherever it runs (a Ray worker started before the
+    study set anything inherits nothing): one line per epoch in the log, no bars; no widgets (notebook 01's sliders
+    stalled papermill for a whole cell time limit under load)."""
+    from mistudy.report.theory_plots import WIDGETS_ENV
+    from mistudy.training.progress import PROGRESS_ENV
+
+    return {PROGRESS_ENV: "log", WIDGETS_ENV: "off"}
+
+
 def execute(task, kernel: str, cwd: str, log_path: str | None, threads: int | None = None) -> float:
-    """Run one task here; returns its seconds.  A failure raises TaskError with a one-line message.
-    ``threads``: the task's torch threads (OMP_NUM_THREADS of its kernel; None: as inherited)."""
+    """Run one task here, headless (`headless`); returns its seconds.  A failure raises TaskError with a one-line
+    message.  ``threads``: the task's torch threads (OMP_NUM_THREADS of its kernel; None: as inherited)."""
     t0 = time.perf_counter()
-    with _threads(threads):
+    with environment(headless()), _threads(threads):
         if isinstance(task, NotebookTask):
             _execute_notebook(task, kernel, cwd, log_path)
         else:

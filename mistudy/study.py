@@ -36,7 +36,6 @@ from mistudy.io import machine
 from mistudy.io.cli import OneLineParser, error_line, non_negative_float, non_negative_int, positive_int
 from mistudy.methods.models import fetch_weights
 from mistudy.report import tuning
-from mistudy.report.theory_plots import WIDGETS_ENV
 from mistudy.training import runs
 from mistudy.training.config import (
     DATASETS,
@@ -464,22 +463,19 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
     log = results / ("study-logs" if args.executor == "ray" else "study.log")  # ray: one file per task
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(args.notebooks_dir).resolve()
-    # inherited by the kernels: one line per epoch (in the log), no bars; no widgets (theory_plots.WIDGETS_ENV)
-    headless = executors.environment({"MISTUDY_PROGRESS": "log", WIDGETS_ENV: "off"})
     print(f"{PROG}: {len(work)} tasks, {how}; executed notebooks in {results / 'notebooks'}, their output in "
           f"{log}", flush=True)
     start = time.perf_counter()
-    with headless:
-        if args.executor == "ray":
-            gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
-            try:
-                errors = executors.run_ray(work, args.kernel, cwd, log, args.address, args.workers,
-                                           args.cpus_per_task, gpus)
-            except executors.RayStartError as e:
-                print(f"{PROG}: error: {e}", file=sys.stderr)
-                return 1
-        else:
-            errors = executors.run_sequential(work, args.kernel, cwd, log)
+    if args.executor == "ray":
+        gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
+        try:
+            errors = executors.run_ray(work, args.kernel, cwd, log, args.address, args.workers,
+                                       args.cpus_per_task, gpus)
+        except executors.RayStartError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+    else:
+        errors = executors.run_sequential(work, args.kernel, cwd, log)
     for error in errors:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     if errors:

@@ -673,21 +673,25 @@ def test_the_tuned_recipe_takes_the_shared_runs_of_a_use_case_whose_rate_did_not
     assert "taken from" not in capsys.readouterr().out
 
 
-def test_the_study_runs_its_kernels_headless_and_restores_the_environment(nb_dir, tmp_path, monkeypatch):
-    """The kernels inherit one progress line per epoch and no widgets (notebook 01's sliders stalled papermill for
-    a whole cell time limit under load); the caller's environment is as it was afterwards."""
+def test_every_task_runs_its_kernel_headless_wherever_it_runs_and_restores_the_environment(tmp_path, monkeypatch):
+    """One progress line per epoch and no widgets (notebook 01's sliders stalled papermill for a whole cell time
+    limit under load), set by the task itself: the default executor started its Ray workers before the study set
+    anything, so its kernels drew progress bars, and the bars' extra loader iterator changed mutual learning's
+    numbers.  The caller's environment is as it was afterwards."""
     from mistudy import executors
+    from mistudy.executors import NotebookTask
 
     seen = {}
 
-    def run_sequential(work, kernel, cwd, log):
+    def execute_notebook(task, kernel, cwd, log_path):
         seen.update({name: os.environ.get(name) for name in ("MISTUDY_PROGRESS", "MISTUDY_WIDGETS")})
-        return []
 
-    monkeypatch.setattr(executors, "run_sequential", run_sequential)
+    monkeypatch.setattr(executors, "_execute_notebook", execute_notebook)
     monkeypatch.delenv("MISTUDY_WIDGETS", raising=False)
     monkeypatch.setenv("MISTUDY_PROGRESS", "bar")
-    assert study.main(["--notebooks-dir", str(nb_dir), "--results-dir", str(tmp_path), "--notebooks", "01",
-                       "--workers", "1"]) == 0
+    task = NotebookTask("01", "01_information_theory", tmp_path / "nb.ipynb", tmp_path / "out.ipynb", {})
+    executors.execute(task, "mistudy", str(tmp_path), None, threads=1)
     assert seen == {"MISTUDY_PROGRESS": "log", "MISTUDY_WIDGETS": "off"}
     assert os.environ["MISTUDY_PROGRESS"] == "bar" and "MISTUDY_WIDGETS" not in os.environ
+
+

@@ -704,3 +704,17 @@ def test_resuming_a_finished_run_of_the_same_configuration_reuses_it(tmp_path, m
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == written
     extended = train_or_load(cfg.replace(epochs=2, resume=True))  # more epochs: continued
     assert extended["epochs"] == 2 and not extended.get("reused")
+
+
+@pytest.mark.slow
+def test_the_progress_display_never_changes_the_training(tmp_path, capsys):
+    """Bars, lines or nothing: the same numbers.  The step bar used to wrap the loader, and tqdm.auto's bar makes an
+    iterator of what it wraps besides the loop's, each drawing a seed from torch's global generator: DeepLabV3's
+    dropout masks, drawn after it, moved (mutual learning's runs differed between `make run` and `mistudy study`
+    with explicit Ray options; the U-Net has no dropout, so the baseline's and RMI's did not)."""
+    histories = {}
+    for mode in ("none", "bar", "log"):
+        train(tiny(tmp_path, mode, use_case="mutual", epochs=1, progress=mode))
+        histories[mode] = _strip_times(runs.load_history(tmp_path / mode))
+    assert histories["bar"] == histories["none"] == histories["log"]
+    assert "deeplabv3/train_loss" in histories["none"][0]

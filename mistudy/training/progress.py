@@ -9,12 +9,13 @@ import os
 
 from tqdm.auto import tqdm
 
+PROGRESS_ENV = "MISTUDY_PROGRESS"  # the progress mode of runs whose option is "auto": "log" under `mistudy study`
 PROJECT_AFTER = 5  # steps timed (after the first, which pays for warm-up) before the run's time is projected
 
 
 def progress_mode(option: str) -> str:
-    """The configured mode; "auto" means env MISTUDY_PROGRESS, else bars."""
-    return option if option != "auto" else os.environ.get("MISTUDY_PROGRESS", "bar")
+    """The configured mode; "auto" means env MISTUDY_PROGRESS (PROGRESS_ENV), else bars."""
+    return option if option != "auto" else os.environ.get(PROGRESS_ENV, "bar")
 
 
 class TrainingProgress:
@@ -55,10 +56,19 @@ class TrainingProgress:
         return self._epoch_bar
 
     def steps(self, loader, epoch: int):
+        """The loader's batches, counted on a step bar in "bar" mode.  The bar is given the number of steps, never
+        the loader: tqdm.auto's bar makes an iterator of what it wraps (for async use) besides the one the loop
+        makes, and each DataLoader iterator draws a seed from torch's global generator, so wrapping the loader
+        shifted the dropout masks drawn after it (DeepLabV3's): the display changed the training."""
         if self.mode != "bar":
             return loader
-        self._step_bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-        return self._step_bar
+        self._step_bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        return self._counted(loader)
+
+    def _counted(self, loader):
+        for batch in loader:
+            yield batch
+            self._step_bar.update()
 
     def step_done(self, meter, seconds: float, world_size: int, step: int = 0) -> None:
         """After step ``step`` (``seconds`` into the epoch) whose losses were just checked: running mean losses and
