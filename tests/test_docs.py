@@ -27,9 +27,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 KNOWN_STALE = {
     "figures/synthetic_levels.*": "made at batch 16 before the quick profile moved to batch 8: python -m mistudy levels",
     "figures/synthetic_levels_curves.png": "the same runs as the levels table: python -m mistudy levels",
-    "figures/standard/*": "scored before metrics version 3; being re-run (issues 28, 29)",
     "figures/long/*": "scored before metrics version 3; being re-run (issues 28, 29)",
-    "figures/synthetic_verdicts_by_budget.*": "from the standard and long tables, scored before metrics version 3",
     "figures/quick/synthetic_06_ablations.*": "scored before metrics version 3: python -m mistudy study --notebooks 06",
     "figures/quick/synthetic_06_pretrained.*": "scored before metrics version 3: --notebooks 06 --grids pretrained",
 }
