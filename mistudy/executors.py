@@ -114,10 +114,10 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
         if log:
             log.write(f"\n===== {task.label}: {task.notebook.name} -> {task.output}\n")
             log.flush()
-        with _stderr_to(log):
+        with _stderr_to(log), _kernel_sockets() as config:
             papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.parameters,
                                        kernel_name=kernel, cwd=cwd, log_output=False, progress_bar=False,
-                                       stdout_file=log, stderr_file=log, timeout_func=cell_timeout)
+                                       stdout_file=log, stderr_file=log, timeout_func=cell_timeout, config=config)
     except PapermillExecutionError as e:
         evalue = " ".join(str(e.evalue).split())
         raise TaskError(f"notebook {task.label} failed in cell [{e.exec_count}]: {e.ename}: {evalue} (executed "
@@ -133,6 +133,23 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
     finally:
         if log:
             log.close()
+
+
+@contextlib.contextmanager
+def _kernel_sockets():
+    """The kernel manager's configuration for one task: on POSIX its kernel talks over Unix sockets in a private
+    folder (removed after).  Jupyter's default, TCP on localhost, picks free ports and releases them before the
+    kernel binds them, so two kernels started at once can draw the same port and one dies ("Address already in use",
+    "Kernel died before replying to kernel_info"): a task of a parallel study lost.  Elsewhere: the default."""
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        yield Config()
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mistudy-kernel-") as folder:  # short: a socket path has ~100 bytes
+        yield Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "kernel")}})
 
 
 @contextlib.contextmanager

@@ -553,6 +553,27 @@ def test_a_task_runs_its_kernel_with_its_share_of_threads_and_leaves_the_environ
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
 
 
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets: POSIX only (elsewhere Jupyter's TCP default)")
+def test_a_task_kernel_talks_over_private_unix_sockets_never_over_tcp_ports(tmp_path):
+    """Jupyter's TCP default releases the ports it picked before the kernel binds them: two kernels started at once
+    can draw one port and one dies (CI lost a task of a two-worker Ray study so).  Unix sockets in a folder of the
+    task's own take no ports at all; the folder is removed after."""
+    from mistudy.executors import NotebookTask, execute
+
+    code = ("import json\nfrom pathlib import Path\nfrom ipykernel import get_connection_info\n"
+            "Path('connection.json').write_text(get_connection_info())")
+    nb = new_notebook(cells=[new_code_cell(code)], metadata={"kernelspec": {"name": "mistudy", "language": "python",
+                                                                            "display_name": "Python (mistudy)"}})
+    nbformat.write(nb, tmp_path / "connection.ipynb")
+    task = NotebookTask("02 x", "02_connection", tmp_path / "connection.ipynb", tmp_path / "out.ipynb", {})
+    execute(task, "mistudy", str(tmp_path), None, threads=1)
+    info = json.loads((tmp_path / "connection.json").read_text())
+    assert info["transport"] == "ipc"
+    sockets = Path(info["ip"]).parent
+    assert Path(info["ip"]).is_absolute() and sockets.name.startswith("mistudy-kernel-") and tmp_path not in sockets.parents
+    assert not sockets.exists()  # removed with the kernel
+
+
 def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untimed_kinds():
     import io
 
