@@ -221,6 +221,20 @@ def test_runs_of_another_length_are_not_paired(tmp_path):
     assert _row(rows, "synthetic", "rmi")["miou_diff"] is None
 
 
+def test_runs_scored_at_another_cadence_are_another_setting_and_not_paired(tmp_path):
+    """eval_every changes what best_miou can choose among (and mutual learning's dropout stream): runs that differ
+    in it are two settings, and a method is paired only with a baseline scored at its cadence."""
+    rng = np.random.default_rng(2)
+    counts = statistics(rng, 6, 0.7)
+    fake_run(tmp_path, "synthetic", "baseline", 0, _scores(0.5, 0.3), epochs=4, counts=counts)
+    fake_run(tmp_path, "synthetic", "rmi", 0, _scores(0.5, 0.3), epochs=4, counts=counts, eval_every=2)
+    fake_run(tmp_path, "synthetic", "rmi", 1, _scores(0.5, 0.3), epochs=4, counts=counts, eval_every=1)
+    groups = comparison.group_by_setting(comparison.find_and_load(tmp_path, "synthetic", "rmi"))
+    assert sorted(len(g) for g in groups) == [1, 1]
+    rows, _ = comparison.comparison(tmp_path, ["synthetic"])
+    assert all(r["miou_diff"] is None for r in rows if r["use_case"] == "rmi")  # seed 1's baseline is missing
+
+
 def test_scores_beyond_miou_are_paired_over_seeds_and_images(tmp_path):
     """Boundary F (a per-image score) paired over seeds and images, against a hand computation: the per-seed
     differences' variance / S (S - 1 df) plus the variance of the seed-averaged per-image differences / N (N - 1 df),
