@@ -174,14 +174,16 @@ def _execute_training(task: TrainTask, threads: int | None = None) -> None:
     import torch
 
     from mistudy.io.cli import error_line
-    from mistudy.training.runs import config_from_json
+    from mistudy.training.config import TrainConfig
     from mistudy.training.train import RUN_ERRORS, train_or_load
 
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        train_or_load(config_from_json(task.config).replace(progress="none"))
+        # the task's config as the study planned it, resume included (not `runs.config_from_json`, which reads a
+        # saved run's config and drops resume: an interrupted or extended ablation run would be refused)
+        train_or_load(TrainConfig.from_dict({**task.config, "progress": "none"}))
     except RUN_ERRORS as e:
         raise TaskError(f"run {task.label} failed: {type(e).__name__}: {error_line(e)}") from None
     finally:

@@ -574,6 +574,26 @@ def test_a_task_kernel_talks_over_private_unix_sockets_never_over_tcp_ports(tmp_
     assert not sockets.exists()  # removed with the kernel
 
 
+@pytest.mark.slow
+def test_a_training_task_continues_an_existing_run_when_the_study_resumes(tmp_path):
+    """The Ray executor trains each ablation run as a task; under --resume an interrupted run continues and a
+    finished one is extended to a longer profile (the long study extends the standard runs so), never refused."""
+    from dataclasses import asdict
+
+    from mistudy.executors import TrainTask, execute
+
+    cfg = TrainConfig(dataset="synthetic", train_samples=8, val_samples=4, resize_size=36, crop_size=32,
+                      unet_features=4, epochs=1, batch_size=4, device="cpu", progress="none", seed=0,
+                      run_dir=str(tmp_path / "run"))
+    train_or_load(cfg)
+    longer = runs.resume_if_started(cfg.replace(epochs=2))  # what the study plans under --resume
+    assert longer.resume
+    execute(TrainTask("train x", "x", asdict(longer), run_dirs=(str(tmp_path / "run"),)), "mistudy", str(tmp_path),
+            None, threads=1)
+    assert [row["epoch"] for row in runs.load_history(tmp_path / "run")] == [1, 2]
+    assert runs.load_metrics(tmp_path / "run")["epochs"] == 2
+
+
 def test_the_time_left_is_estimated_per_kind_of_task_and_never_guessed_for_untimed_kinds():
     import io
 
