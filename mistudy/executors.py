@@ -92,9 +92,11 @@ def environment(values: dict[str, str]):
 
 
 def _threads(threads: int | None):
-    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile; restored after.  A Ray worker runs
-    one task at a time, so setting its environment is safe; None: unchanged (the sequential study)."""
-    return environment({} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile, and the task's share of cores
+    (`machine.TASK_CORES`: its loader workers on a GPU count it); restored after.  A Ray worker runs one task at a
+    time, so setting its environment is safe; None: unchanged (the sequential study)."""
+    return environment({} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                                                   machine.TASK_CORES: str(threads)})
 
 
 def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str | None) -> None:

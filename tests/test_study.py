@@ -542,15 +542,35 @@ def test_a_task_runs_its_kernel_with_its_share_of_threads_and_leaves_the_environ
 
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    code = ("import os, torch\nfrom pathlib import Path\n"
-            "Path('threads.txt').write_text(f\"{os.environ['OMP_NUM_THREADS']} {torch.get_num_threads()}\")")
+    code = ("import os, torch\nfrom pathlib import Path\nfrom mistudy.io import machine\n"
+            "Path('threads.txt').write_text(f\"{os.environ['OMP_NUM_THREADS']} {torch.get_num_threads()} \"\n"
+            "                               f\"{machine.available_cores()}\")")
     nb = new_notebook(cells=[new_code_cell(code)], metadata={"kernelspec": {"name": "mistudy", "language": "python",
                                                                             "display_name": "Python (mistudy)"}})
     nbformat.write(nb, tmp_path / "threads.ipynb")
     task = NotebookTask("02 x", "02_threads", tmp_path / "threads.ipynb", tmp_path / "out.ipynb", {})
     execute(task, "mistudy", str(tmp_path), None, threads=1)  # (torch uses no more threads than cores)
-    assert (tmp_path / "threads.txt").read_text() == "1 1"
+    assert (tmp_path / "threads.txt").read_text() == "1 1 1"  # its loader workers count its one core
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+    assert machine.TASK_CORES not in os.environ
+
+
+def test_a_tasks_share_of_cores_bounds_its_loader_workers_on_a_gpu(monkeypatch):
+    """Eight one-GPU tasks on a 16-core node would otherwise start min(8, 16) loader workers each: 64 processes."""
+    import torch
+
+    from mistudy.training.loaders import make_loader
+
+    cores = machine.available_cores()
+    cfg = TrainConfig(dataset="synthetic", device="cpu", batch_size=2)
+    data = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long))
+    monkeypatch.setenv(machine.TASK_CORES, "1")
+    assert machine.available_cores() == 1
+    assert make_loader(data, cfg, train=True, device=torch.device("cuda")).num_workers == 1
+    monkeypatch.setenv(machine.TASK_CORES, str(cores + 5))  # a share larger than the machine: the machine
+    assert machine.available_cores() == cores
+    monkeypatch.setenv(machine.TASK_CORES, "lots")  # not a count: ignored
+    assert machine.available_cores() == cores
 
 
 @pytest.mark.skipif(os.name != "posix", reason="Unix sockets: POSIX only (elsewhere Jupyter's TCP default)")

@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 
 
+# The cores a study gives one of its tasks (set by `mistudy.executors` while the task runs, inherited by its kernel):
+# several tasks share a machine, so each one's loader workers count its share, not every core.
+TASK_CORES = "MISTUDY_TASK_CORES"
+
+
 def available_cores() -> int:
-    """The cores this process may run on (its affinity: `taskset` and container limits count), else all."""
+    """The cores this process may run on: its affinity (`taskset` and container limits count), else all; within a
+    study's task, at most the task's share (TASK_CORES)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    share = os.environ.get(TASK_CORES, "")
+    return max(1, min(cores, int(share))) if share.isdigit() and int(share) > 0 else cores
 
 
 def available_memory() -> int:
