@@ -350,7 +350,7 @@ def _task_key(step: Step) -> str:
 
 def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -> list:
     """The executor's tasks of a plan: each notebook, needing what it reads (05: every 02-04 of its datasets; 06: the
-    02-04 of its dataset).  With ``expand_ablations`` (the Ray executor) every run of 06's grids is a task of its own
+    02-04 of its dataset, and 05 where the study has it: both write RESULTS.md).  With ``expand_ablations`` (the Ray executor) every run of 06's grids is a task of its own
     (notebook 06 then only gathers them); a reference run that a 02-04 notebook trains stays that notebook's."""
     from mistudy.executors import NotebookTask, TrainTask, check_one_writer
     from mistudy.report import ablations
@@ -366,7 +366,8 @@ def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -
         elif step.key == "05":
             needs = tuple(k for d in p["datasets"] for k in use_case_tasks.get(d, []))
         elif step.key == "06":
-            needs = tuple(use_case_tasks.get(p["dataset"], []))
+            # and after 05: both write the profile's RESULTS.md, so 06's page, written last, has both notebooks' tables
+            needs = tuple(use_case_tasks.get(p["dataset"], [])) + (("05",) if "05" in {t.key for t in out} else ())
             if expand_ablations:
                 names, seeds = ablations.default_grid(p["profile"], p.get("ablation_names"), p["seeds"], p["grid"])
                 made = {d for t in out for d in t.run_dirs}

@@ -368,6 +368,7 @@ def test_tasks_know_what_they_need_and_never_share_a_run_directory(nb_dir, tmp_p
     notebook_06 = by_key["06 synthetic ablations"]
     trains = [t for t in tasks if t.key.startswith("train ")]
     assert trains and set(t.key for t in trains) <= set(notebook_06.needs)
+    assert "05" in notebook_06.needs  # both write RESULTS.md: 06's page, written last, has every table
     # the grid's references are the 02-03 notebooks' runs: never a second task on them
     run_dirs = [d for t in tasks for d in t.run_dirs]
     assert len(run_dirs) == len(set(run_dirs))
