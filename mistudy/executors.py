@@ -64,11 +64,14 @@ def headless() -> dict[str, str]:
     return {PROGRESS_ENV: "log", WIDGETS_ENV: "off"}
 
 
-def execute(task, kernel: str, cwd: str, log_path: str | None, threads: int | None = None) -> float:
+def execute(task, kernel: str, cwd: str, log_path: str | None, threads: int | None = None,
+            cores: int | None = None) -> float:
     """Run one task here, headless (`headless`); returns its seconds.  A failure raises TaskError with a one-line
-    message.  ``threads``: the task's torch threads (OMP_NUM_THREADS of its kernel; None: as inherited)."""
+    message.  ``threads``: the task's torch threads (OMP_NUM_THREADS of its kernel; None: as inherited);
+    ``cores``: the cores the study gives it (`machine.TASK_CORES`; None: not known, the machine's)."""
     t0 = time.perf_counter()
-    with environment(headless()), _threads(threads):
+    share = {} if cores is None else {machine.TASK_CORES: str(cores)}
+    with environment(headless()), _threads(threads), environment(share):
         if isinstance(task, NotebookTask):
             _execute_notebook(task, kernel, cwd, log_path)
         else:
@@ -92,11 +95,9 @@ def environment(values: dict[str, str]):
 
 
 def _threads(threads: int | None):
-    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile, and the task's share of cores
-    (`machine.TASK_CORES`: its loader workers on a GPU count it); restored after.  A Ray worker runs one task at a
-    time, so setting its environment is safe; None: unchanged (the sequential study)."""
-    return environment({} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                                                   machine.TASK_CORES: str(threads)})
+    """OMP_NUM_THREADS (and MKL's) ``threads`` for the kernels started meanwhile; restored after.  A Ray worker runs
+    one task at a time, so setting its environment is safe; None: unchanged (the sequential study)."""
+    return environment({} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
 
 def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str | None) -> None:
@@ -137,27 +138,44 @@ def _execute_notebook(task: NotebookTask, kernel: str, cwd: str, log_path: str |
             log.close()
 
 
+SOCKET_PATH_MAX = 100  # bytes of a Unix socket's path: 107 on Linux, 103 on macOS, with a margin
+
+
+def _socket_parent() -> str | None:
+    """A folder for a task's kernel sockets whose paths fit SOCKET_PATH_MAX (the temporary folder, else /tmp), or None
+    (a long $TMPDIR on a cluster's scratch space, and no /tmp)."""
+    import tempfile
+
+    longest = len(os.path.join("mistudy-kernel-xxxxxxxx", "kernel-99999"))  # mkdtemp's name, the socket's
+    for parent in (tempfile.gettempdir(), "/tmp"):
+        if len(os.path.join(parent, "")) + longest <= SOCKET_PATH_MAX and os.access(parent, os.W_OK | os.X_OK):
+            return parent
+    return None
+
+
 @contextlib.contextmanager
 def _kernel_sockets():
     """The kernel manager's configuration for one task: on POSIX its kernel talks over Unix sockets in a private
     folder (removed after).  Jupyter's default, TCP on localhost, picks free ports and releases them before the
     kernel binds them, so two kernels started at once can draw the same port and one dies ("Address already in use",
-    "Kernel died before replying to kernel_info"): a task of a parallel study lost.  Elsewhere: the default."""
-    from traitlets.config import Config
-
-    if os.name != "posix":
-        yield Config()
-        return
+    "Kernel died before replying to kernel_info"): a task of a parallel study lost.  Elsewhere, or where no folder
+    gives a short enough socket path: the default."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="mistudy-kernel-") as folder:  # short: a socket path has ~100 bytes
+    from traitlets.config import Config
+
+    parent = _socket_parent() if os.name == "posix" else None
+    if parent is None:
+        yield Config()
+        return
+    with tempfile.TemporaryDirectory(prefix="mistudy-kernel-", dir=parent) as folder:
         yield Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "kernel")}})
 
 
 @contextlib.contextmanager
 def _stderr_to(file):
     """This process's file descriptor 2 into ``file`` meanwhile (None: unchanged).  The kernel inherits it, so its
-    own start-up warnings ("Kernel is running over TCP without encryption") go to the log, not to the console."""
+    own start-up warnings go to the log, not to the console."""
     if file is None:
         yield
         return
@@ -307,14 +325,17 @@ def start_ray(address: str | None = None, workers: int | None = None, cpus_per_t
 
 
 def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address: str | None = None,
-            workers: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0) -> list[str]:
+            workers: int | None = None, cpus_per_task: float | None = 1, gpus_per_task: float = 0) -> list[str]:
     """The tasks on a Ray cluster (``address``; None: a local one of ``workers`` x ``cpus_per_task`` CPUs), each
     holding ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs and running ``cpus_per_task`` torch threads, started
-    as soon as the tasks it needs have finished; ``log_path``: a folder, one log file per task.
+    as soon as the tasks it needs have finished; ``log_path``: a folder, one log file per task.  ``cpus_per_task``
+    None (a cluster's default): each holds 1 CPU and runs 1 thread, and its loader workers count the node's cores,
+    since its share of the node is not known here.
     A failing task is reported with its error while the others go on; tasks that need it are skipped.  Returns the
     errors."""
     import ray
 
+    share, cpus_per_task = (int(cpus_per_task) if cpus_per_task else None), (cpus_per_task or 1)
     start_ray(address, workers, cpus_per_task, gpus_per_task)
     resources = ray.cluster_resources()
     slots = int(resources.get("GPU", 0) // gpus_per_task) if gpus_per_task else \
@@ -342,7 +363,7 @@ def run_ray(tasks: list, kernel: str, cwd: Path, log_path: Path | None, address:
                 # becomes ready later is not queued behind tasks submitted early
                 waiting.remove(task)
                 progress.start(task)
-                running[remote.remote(task, kernel, str(cwd), log(task), max(1, int(cpus_per_task)))] = task
+                running[remote.remote(task, kernel, str(cwd), log(task), max(1, int(cpus_per_task)), share)] = task
 
     while waiting or running:
         submit_ready()

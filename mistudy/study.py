@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="tasks at once on this machine (default: one "
                    "per core or GPU, as many as the available memory holds); 1: one after another, here")
     p.add_argument("--cpus-per-task", type=positive_int, default=None, help="with several workers: CPU cores each "
-                   "task holds, its torch threads (default: the cores shared out evenly; 1 with --address)")
+                   "task holds, its torch threads and the bound on its loader workers (default: the cores shared out "
+                   "evenly; with --address 1 CPU and 1 thread, loader workers bounded by the node's cores)")
     p.add_argument("--gpus-per-task", type=non_negative_float, default=None, help="with --executor ray: GPUs each "
                    "task holds (default: 1 where CUDA is present, else 0)")
     p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel to execute the notebooks with")
@@ -350,8 +351,9 @@ def _task_key(step: Step) -> str:
 
 def tasks(steps: list[Step], args: argparse.Namespace, expand_ablations: bool) -> list:
     """The executor's tasks of a plan: each notebook, needing what it reads (05: every 02-04 of its datasets; 06: the
-    02-04 of its dataset, and 05 where the study has it: both write RESULTS.md).  With ``expand_ablations`` (the Ray executor) every run of 06's grids is a task of its own
-    (notebook 06 then only gathers them); a reference run that a 02-04 notebook trains stays that notebook's."""
+    02-04 of its dataset, and 05 where the study has it: both write RESULTS.md).  With ``expand_ablations`` (the Ray
+    executor) every run of 06's grids is a task of its own (notebook 06 then only gathers them); a reference run that
+    a 02-04 notebook trains stays that notebook's."""
     from mistudy.executors import NotebookTask, TrainTask, check_one_writer
     from mistudy.report import ablations
     from mistudy.report.ablations import DIRECTORY
@@ -419,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 fetch_weights(name, value, args.download)
         _check_kernel(args.kernel)
         how = _choose_executor(args, steps, device)
+        _check_loader_workers(args, needed)
         work = tasks(steps, args, expand_ablations=args.executor == "ray")
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -488,6 +491,16 @@ def _run(args: argparse.Namespace, work: list, device, how: str = "one after ano
     return 0
 
 
+def _check_loader_workers(args: argparse.Namespace, configs: list) -> None:
+    """A task counts only its share of cores (`machine.TASK_CORES`), so loader workers beyond it would fail every
+    run once the study is under way: refused now, naming the two options."""
+    share = args.cpus_per_task if args.executor == "ray" else None
+    asked = max((c.num_workers for c in configs if c.num_workers is not None), default=None)
+    if share and asked is not None and asked > share:
+        raise UsageError(f"--set num_workers={asked}: more loader workers than the {share} core(s) each task holds "
+                         f"(--cpus-per-task); raise --cpus-per-task or lower num_workers")
+
+
 def _check_ray() -> None:
     if not _has_ray():
         raise UsageError("--executor ray needs Ray: pip install 'ray>=2.9' (the README's set-up installs it)") from None
@@ -513,9 +526,8 @@ def _choose_executor(args: argparse.Namespace, steps: list[Step], device) -> str
         return "one after another"
     if args.executor == "ray":
         _check_ray()
-        if args.address:  # the cluster's own resources decide
-            args.cpus_per_task = args.cpus_per_task or 1
-            return f"on the Ray cluster at {args.address}, {args.cpus_per_task} thread(s) each"
+        if args.address:  # the cluster's own resources decide (--cpus-per-task None: 1 CPU and 1 thread a task)
+            return f"on the Ray cluster at {args.address}, {args.cpus_per_task or 1} thread(s) each"
     gpus_per_task = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if device.type == "cuda" else 0.0)
     gpu_slots = 0
     if gpus_per_task > 0:

@@ -610,7 +610,7 @@ def test_diverged_weights_in_the_first_epoch_keep_nothing_and_say_so(tmp_path, m
 
 
 def test_more_loader_workers_than_cores_are_refused_before_anything_is_written(tmp_path):
-    from mistudy.training.loaders import available_cores
+    from mistudy.io.machine import available_cores
 
     with pytest.raises(ValueError, match=f"^num_workers must be at most {available_cores()} \\(the CPU cores this "
                                          "process may use\\), got 100000$"):

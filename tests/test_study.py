@@ -488,6 +488,11 @@ def test_the_default_executor_runs_tasks_at_once_and_workers_1_one_after_another
     assert args.executor == "sequential" and "bound by the memory" in how
     with pytest.raises(UsageError, match="--executor sequential runs one task at a time; --workers 2"):
         choose("--executor", "sequential", "--workers", "2")
+    if study._has_ray():  # a cluster: its resources decide; a task's share of a node is not known unless given
+        args, how = choose("--executor", "ray", "--address", "10.0.0.1:6379")
+        assert args.cpus_per_task is None and how == "on the Ray cluster at 10.0.0.1:6379, 1 thread(s) each"
+        args, how = choose("--executor", "ray", "--address", "10.0.0.1:6379", "--cpus-per-task", "4")
+        assert args.cpus_per_task == 4 and how.endswith("4 thread(s) each")
     capsys.readouterr()
     monkeypatch.setattr(machine, "available_memory", lambda: 24 * executors.GIB)
     monkeypatch.setattr(study, "_has_ray", lambda: False)  # a plain `pip install .`: no Ray
@@ -550,10 +555,39 @@ def test_a_task_runs_its_kernel_with_its_share_of_threads_and_leaves_the_environ
                                                                             "display_name": "Python (mistudy)"}})
     nbformat.write(nb, tmp_path / "threads.ipynb")
     task = NotebookTask("02 x", "02_threads", tmp_path / "threads.ipynb", tmp_path / "out.ipynb", {})
-    execute(task, "mistudy", str(tmp_path), None, threads=1)  # (torch uses no more threads than cores)
+    execute(task, "mistudy", str(tmp_path), None, threads=1, cores=1)  # (torch uses no more threads than cores)
     assert (tmp_path / "threads.txt").read_text() == "1 1 1"  # its loader workers count its one core
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
     assert machine.TASK_CORES not in os.environ
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets: POSIX only")
+def test_kernel_sockets_fall_back_to_tcp_where_no_folder_gives_a_short_enough_path(tmp_path, monkeypatch):
+    """A socket path longer than the kernel allows (a cluster's long $TMPDIR) would kill every kernel."""
+    import tempfile
+
+    from mistudy import executors
+
+    long = tmp_path / ("x" * 90)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(long))
+    assert executors._socket_parent() == "/tmp"  # the short one
+    with executors._kernel_sockets() as config:
+        ip = config.KernelManager.ip
+        assert ip.startswith("/tmp/mistudy-kernel-") and len(ip + "-99999") <= executors.SOCKET_PATH_MAX
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # no usable /tmp either
+    assert executors._socket_parent() is None
+    with executors._kernel_sockets() as config:
+        assert "KernelManager" not in config  # Jupyter's default, TCP
+
+
+def test_a_study_refuses_more_loader_workers_than_each_task_holds(nb_dir, tmp_path, capsys):
+    code = main(["--notebooks-dir", str(nb_dir), "--notebooks", "02", "--seeds", "0", "--profile", "tiny",
+                 "--executor", "ray", "--workers", "2", "--cpus-per-task", "1", "--set", "num_workers=2",
+                 "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set num_workers=2: more loader workers than the 1 core(s) each task holds" in err
+    assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
 def test_a_tasks_share_of_cores_bounds_its_loader_workers_on_a_gpu(monkeypatch):

@@ -17,8 +17,11 @@ def available_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    share = os.environ.get(TASK_CORES, "")
-    return max(1, min(cores, int(share))) if share.isdigit() and int(share) > 0 else cores
+    try:
+        share = int(float(os.environ.get(TASK_CORES, "")))  # "2" (what the executor writes), "2.5" -> 2
+    except ValueError:  # unset or not a number: the process's own cores
+        return cores
+    return max(1, min(cores, share)) if share > 0 else cores
 
 
 def available_memory() -> int:

@@ -6,7 +6,7 @@ Field metadata: ``help`` (shown by --help), ``choices``, ``low`` (smallest allow
 
 * ``"runtime"`` -- changes how fast a run goes or where its data is read, not what it computes;
 * ``"where"``   -- where the run directory is and whether to continue it;
-* ``"length"``  -- how long to train and how often to validate (may grow when a run is resumed).
+* ``"length"``  -- how long to train (may grow when a run is resumed).
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ class TrainConfig:
     boundary_tolerance: float | None = _opt(None, "pixels within which a predicted class boundary matches a true one "
                                             "(boundary F-score) (none: 0.75 percent of the image diagonal, as Csurka et al. "
                                             "2013)", low=0)
-    eval_every: int = _opt(1, "validate every N epochs (and always after the last)", low=1, kind="length")
+    # a setting, fixed for the life of a run: it decides which epochs best_miou chooses among and, on networks with
+    # dropout, moves the random stream (docs/protocol.md, "Reproducibility")
+    eval_every: int = _opt(1, "validate every N epochs (and always after the last)", low=1)
     eval_batch_size: int | None = _opt(None, "validation batch size (none: the training batch size; 1 for "
                                        "full-resolution real data)", low=1, kind="runtime")
     # losses

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mistudy import data
-from mistudy.io.machine import available_cores
+from mistudy.io import machine
 from mistudy.training.config import TrainConfig
 
 
@@ -128,10 +128,11 @@ def evaluation_batch_size(cfg: TrainConfig) -> int:
 
 def check_workers(cfg: TrainConfig) -> None:
     """Refuse more loader workers than cores (each is a process with its own copy of the dataset object)."""
-    cores = available_cores()
+    cores = machine.available_cores()
     if cfg.num_workers is not None and cfg.num_workers > cores:
-        raise ValueError(f"num_workers must be at most {cores} (the CPU cores this process may use), got "
-                         f"{cfg.num_workers}")
+        what = "this study task's share of cores, --cpus-per-task" if os.environ.get(machine.TASK_CORES) else \
+            "the CPU cores this process may use"
+        raise ValueError(f"num_workers must be at most {cores} ({what}), got {cfg.num_workers}")
 
 
 def _die_with_parent(parent: int, worker_id: int) -> None:
@@ -151,8 +152,8 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, *, train: bool, device: torc
                            world_size=world_size, drop_single=train)
     workers = cfg.num_workers
     if workers is None:  # on CPU workers compete with training for the same cores (measured: slower)
-        workers = min(8, available_cores() // world_size) if device.type == "cuda" else 0
-    workers = min(workers, available_cores())  # a saved run's setting on a smaller machine
+        workers = min(8, machine.available_cores() // world_size) if device.type == "cuda" else 0
+    workers = min(workers, machine.available_cores())  # a saved run's setting on a smaller machine
     return DataLoader(SeededItems(dataset, cfg.seed), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                       worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
