@@ -89,7 +89,8 @@ NOT_SETTING = RUNTIME_OPTIONS | {"seed", "run_name", "run_dir", "results_dir", "
 # Keys that must agree for a method's run to be compared with a baseline run of the same seed: the data, the
 # evaluation and the training length (the optimiser may differ: the paper's use-cases have their own).
 PAIRING_KEYS = ("dataset", "synthetic_level", "data_seed", "resize_size", "crop_size", "square_resize", "normalize",
-                "train_samples", "val_samples", "select_fraction", "eval_protocol", "eval_passes", "epochs", "eval_every")
+                "train_samples", "val_samples", "select_fraction", "eval_protocol", "eval_passes", "epochs",
+                "eval_every")
 
 BOUNDARY_F_TEXT = ("boundary F-score as Csurka et al. 2013 (per image the mean F over its classes with a boundary, "
                    f"then the mean over images; the truth's void band within {VOID_BAND_PX} px of labels takes the "

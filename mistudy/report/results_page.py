@@ -3,8 +3,8 @@
 - `write_results_page(figures_dir, profile)`: ``<figures_dir>/RESULTS.md``, every table notebook 05 (and 06) wrote
   there, embedded verbatim between citation markers, with the command that makes them and the machine and
   precision they were made with, read from their provenance sidecars.  Nothing is retyped: regenerate the tables and
-  the page follows.  Called by notebooks 05 and 06 after their tables; `python -m mistudy.report.results_page DIR` writes it
-  from committed tables without training anything.
+  the page follows.  Called by notebooks 05 and 06 after their tables; `python -m mistudy.report.results_page DIR`
+  writes it from committed tables without training anything.
 - `stale_reasons(path)`: why a committed figure or table no longer describes what the current code and settings
   would make (its settings or protocol against `config.PROFILES`, the metrics' scoring version); `[]` when current.
 - `CITATION_HELP`: the citation convention that README.md and docs/ follow (checked by `tests/test_docs.py`).
@@ -155,8 +155,8 @@ def results_page(figures_dir, profile: str, recipe: str | None = None, link_pref
     rel = lambda p: link_prefix + p.relative_to(figures_dir).as_posix()  # noqa: E731
     out = [f"# Results: the {profile} profile" + (" at each method's tuned learning rate" if recipe == "tuned" else ""),
            "",
-           "Written by the study (`mistudy.report.results_page`, called by notebooks 05 and 06) from the tables in this "
-           "folder; every table below is the generated file itself, embedded verbatim. Do not edit: regenerate.",
+           "Written by the study (`mistudy.report.results_page`, called by notebooks 05 and 06) from the tables in "
+           "this folder; every table below is the generated file itself, embedded verbatim. Do not edit: regenerate.",
            ""]
     if not found:
         out += ["No tables in this folder yet: run the study (`python -m mistudy study --profile "

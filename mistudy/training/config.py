@@ -113,8 +113,8 @@ class TrainConfig:
     cache_dir: str | None = _opt(None, "cache of resized images and masks (VOC/Cityscapes): no JPEG/PNG decoding "
                                  "after the first epoch", kind="runtime")
     num_workers: int | None = _opt(None, "DataLoader worker processes (none: 0 on CPU, where they compete with "
-                                   "training for the cores; min(8, cores / GPUs) on CUDA, where a study's task counts its "
-                                   "share of the cores)", low=0, kind="runtime")
+                                   "training for the cores; min(8, cores / GPUs) on CUDA, where a study's task "
+                                   "counts its share of the cores)", low=0, kind="runtime")
     # evaluation
     eval_protocol: str = _opt("paper", "paper: resize + deterministic centre crop; full: the network sees the "
                               "image resized as in training, scored at the mask's own resolution; random-crop: "
