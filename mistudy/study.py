@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: as many tasks at once as this machine's cores, memory and GPUs allow (a local Ray "
                         "cluster; one after another where that is one, or without Ray); sequential: one notebook "
                         "after another, here (as --workers 1); ray: every run a task of a Ray cluster, spread over its "
-                        "GPUs (or CPU cores); see the README's 'Many GPUs and machines'")
+                        "GPUs (or CPU cores); see docs/running.md, 'Many runs on many GPUs and machines'")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. auto, or "
                    "HOST:6379); default: start a local one on this machine")
     p.add_argument("--workers", type=positive_int, default=None, help="tasks at once on this machine (default: one "
@@ -222,7 +222,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         reported = sorted(set(tuning_seeds) & set(study_seeds(args.profile)))
         if reported:
             raise UsageError(f"--grids tuning: seeds {reported} are the {args.profile} study's own seeds; tune on "
-                             f"seeds no table reports (default: {list(tuning.TUNING_SEEDS)})")
+                             f"seeds no comparison table reports (default: {list(tuning.TUNING_SEEDS)})")
     rates = {}
     if args.recipe == "tuned" and set(keys) & set(PER_RUN):
         _, figures = _folders(args, tuned_from=True)

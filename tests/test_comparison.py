@@ -317,6 +317,58 @@ def test_verdicts_under_every_selection_rule_and_robust_only_where_they_agree(tm
     assert rows["rmi"]["mIoU [95% CI] under the headline rule"] == f"rmi {ci(table[('rmi', 'unet')])}; baseline {base}"
 
 
+def test_a_verdict_is_adjusted_for_the_methods_compared_with_the_same_baseline():
+    """Holm over a dataset's comparisons, hand-derived: p = 0.03 and 0.09 adjust to 0.06 and 0.09, so the first
+    method's "worse" does not hold once two methods are compared; p = 0.01 and 0.04 adjust to 0.02 and 0.04 and both
+    hold.  The partner and the baseline are not comparisons, and a row without a p-value (one seed) is not counted."""
+    def method(use_case, p, low, high, verdict):
+        return {"use_case": use_case, "network": "unet", "n_seeds": 5, "miou_diff": (low + high) / 2,
+                "miou_diff_low": low, "miou_diff_high": high, "miou_diff_p": p, "verdict": verdict}
+
+    rows = [{"use_case": "baseline", "network": "unet", "miou_diff_p": None},
+            method("rmi", 0.03, -0.09, -0.01, "worse"),
+            method("mutual", 0.09, -0.10, +0.01, "no detectable difference at n = 5"),
+            {"use_case": "mutual", "network": "deeplabv3", "miou_diff_p": None},
+            {"use_case": "rmi", "network": "unet", "n_seeds": 1, "miou_diff_p": None, "verdict": None}]
+    comparison.adjust_for_the_family(rows)
+    rmi, mutual = rows[1], rows[2]
+    assert (rmi["miou_diff_holm"], mutual["miou_diff_holm"]) == (pytest.approx(0.06), pytest.approx(0.09))
+    assert rmi["holm_tests"] == mutual["holm_tests"] == 2
+    assert rmi["verdict_holm"] == mutual["verdict_holm"] == "no detectable difference at n = 5"
+    assert comparison.holm_note(rmi) == "; after Holm (2 tests): no detectable difference at n = 5"
+    assert comparison.holm_note(mutual) == ""  # unchanged: nothing to add
+    assert "verdict_holm" not in rows[0] and "verdict_holm" not in rows[3] and "verdict_holm" not in rows[4]
+    held = [method("rmi", 0.01, -0.09, -0.02, "worse"), method("mutual", 0.04, +0.01, +0.08, "better")]
+    comparison.adjust_for_the_family(held)
+    assert [r["verdict_holm"] for r in held] == ["worse", "better"]
+    assert [r["miou_diff_holm"] for r in held] == [pytest.approx(0.02), pytest.approx(0.04)]
+
+
+def test_the_family_is_one_dataset_in_the_tables(tmp_path):
+    """Each dataset's comparisons are adjusted among themselves (two here), and every table shows the adjusted
+    verdict: the comparison table's column, the rule-by-rule table's last column."""
+    rng = np.random.default_rng(6)
+    for dataset in ("synthetic", "voc"):
+        for seed in range(3):
+            base = statistics(rng, 12, 0.6)
+            fake_run(tmp_path, dataset, "baseline", seed, _scores(0.5, 0.3), counts=base)
+            fake_run(tmp_path, dataset, "rmi", seed, _scores(0.5, 0.3), counts=statistics(rng, 12, 0.4))
+            fake_run(tmp_path, dataset, "mutual", seed, _scores(0.5, 0.3), counts=statistics(rng, 12, 0.6),
+                     networks=("deeplabv3", "unet"))
+    rows = comparison.comparison(tmp_path, ["synthetic", "voc"])[0]
+    for dataset in ("synthetic", "voc"):
+        family = [_row(rows, dataset, uc) for uc in ("rmi", "mutual")]
+        expected = stats.holm([r["miou_diff_p"] for r in family])
+        assert [r["miou_diff_holm"] for r in family] == pytest.approx(expected)
+        assert [r["holm_tests"] for r in family] == [2, 2]
+    cells = {(c["dataset"], c["use-case"], c["network"]): c for c in comparison.format_comparison(rows)}
+    rmi = _row(rows, "voc", "rmi")
+    assert cells[("voc", "rmi", "U-Net")]["verdict after Holm"] == f"{rmi['verdict_holm']} (2 tests)"
+    assert cells[("voc", "baseline", "U-Net")]["verdict after Holm"] == "–"
+    by_rule = {(r["dataset"], r["method (U-Net) vs baseline"]): r for r in comparison.verdicts_by_rule(tmp_path)}
+    assert by_rule[("voc", "rmi")]["across the rules, after Holm"].endswith("(2 comparisons)")
+
+
 def test_the_networks_beside_a_verdict_are_those_of_its_own_length(tmp_path):
     """One results folder with baselines of two lengths (a long profile's runs extended one by one): the strength
     shown beside RMI's 2-epoch verdict is the 2-epoch baseline's, the one its difference is paired with."""

@@ -18,7 +18,7 @@ import numpy as np
 from mistudy.methods import stats
 from mistudy.methods.metrics import miou_from_confmat
 from mistudy.report import viz
-from mistudy.report.comparison import comparison, diff_cell, paper_claim, runs_for
+from mistudy.report.comparison import comparison, diff_cell, holm_note, paper_claim, runs_for
 from mistudy.training import runs
 from mistudy.training.config import PRIMARY_NETWORK, PROFILES, USE_CASES
 
@@ -311,7 +311,7 @@ def verdicts_by_budget(results_dirs: dict[str, Path], dataset: str = "synthetic"
                 r["use_case"], r.get("setting") or "", r["epochs"]) and p["network"] != PRIMARY_NETWORK
                 and p.get("n_seeds") and p.get("miou_mean") is not None]
             strength = "".join(f"; mIoU student {r['miou_mean']:.3f}, partner {p['miou_mean']:.3f}" for p in partners)
-            cells[r["use_case"]] = (f"{diff_cell(r, 'miou')} {r['verdict']} ({r['epochs']} epochs, "
+            cells[r["use_case"]] = (f"{diff_cell(r, 'miou')} {r['verdict']}{holm_note(r)} ({r['epochs']} epochs, "
                                     f"n={r['n_seeds']}{curve}{strength})")
         base = [r for r in rows if r["use_case"] == "baseline" and r["network"] == PRIMARY_NETWORK
                 and r.get("n_seeds") and r["epochs"] == (length or r["epochs"])]

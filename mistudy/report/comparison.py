@@ -95,6 +95,8 @@ PAIRING_KEYS = ("dataset", "synthetic_level", "data_seed", "resize_size", "crop_
 BOUNDARY_F_TEXT = ("boundary F-score as Csurka et al. 2013 (per image the mean F over its classes with a boundary, "
                    f"then the mean over images; the truth's void band within {VOID_BAND_PX} px of labels takes the "
                    "nearest label, void beyond it is void in the prediction)")
+HOLM_TEXT = ("After Holm: the verdict once a dataset's comparisons with the baseline (one per method) are counted "
+             "together (Holm 1979; the family-wise error held at 5%).")
 
 
 def paper_claim(use_case: str, dataset: str) -> str | None:
@@ -274,7 +276,8 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
     Each row: dataset, use_case, network, checkpoint, setting (empty unless runs of one cell differ in more than the
     seed), epochs, n_seeds, seeds, <metric>_mean / _std / _low / _high (t-interval over seeds) for METRICS,
     miou_diff / _low / _high and verdict (paired with the baseline of the same seeds and images; the baseline
-    and the mutual partner have none), protocol, paper_table, paper_iou (the paper's mIoU), paper_accuracy.
+    and the mutual partner have none), miou_diff_holm / holm_tests / verdict_holm (`adjust_for_the_family`), protocol,
+    paper_table, paper_iou (the paper's mIoU), paper_accuracy.
     A dataset x use-case without runs keeps its paper row (n_seeds 0) when the paper has numbers for it, and
     gets a note either way.
     """
@@ -300,12 +303,30 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
                 networks = networks_in_order(group[0]["metrics"]["networks"])
                 for network in networks:
                     rows.append(_comparison_row(group, cell_groups, network, checkpoint, baselines, paper_cols))
+        adjust_for_the_family([r for r in rows if r["dataset"] == dataset])
         if len(missing) == len(USE_CASES):
             notes.append(f"{dataset}: no finished runs under {Path(results_dir) / dataset} (run `python -m mistudy "
                          f"study --dataset {dataset}{'' if dataset == 'synthetic' else ' --data-root DIR'}`)")
         elif missing:
             notes.append(f"{dataset}: no finished runs of {', '.join(missing)}")
     return rows, notes
+
+
+def adjust_for_the_family(rows: list[dict]) -> None:
+    """Holm's adjustment over one dataset's comparisons with the baseline (each method setting's U-Net row with a
+    paired Δ mIoU): sets miou_diff_holm (the adjusted p-value), holm_tests (the family's size) and verdict_holm, so
+    that "better" / "worse" after it hold with the family-wise error at 5% however many methods the table compares."""
+    family = [r for r in rows if r["network"] == PRIMARY_NETWORK and r.get("miou_diff_p") is not None]
+    for r, p in zip(family, stats.holm([r["miou_diff_p"] for r in family])):
+        d = stats.Interval(r["miou_diff"], r["miou_diff_low"], r["miou_diff_high"], r["n_seeds"])
+        r |= {"miou_diff_holm": p, "holm_tests": len(family), "verdict_holm": stats.adjusted_verdict(d, p)}
+
+
+def holm_note(row: dict) -> str:
+    """"; after Holm (k tests): <verdict>" where Holm's adjustment changes the row's verdict, else ""."""
+    if row.get("verdict_holm") is None or row["verdict_holm"] == row.get("verdict"):
+        return ""
+    return f"; after Holm ({row['holm_tests']} tests): {row['verdict_holm']}"
 
 
 def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_cols) -> dict:
@@ -412,6 +433,7 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",
+                 "verdict after Holm": f"{r['verdict_holm']} ({r['holm_tests']} tests)" if r.get("verdict_holm") else "–",
                  "seed by seed": r.get("seeds_check") or "–",
                  "paper mIoU": r.get("paper_iou"), "paper accuracy": r.get("paper_accuracy")}
         out.append(cell)
@@ -426,7 +448,8 @@ def comparison_title(rows: list[dict], checkpoint: str) -> str:
         "which the interval of few seeds can pass). Δ mIoU: the method's U-Net minus "
         "the baseline's, trained with the same seeds and scored on the same validation images, averaged over seeds, "
         f"with a {stats.PAIRED_INTERVAL_TEXT}; the verdict reads the interval: better / worse when it excludes 0, else "
-        "no detectable difference at that n. The paper reports single runs; its IoU is the mean IoU over classes.",
+        f"no detectable difference at that n. {HOLM_TEXT} The paper reports single runs; its IoU is the mean IoU "
+        "over classes.",
         f"Seed by seed: {stats.SEED_CHECK_TEXT}.",
         *[f"Protocol, {p}." for p in protocols]])
 
@@ -466,7 +489,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         claim = f" The paper: {found}." if found else ""
         parts = []
         if r.get("miou_diff") is not None:
-            parts.append(f"mIoU {diff_cell(r, 'miou')} ({r['verdict']})")
+            parts.append(f"mIoU {diff_cell(r, 'miou')} ({r['verdict']}{holm_note(r)})")
         for m in EXTRA_METRICS:
             if r.get(f"{m}_diff") is not None:
                 parts.append(f"{EXTRA_LABELS[m]} {diff_cell(r, m)} ({r[f'{m}_verdict']})")
@@ -492,18 +515,25 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
     for key in keyed[HEADLINE_CHECKPOINT]:
         found = {rule: keyed[rule].get(key) for rule in CHECKPOINT_RULES}
         verdicts = {rule: r["verdict"] if r else None for rule, r in found.items()}
+        adjusted = {rule: r.get("verdict_holm") if r else None for rule, r in found.items()}
         row = {"dataset": key[0], "method (U-Net) vs baseline": key[1] + (f" ({key[2]})" if key[2] else ""),
                "n": found[HEADLINE_CHECKPOINT]["n_seeds"],
                "mIoU [95% CI] under the headline rule": _networks_cell(headline, found[HEADLINE_CHECKPOINT])}
         for rule, r in found.items():
             label = f"{rule}{' (headline)' if rule == HEADLINE_CHECKPOINT else ''}"
-            row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}" if r else "–"
-        agree = len(set(verdicts.values())) == 1
-        row["across the rules"] = (f"robust: {verdicts[HEADLINE_CHECKPOINT]} under every rule" if agree else
-                                   "depends on the rule: " + ", ".join(f"{rule} {v or '–'}"
-                                                                       for rule, v in verdicts.items()))
+            row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}{holm_note(r)}" if r else "–"
+        row["across the rules"] = _across(verdicts)
+        tests = found[HEADLINE_CHECKPOINT].get("holm_tests")
+        row["across the rules, after Holm"] = f"{_across(adjusted)} ({tests} comparisons)" if tests else "–"
         out.append(row)
     return out
+
+
+def _across(verdicts: dict) -> str:
+    """"robust: <verdict> under every rule" where the rules' verdicts agree, else each rule's."""
+    if len(set(verdicts.values())) == 1:
+        return f"robust: {verdicts[HEADLINE_CHECKPOINT]} under every rule"
+    return "depends on the rule: " + ", ".join(f"{rule} {v or '–'}" for rule, v in verdicts.items())
 
 
 def _networks_cell(rows: list[dict], method: dict) -> str:
@@ -526,7 +556,8 @@ def _networks_cell(rows: list[dict], method: dict) -> str:
 def by_rule_title() -> str:
     return (f"Δ mIoU of each method's U-Net against the baseline under each checkpoint rule "
             f"({'; '.join(f'{k}: {v}' for k, v in CHECKPOINT_RULES.items())}); headline rule {HEADLINE_CHECKPOINT}, "
-            f"declared before the runs; {stats.PAIRED_INTERVAL_TEXT}. A verdict is robust where the three rules agree.")
+            f"declared before the runs; {stats.PAIRED_INTERVAL_TEXT}. A verdict is robust where the three rules agree. "
+            f"{HOLM_TEXT}")
 
 
 def runs_provenance(found: list[dict]) -> dict:
