@@ -433,7 +433,8 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",
-                 "verdict after Holm": f"{r['verdict_holm']} ({r['holm_tests']} tests)" if r.get("verdict_holm") else "–",
+                 "verdict after Holm": (f"{r['verdict_holm']} ({r['holm_tests']} tests)" if r.get("verdict_holm")
+                                        else "–"),
                  "seed by seed": r.get("seeds_check") or "–",
                  "paper mIoU": r.get("paper_iou"), "paper accuracy": r.get("paper_accuracy")}
         out.append(cell)
@@ -521,7 +522,8 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
                "mIoU [95% CI] under the headline rule": _networks_cell(headline, found[HEADLINE_CHECKPOINT])}
         for rule, r in found.items():
             label = f"{rule}{' (headline)' if rule == HEADLINE_CHECKPOINT else ''}"
-            row[f"{label}: Δ mIoU [95%] verdict"] = f"{diff_cell(r, 'miou')} {r['verdict']}{holm_note(r)}" if r else "–"
+            row[f"{label}: Δ mIoU [95%] verdict"] = (f"{diff_cell(r, 'miou')} {r['verdict']}{holm_note(r)}" if r
+                                                     else "–")
         row["across the rules"] = _across(verdicts)
         tests = found[HEADLINE_CHECKPOINT].get("holm_tests")
         row["across the rules, after Holm"] = f"{_across(adjusted)} ({tests} comparisons)" if tests else "–"

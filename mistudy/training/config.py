@@ -400,7 +400,8 @@ PROFILE_HELP = {
     "quick": "the first answer (make run): 64x64 crops, 256 training and 64 validation images, 6 epochs, batch 8, "
              "Adam 1e-3 for every use-case",
     "standard": "512 training and 256 validation images, 12 epochs, the quick recipe",
-    "long": "the standard runs trained to 24 epochs (whether the baseline has plateaued there is the budget table's plateau test)",
+    "long": "the standard runs trained to 24 epochs (whether the baseline has plateaued there: the budget table's "
+            "plateau test)",
     "paper": "the paper's protocol: resize 234, crop 224, the whole training list, 200 epochs, the paper's batch sizes "
              "and learning rates, mutual learning's DeepLabV3 from torchvision's COCO checkpoint with a new head (the "
              "authors')",
