@@ -25,7 +25,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # the test (a figure whose settings, protocol or scoring changed under it); an exact path (no wildcard) that is no
 # longer stale fails too, so the entry is removed when the file is regenerated.  Wildcards cover folders being re-run.
 KNOWN_STALE = {
-    "figures/long/*": "scored before metrics version 3; being re-run (issues 28, 29)",
     "figures/quick/synthetic_06_ablations.*": "scored before metrics version 3: python -m mistudy study --notebooks 06",
     "figures/quick/synthetic_06_pretrained.*": "scored before metrics version 3: --notebooks 06 --grids pretrained",
 }
