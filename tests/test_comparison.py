@@ -335,7 +335,7 @@ def test_a_verdict_is_adjusted_for_the_methods_compared_with_the_same_baseline()
     assert (rmi["miou_diff_holm"], mutual["miou_diff_holm"]) == (pytest.approx(0.06), pytest.approx(0.09))
     assert rmi["holm_tests"] == mutual["holm_tests"] == 2
     assert rmi["verdict_holm"] == mutual["verdict_holm"] == "no detectable difference at n = 5"
-    assert comparison.holm_note(rmi) == "; after Holm (2 tests): no detectable difference at n = 5"
+    assert comparison.holm_note(rmi) == "; after Holm (2 comparisons): no detectable difference at n = 5"
     assert comparison.holm_note(mutual) == ""  # unchanged: nothing to add
     assert "verdict_holm" not in rows[0] and "verdict_holm" not in rows[3] and "verdict_holm" not in rows[4]
     held = [method("rmi", 0.01, -0.09, -0.02, "worse"), method("mutual", 0.04, +0.01, +0.08, "better")]
@@ -344,9 +344,9 @@ def test_a_verdict_is_adjusted_for_the_methods_compared_with_the_same_baseline()
     assert [r["miou_diff_holm"] for r in held] == [pytest.approx(0.02), pytest.approx(0.04)]
 
 
-def test_the_family_is_one_dataset_in_the_tables(tmp_path):
-    """Each dataset's comparisons are adjusted among themselves (two here), and every table shows the adjusted
-    verdict: the comparison table's column, the rule-by-rule table's last column."""
+def test_the_family_is_one_baseline_in_the_tables(tmp_path):
+    """Each dataset's comparisons with its baseline are adjusted among themselves (two here), and every table shows
+    the adjusted verdict: the comparison table's column, the rule-by-rule table's last column."""
     rng = np.random.default_rng(6)
     for dataset in ("synthetic", "voc"):
         for seed in range(3):
@@ -358,15 +358,40 @@ def test_the_family_is_one_dataset_in_the_tables(tmp_path):
     rows = comparison.comparison(tmp_path, ["synthetic", "voc"])[0]
     for dataset in ("synthetic", "voc"):
         family = [_row(rows, dataset, uc) for uc in ("rmi", "mutual")]
-        expected = stats.holm([r["miou_diff_p"] for r in family])
-        assert [r["miou_diff_holm"] for r in family] == pytest.approx(expected)
+        low, high = sorted(r["miou_diff_p"] for r in family)  # Holm for two tests, by hand
+        expected = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+        assert [r["miou_diff_holm"] for r in family] == pytest.approx([expected[r["miou_diff_p"]] for r in family])
         assert [r["holm_tests"] for r in family] == [2, 2]
     cells = {(c["dataset"], c["use-case"], c["network"]): c for c in comparison.format_comparison(rows)}
     rmi = _row(rows, "voc", "rmi")
-    assert cells[("voc", "rmi", "U-Net")]["verdict after Holm"] == f"{rmi['verdict_holm']} (2 tests)"
+    assert cells[("voc", "rmi", "U-Net")]["verdict after Holm"] == f"{rmi['verdict_holm']} (2 comparisons)"
     assert cells[("voc", "baseline", "U-Net")]["verdict after Holm"] == "–"
     by_rule = {(r["dataset"], r["method (U-Net) vs baseline"]): r for r in comparison.verdicts_by_rule(tmp_path)}
-    assert by_rule[("voc", "rmi")]["across the rules, after Holm"].endswith("(2 comparisons)")
+    verdict = rmi["verdict_holm"]  # the fakes score every rule alike: one verdict under the three
+    assert by_rule[("voc", "rmi")]["across the rules, after Holm"] == f"robust: {verdict} under every rule (2 comparisons)"
+
+
+def test_runs_of_another_length_are_another_family(tmp_path):
+    """A results folder holding 2-epoch and 4-epoch runs (a long profile's runs extended one by one): RMI at 4 epochs
+    is paired with the 4-epoch baseline and is its only comparison, so Holm leaves its p-value as it is; at 2 epochs
+    RMI and mutual learning form a family of two.  One method alone reads "1 comparison"."""
+    rng = np.random.default_rng(7)
+    for seed in range(3):
+        for epochs in (2, 4):
+            fake_run(tmp_path, "synthetic", "baseline", seed, _scores(0.5, 0.3), counts=statistics(rng, 12, 0.6),
+                     epochs=epochs, name=f"e{epochs}s{seed}")
+            fake_run(tmp_path, "synthetic", "rmi", seed, _scores(0.5, 0.3), counts=statistics(rng, 12, 0.45),
+                     epochs=epochs, name=f"e{epochs}s{seed}")
+        fake_run(tmp_path, "synthetic", "mutual", seed, _scores(0.5, 0.3), counts=statistics(rng, 12, 0.5),
+                 networks=("deeplabv3", "unet"), epochs=2)
+    rows = comparison.comparison(tmp_path, ["synthetic"])[0]
+    by = {(r["use_case"], r["epochs"]): r for r in rows if r["network"] == "unet" and r["use_case"] != "baseline"}
+    assert set(by) == {("rmi", 2), ("rmi", 4), ("mutual", 2)}
+    assert by[("rmi", 4)]["holm_tests"] == 1
+    assert by[("rmi", 4)]["miou_diff_holm"] == pytest.approx(by[("rmi", 4)]["miou_diff_p"])
+    assert by[("rmi", 2)]["holm_tests"] == by[("mutual", 2)]["holm_tests"] == 2
+    cell = next(c for c in comparison.format_comparison(rows) if c["use-case"] == "rmi" and c["epochs"] == 4)
+    assert cell["verdict after Holm"].endswith("(1 comparison)")
 
 
 def test_the_networks_beside_a_verdict_are_those_of_its_own_length(tmp_path):

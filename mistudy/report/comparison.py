@@ -95,8 +95,9 @@ PAIRING_KEYS = ("dataset", "synthetic_level", "data_seed", "resize_size", "crop_
 BOUNDARY_F_TEXT = ("boundary F-score as Csurka et al. 2013 (per image the mean F over its classes with a boundary, "
                    f"then the mean over images; the truth's void band within {VOID_BAND_PX} px of labels takes the "
                    "nearest label, void beyond it is void in the prediction)")
-HOLM_TEXT = ("After Holm: the verdict once a dataset's comparisons with the baseline (one per method) are counted "
-             "together (Holm 1979; the family-wise error held at 5%).")
+HOLM_TEXT = ("After Holm: the verdict once the comparisons with one baseline (each method setting paired with the "
+             "same baseline runs: one per method in the study) are counted together (Holm 1979; the family-wise "
+             "error held at 5%).")
 
 
 def paper_claim(use_case: str, dataset: str) -> str | None:
@@ -290,6 +291,7 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
     for dataset in datasets:
         groups = {uc: group_by_setting(find_and_load(results_dir, dataset, uc)) for uc in USE_CASES}
         baselines = {_pairing(g[0]["config"]): g for g in groups["baseline"]}
+        families = {}  # pairing key -> the rows compared with that baseline
         missing = [uc for uc, g in groups.items() if not g]
         for use_case, cell_groups in groups.items():
             paper = PAPER_RESULTS.get((use_case, dataset))
@@ -303,7 +305,9 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
                 networks = networks_in_order(group[0]["metrics"]["networks"])
                 for network in networks:
                     rows.append(_comparison_row(group, cell_groups, network, checkpoint, baselines, paper_cols))
-        adjust_for_the_family([r for r in rows if r["dataset"] == dataset])
+                    families.setdefault(_pairing(group[0]["config"]), []).append(rows[-1])
+        for family in families.values():
+            adjust_for_the_family(family)
         if len(missing) == len(USE_CASES):
             notes.append(f"{dataset}: no finished runs under {Path(results_dir) / dataset} (run `python -m mistudy "
                          f"study --dataset {dataset}{'' if dataset == 'synthetic' else ' --data-root DIR'}`)")
@@ -313,20 +317,28 @@ def comparison(results_dir, datasets=DATASETS, checkpoint: str = "best_miou") ->
 
 
 def adjust_for_the_family(rows: list[dict]) -> None:
-    """Holm's adjustment over one dataset's comparisons with the baseline (each method setting's U-Net row with a
-    paired Δ mIoU): sets miou_diff_holm (the adjusted p-value), holm_tests (the family's size) and verdict_holm, so
-    that "better" / "worse" after it hold with the family-wise error at 5% however many methods the table compares."""
+    """Holm's adjustment over the comparisons with one baseline (``rows``: those paired with the same baseline runs;
+    each method setting's U-Net row with a paired Δ mIoU counts): sets miou_diff_holm (the adjusted p-value),
+    holm_tests (the family's size) and verdict_holm, so that "better" / "worse" after it hold with the family-wise
+    error at 5% however many methods the table compares.  Runs of another length pair with another baseline and form
+    a family of their own (a long profile's runs extended one by one)."""
     family = [r for r in rows if r["network"] == PRIMARY_NETWORK and r.get("miou_diff_p") is not None]
     for r, p in zip(family, stats.holm([r["miou_diff_p"] for r in family])):
         d = stats.Interval(r["miou_diff"], r["miou_diff_low"], r["miou_diff_high"], r["n_seeds"])
         r |= {"miou_diff_holm": p, "holm_tests": len(family), "verdict_holm": stats.adjusted_verdict(d, p)}
 
 
+def family_size(row: dict) -> str:
+    """The size of the row's Holm family in words: "1 comparison", "2 comparisons"."""
+    return f"{row['holm_tests']} comparison{'' if row['holm_tests'] == 1 else 's'}"
+
+
 def holm_note(row: dict) -> str:
-    """"; after Holm (k tests): <verdict>" where Holm's adjustment changes the row's verdict, else ""."""
+    """The note "; after Holm (2 comparisons): <verdict>" where Holm's adjustment changes the row's verdict, else
+    an empty string."""
     if row.get("verdict_holm") is None or row["verdict_holm"] == row.get("verdict"):
         return ""
-    return f"; after Holm ({row['holm_tests']} tests): {row['verdict_holm']}"
+    return f"; after Holm ({family_size(row)}): {row['verdict_holm']}"
 
 
 def _comparison_row(group, cell_groups, network, checkpoint, baselines, paper_cols) -> dict:
@@ -433,8 +445,7 @@ def format_comparison(rows: list[dict]) -> list[dict]:
         cell |= {"epochs": r.get("epochs"), "n": r["n_seeds"],
                  "pixel accuracy [95% CI]": _ci_cell(r, "pixel_accuracy"), "mIoU [95% CI]": _ci_cell(r, "miou"),
                  "Δ mIoU vs baseline [95% CI]": diff, "verdict": r.get("verdict") or "–",
-                 "verdict after Holm": (f"{r['verdict_holm']} ({r['holm_tests']} tests)" if r.get("verdict_holm")
-                                        else "–"),
+                 "verdict after Holm": f"{r['verdict_holm']} ({family_size(r)})" if r.get("verdict_holm") else "–",
                  "seed by seed": r.get("seeds_check") or "–",
                  "paper mIoU": r.get("paper_iou"), "paper accuracy": r.get("paper_accuracy")}
         out.append(cell)
@@ -506,7 +517,8 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
     """Each method's Δ mIoU against the baseline under every checkpoint rule (best_miou, best_loss, last), side by
     side: one row per dataset x method setting, "robust" only where the three verdicts agree, else the rule each
     verdict depends on is plain to see.  The headline rule (HEADLINE_CHECKPOINT) is marked; beside the verdicts, the
-    mIoU of the networks compared under it (`_networks_cell`: mutual learning's partner beside its student)."""
+    mIoU of the networks compared under it (`_networks_cell`: mutual learning's partner beside its student), and
+    last the three verdicts read again after Holm's adjustment (`adjust_for_the_family`)."""
     tables = {rule: comparison(results_dir, datasets, rule)[0] for rule in CHECKPOINT_RULES}
     keyed = {rule: {(r["dataset"], r["use_case"], r.get("setting", "")): r for r in rows
                     if r["network"] == PRIMARY_NETWORK and r.get("miou_diff") is not None}
@@ -525,14 +537,15 @@ def verdicts_by_rule(results_dir, datasets=DATASETS) -> list[dict]:
             row[f"{label}: Δ mIoU [95%] verdict"] = (f"{diff_cell(r, 'miou')} {r['verdict']}{holm_note(r)}" if r
                                                      else "–")
         row["across the rules"] = _across(verdicts)
-        tests = found[HEADLINE_CHECKPOINT].get("holm_tests")
-        row["across the rules, after Holm"] = f"{_across(adjusted)} ({tests} comparisons)" if tests else "–"
+        headline_row = found[HEADLINE_CHECKPOINT]
+        row["across the rules, after Holm"] = (f"{_across(adjusted)} ({family_size(headline_row)})"
+                                               if headline_row.get("holm_tests") else "–")
         out.append(row)
     return out
 
 
 def _across(verdicts: dict) -> str:
-    """"robust: <verdict> under every rule" where the rules' verdicts agree, else each rule's."""
+    """The words "robust: <verdict> under every rule" where the rules' verdicts agree, else each rule's verdict."""
     if len(set(verdicts.values())) == 1:
         return f"robust: {verdicts[HEADLINE_CHECKPOINT]} under every rule"
     return "depends on the rule: " + ", ".join(f"{rule} {v or '–'}" for rule, v in verdicts.items())
