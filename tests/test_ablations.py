@@ -53,9 +53,14 @@ def test_markers_become_the_profiles_pretrained_weights_and_a_slow_start_of_a_te
     weights.mkdir(parents=True)
     for net in ("unet", "deeplabv3"):
         (weights / f"{net}.pt").write_bytes(b"")
-    cfgs = dict(ablations.configs(["rmi, pretrained U-Net", "rmi, RMI authors' recipe (avg-pool 4, slow start)"],
+    cfgs = dict(ablations.configs(["rmi, pretrained U-Net", "rmi, RMI authors' recipe (avg-pool 4, slow start)",
+                                   "mutual, pretrained DeepLabV3 partner (head kept)"],
                                   seeds=[0], profile="tiny", results_dir="/r", device="cpu"))
     assert cfgs["rmi, pretrained U-Net"].unet_weights == str(weights / "unet.pt")
+    # the stand-in partner was pretrained on the study's classes: it starts with its whole head, not a new one
+    partner = cfgs["mutual, pretrained DeepLabV3 partner (head kept)"]
+    assert (partner.deeplab_weights, partner.deeplab_head) == (str(weights / "deeplabv3.pt"), "keep")
+    assert partner.unet_weights is None  # its student starts from scratch, as in the paper
     assert "baseline, pretrained U-Net" in cfgs and "baseline, slow start" in cfgs  # their fair baselines
     slow = cfgs["baseline, slow start"]  # tiny: 16 images, batch 4, 2 epochs = 8 steps -> 1
     assert (slow.warmup_steps, slow.warmup_mode, slow.warmup_factor) == (1, "constant", 0.1)
