@@ -85,6 +85,10 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
         grid[ablations.REFERENCES["rmi"]].append(_run(tmp_path, "r", "rmi", seed, 0.4, base, boundary_f=0.5))
         grid[ablations.REFERENCES["mutual"]].append(_run(tmp_path, "m", "mutual", seed, 0.4 + 0.1 * seed, base,
                                                          networks=("deeplabv3", "unet")))
+        # after its first epoch the partner leads its student: 0.3, 0.4, 0.5 against 0.0, 0.1, 0.2
+        (grid[ablations.REFERENCES["mutual"]][-1]["run_dir"] / "history.json").write_text(json.dumps(
+            [{"epoch": 1, "deeplabv3/val_miou": 0.3 + 0.1 * seed, "unet/val_miou": 0.1 * seed},
+             {"epoch": 2, "deeplabv3/val_miou": 0.9, "unet/val_miou": 0.9}]))
         grid["rmi radius 2"].append(_run(tmp_path, "r2", "rmi", seed, 0.8, good, boundary_f=0.6 + 0.01 * seed))
     rows = {r["setting"]: r for r in ablations.effects(grid)}
     assert "vs_baseline" not in rows["baseline (CE)"]
@@ -102,7 +106,13 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
     assert table[0]["vs baseline: Holm (3 tests)"] == "–"
     # mutual learning: the partner's strength beside its student's (here both at 0.4, 0.5, 0.6 over the seeds)
     mutual = next(c for c in table if c["setting"] == ablations.REFERENCES["mutual"])
-    assert mutual["partner's mIoU [95% CI]"] == "deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
+    assert mutual["partner's mIoU [95% CI]"] == ("deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
+                                                 + "; after epoch 1: 0.400 (student 0.100)")
+    # a run without its history: the head start is left out, never computed from the seeds that have one
+    (grid[ablations.REFERENCES["mutual"]][0]["run_dir"] / "history.json").unlink()
+    cells = ablations.effect_table(ablations.effects(grid))
+    assert next(c for c in cells if c["setting"] == ablations.REFERENCES["mutual"])["partner's mIoU [95% CI]"] == \
+        "deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
     assert table[0]["partner's mIoU [95% CI]"] == "–"
     lines = ablations.answer_lines(list(rows.values()))
     assert lines == [f"rmi radius 2: mIoU {r2['vs_paper_setting'].format(3, signed=True)} against the paper's "
