@@ -199,6 +199,8 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     assert f"| unet | 1 | {metrics['train_samples']} | {best['epoch']} | {round(best['miou'], 4)} | {round(history[0]['unet/val_miou'], 4)} |" \
         in table, table
     assert "python -m mistudy pretrain --profile tiny" in table and (tmp_path / "f" / "pretrain.csv").is_file()
+    table_prov = json.loads((tmp_path / "f" / "pretrain.md.provenance.json").read_text())
+    assert (table_prov["command"], table_prov["device"]) == ("python -m mistudy pretrain --profile tiny", ["cpu"])
     weights = tmp_path / "pre" / "unet.pt"
     prov = (tmp_path / "pre" / "unet.pt.provenance.json").read_text()
     assert "data_seed 1000" in prov and "medium" in prov  # another corpus than the study's (data_seed 0, easy)

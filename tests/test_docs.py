@@ -149,6 +149,14 @@ def test_results_page_embeds_the_tables_with_their_machine(tmp_path):
     assert provenance.cpu_model().split(",")[0] in page
     (_, cited, lines), = citations.cited_blocks(page)
     assert cited == "comparison_by_selection_rule.md" and citations.block_mismatch(lines, text) is None
+    # a table another command makes (the pretraining's) is shown with that command, not the study's
+    (d / "pretrain.md").write_text("caption\n\n| network |\n|---|\n| unet |\n")
+    provenance.write_provenance(d / "pretrain.md", provenance.provenance(
+        command="python -m mistudy pretrain --profile quick", device=["cpu"], amp=["off"]))
+    page = rp.write_results_page(d, "quick").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| [pretrain.md]"))
+    assert "`python -m mistudy pretrain --profile quick`" in row and "float32" in row and "current" in row
+    assert "## The pretrained stand-ins" in page
 
 
 def test_an_unchanged_file_keeps_its_sidecar_when_only_the_date_or_cpu_differ(tmp_path):

@@ -110,6 +110,8 @@ PAGE_TABLES = (
     ("*_05_budget", "Along the budget", "each curve's plateau state and the last epoch's Δ"),
     ("*_06_tuning", "Each method's learning rate", "the tuning grid, chosen on the selection split"),
     ("*_06_ablations", "Notebook 06: the ablations grid", "the paper's open questions, Holm-adjusted"),
+    ("pretrain", "The pretrained stand-ins", "each network's mIoU on its own pretraining corpus: what notebook 06's "
+     "pretrained settings start from"),
     ("*_06_pretrained", "Notebook 06: the pretrained regime", "fine-tuning pretrained networks"),
     ("*_06_controls", "Notebook 06: the controls", "BCE alone, RMI added to softmax CE"),
 )
@@ -129,7 +131,9 @@ def _as_list(value) -> list:
 
 def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str = "") -> str:
     """The command that makes a table, from its provenance: the profile, the seeds when not the declared number,
-    the recipe, notebook 06's grid."""
+    the recipe, notebook 06's grid; a table made by another command names it (provenance "command")."""
+    if prov.get("command"):
+        return prov["command"]
     parts = ["python -m mistudy study", f"--profile {profile}"]
     seeds = _as_list(prov.get("seed"))
     if seeds and seeds != list(range(STUDY_SEEDS.get(profile, 0))) and not prov.get("notebook", "").startswith("06"):

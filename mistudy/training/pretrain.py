@@ -130,11 +130,13 @@ def write_pretraining_table(out: Path, figures_dir: Path, profile: str) -> Path 
     rows = pretraining_rows(out)
     if not rows:
         return None
+    command = f"python -m mistudy pretrain --profile {profile}"
     title = (f"Pretraining of the stand-ins for ImageNet/COCO weights (profile {profile}): synthetic {PRETRAIN_LEVEL} "
              f"level, data_seed {PRETRAIN_DATA_SEED} (disjoint from the study's images), cross-entropy; mIoU on the "
-             "pretraining corpus' own validation split. Command: python -m mistudy pretrain --profile " + profile)
-    return write_table(rows, Path(figures_dir) / "pretrain", dict(profile=profile, weights_dir=str(out)),
-                       title=title)[1]
+             f"pretraining corpus' own validation split. Command: {command}")
+    prov = dict(profile=profile, weights_dir=str(out), command=command, device=sorted({r["device"] for r in rows}),
+                amp=sorted({r["amp"] for r in rows}))
+    return write_table(rows, Path(figures_dir) / "pretrain", prov, title=title)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
