@@ -158,7 +158,8 @@ class TrainConfig:
                                        "(COCO_WITH_VOC_LABELS_V1, the authors' choice; fetched with --download) or a "
                                        "local state dict")
     deeplab_head: str = _opt("replace", "with --deeplab-weights: replace (a new DeepLabHead, as the authors) or "
-                             "keep (ASPP and convs from the file, only the last layer new)", choices=("replace", "keep"))
+                             "keep (the whole head from the file; its last layer new only where the number of classes "
+                             "differs)", choices=("replace", "keep"))
     deeplab_backbone_weights: str | None = _opt(None, "ImageNet ResNet-50 weights for DeepLabV3's backbone: a "
                                                 "torchvision weights name (IMAGENET1K_V1, IMAGENET1K_V2; fetched with "
                                                 "--download) or a local state dict")
