@@ -1,5 +1,6 @@
 """The ablation grid of notebook 06: its settings, where its runs go, and its effects on hand-made runs."""
 
+import csv
 import json
 
 import numpy as np
@@ -205,6 +206,30 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
     prov = (tmp_path / "pre" / "unet.pt.provenance.json").read_text()
     assert "data_seed 1000" in prov and "medium" in prov  # another corpus than the study's (data_seed 0, easy)
     state = torch.load(weights, weights_only=True)
+    # the stand-in's head start on the study's validation images: the table's column is `study_start_miou` of the
+    # exported file, which scores the file's own weights on the study's validation split -- checked with weights
+    # whose last layer predicts one class everywhere, against scikit-learn's confusion matrix of that prediction
+    from sklearn.metrics import confusion_matrix
+
+    from mistudy.data import IGNORE_INDEX, dataset_info
+    from mistudy.training import loaders
+    from mistudy.training.config import profile_settings
+
+    start = next(r for r in csv.DictReader((tmp_path / "f" / "pretrain.csv").open()) if r["network"] == "unet")
+    assert float(start[pretrain.START_COLUMN]) == round(pretrain.study_start_miou(weights, "unet", "tiny", "cpu"), 4)
+    classes = dataset_info("synthetic").num_classes
+    targets = [t[t != IGNORE_INDEX].numpy() for _, t in loaders.build_datasets(TrainConfig.from_dict(
+        {**profile_settings("tiny", "cpu"), "device": "cpu"}))["val"]]
+    for predicted in (0, 1):  # background, and a shape present in these images
+        constant = {k: v.clone() for k, v in state.items()}
+        constant["head.weight"].zero_()
+        constant["head.bias"].copy_(torch.nn.functional.one_hot(torch.tensor(predicted), classes) * 10.0)
+        torch.save(constant, tmp_path / "constant.pt")
+        cm = sum(confusion_matrix(t, np.full_like(t, predicted), labels=list(range(classes))) for t in targets)
+        union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+        expected = np.mean(np.diag(cm)[union > 0] / union[union > 0])
+        assert expected > 0.01  # a score that wrong weights or a wrong split would miss
+        assert pretrain.study_start_miou(tmp_path / "constant.pt", "unet", "tiny", "cpu") == pytest.approx(expected)
     cfg = TrainConfig(dataset="synthetic", train_samples=8, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=8, epochs=1, batch_size=4, device="cpu", progress="none",
                       unet_weights=str(weights), run_dir=str(tmp_path / "run"))

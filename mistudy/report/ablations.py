@@ -21,13 +21,13 @@ import numpy as np
 from mistudy.io.tables import write_table
 from mistudy.methods import stats
 from mistudy.report import comparison, tuning
-from mistudy.training import runs
+from mistudy.training import pretrain, runs
 from mistudy.training.config import PRIMARY_NETWORK, USE_CASES, resolve_profile, study_config, study_seeds
 
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
 SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
 BASELINE = "baseline (CE)"
-KEPT_DEEPLAB = {"deeplab_weights": PRETRAINED, "deeplab_head": "keep"}  # the pretrained stand-in, head and all
+KEPT_DEEPLAB = {"deeplab_weights": PRETRAINED, "deeplab_head": pretrain.HEAD}  # the pretrained stand-in, head and all
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,8 @@ ABLATIONS = {
     "mutual T=4": Setting("mutual", {"kl_temperature": 4.0}),
     "mutual simultaneous": Setting("mutual", {"mutual_schedule": "simultaneous"}),
     "mutual two U-Nets": Setting("mutual", {"mutual_partner": "unet"}),
-    # the partner's head start: pretrained (the paper's COCO DeepLabV3, here `mistudy pretrain`) or from scratch.
-    # The stand-in was pretrained on the study's classes, so it keeps its whole DeepLabHead and starts as strong as
-    # its pretraining made it (the authors replaced COCO's head; `deeplab_head`): the strongest partner it can be
+    # the partner's head start: pretrained (the paper's COCO DeepLabV3, here `mistudy pretrain`) or from scratch;
+    # the stand-in keeps its whole head (`pretrain.HEAD`): the strongest partner it can be
     "mutual, pretrained DeepLabV3 partner (head kept)": Setting("mutual", KEPT_DEEPLAB),
     # the regime where the methods' authors showed gains: fine-tuning pretrained networks
     "baseline, pretrained U-Net": Setting("baseline", {"unet_weights": PRETRAINED}),
@@ -127,8 +126,6 @@ def settings(names=None) -> dict[str, Setting]:
 def _resolve(changes: dict, base, profile: str) -> dict:
     """The markers of a setting's changes made concrete: PRETRAINED -> the profile's weights file of that network,
     the slow start's length -> 10% of the run's optimisation steps."""
-    from mistudy.training import pretrain
-
     out = {}
     for key, value in changes.items():
         if value == PRETRAINED:
