@@ -110,8 +110,8 @@ PAGE_TABLES = (
     ("*_05_budget", "Along the budget", "each curve's plateau state and the last epoch's Δ"),
     ("*_06_tuning", "Each method's learning rate", "the tuning grid, chosen on the selection split"),
     ("*_06_ablations", "Notebook 06: the ablations grid", "the paper's open questions, Holm-adjusted"),
-    ("pretrain", "The pretrained stand-ins", "each network's mIoU on its own pretraining corpus: what notebook 06's "
-     "pretrained settings start from"),
+    ("pretrain", "The pretrained stand-ins", "each network's mIoU on its own pretraining corpus, and on the study's "
+     "validation images before any training on them: what notebook 06's pretrained settings start from"),
     ("*_06_pretrained", "Notebook 06: the pretrained regime", "fine-tuning pretrained networks"),
     ("*_06_controls", "Notebook 06: the controls", "BCE alone, RMI added to softmax CE"),
 )
