@@ -26,7 +26,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # longer stale fails too, so the entry is removed when the file is regenerated.  Wildcards cover folders being re-run.
 KNOWN_STALE = {
     "figures/quick/synthetic_06_ablations.*": "scored before metrics version 3: python -m mistudy study --notebooks 06",
-    "figures/quick/synthetic_06_pretrained.*": "scored before metrics version 3: --notebooks 06 --grids pretrained",
 }
 
 
