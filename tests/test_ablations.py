@@ -62,6 +62,10 @@ def test_markers_become_the_profiles_pretrained_weights_and_a_slow_start_of_a_te
     partner = cfgs["mutual, pretrained DeepLabV3 partner (head kept)"]
     assert (partner.deeplab_weights, partner.deeplab_head) == (str(weights / "deeplabv3.pt"), "keep")
     assert partner.unet_weights is None  # its student starts from scratch, as in the paper
+    both = dict(ablations.configs(["mutual, both pretrained (heads kept)"], seeds=[0], profile="tiny",
+                                  results_dir="/r", device="cpu"))["mutual, both pretrained (heads kept)"]
+    assert (both.deeplab_weights, both.deeplab_head, both.unet_weights, both.unet_head) == (
+        str(weights / "deeplabv3.pt"), "keep", str(weights / "unet.pt"), "keep")
     assert "baseline, pretrained U-Net" in cfgs and "baseline, slow start" in cfgs  # their fair baselines
     slow = cfgs["baseline, slow start"]  # tiny: 16 images, batch 4, 2 epochs = 8 steps -> 1
     assert (slow.warmup_steps, slow.warmup_mode, slow.warmup_factor) == (1, "constant", 0.1)
@@ -109,6 +113,12 @@ def test_effects_pair_each_setting_with_the_baseline_and_the_papers_setting(tmp_
     mutual = next(c for c in table if c["setting"] == ablations.REFERENCES["mutual"])
     assert mutual["partner's mIoU [95% CI]"] == ("deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
                                                  + "; after epoch 1: 0.400 (student 0.100)")
+    # a run not scored after its first epoch (eval_every 2): the head start is left out, not a KeyError
+    first_run = grid[ablations.REFERENCES["mutual"]][0]["run_dir"] / "history.json"
+    first_run.write_text(json.dumps([{"epoch": 1}, {"epoch": 2, "deeplabv3/val_miou": 0.9, "unet/val_miou": 0.9}]))
+    cells = ablations.effect_table(ablations.effects(grid))
+    assert next(c for c in cells if c["setting"] == ablations.REFERENCES["mutual"])["partner's mIoU [95% CI]"] == \
+        "deeplabv3 " + stats.t_interval([0.4, 0.5, 0.6]).format(3)
     # a run without its history: the head start is left out, never computed from the seeds that have one
     (grid[ablations.REFERENCES["mutual"]][0]["run_dir"] / "history.json").unlink()
     cells = ablations.effect_table(ablations.effects(grid))
@@ -230,6 +240,15 @@ def test_pretrain_writes_weights_that_a_study_run_starts_from(tmp_path, capsys):
         expected = np.mean(np.diag(cm)[union > 0] / union[union > 0])
         assert expected > 0.01  # a score that wrong weights or a wrong split would miss
         assert pretrain.study_start_miou(tmp_path / "constant.pt", "unet", "tiny", "cpu") == pytest.approx(expected)
+    # the DeepLabV3 stand-in is scored with its head kept: a file whose last layer predicts class 1 everywhere
+    # scores that class's IoU (a new, random head would not)
+    from mistudy.methods.models import build_model
+
+    deeplab = build_model("deeplabv3_resnet50", classes).state_dict()
+    deeplab["net.classifier.4.weight"].zero_()
+    deeplab["net.classifier.4.bias"].copy_(torch.nn.functional.one_hot(torch.tensor(1), classes) * 10.0)
+    torch.save(deeplab, tmp_path / "deeplab.pt")
+    assert pretrain.study_start_miou(tmp_path / "deeplab.pt", "deeplabv3", "tiny", "cpu") == pytest.approx(expected)
     cfg = TrainConfig(dataset="synthetic", train_samples=8, val_samples=4, resize_size=36, crop_size=32,
                       unet_features=8, epochs=1, batch_size=4, device="cpu", progress="none",
                       unet_weights=str(weights), run_dir=str(tmp_path / "run"))

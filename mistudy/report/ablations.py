@@ -13,10 +13,9 @@ verdicts adjusted for the number of settings compared (Holm).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from mistudy.io.tables import write_table
 from mistudy.methods import stats
@@ -27,7 +26,9 @@ from mistudy.training.config import PRIMARY_NETWORK, USE_CASES, resolve_profile,
 PRETRAINED = "<pretrained>"  # a weights option's value: the profile's `mistudy pretrain` weights of that network
 SLOW_START = {"warmup_steps": "<10% of the steps>", "warmup_mode": "constant", "warmup_factor": 0.1}
 BASELINE = "baseline (CE)"
-KEPT_DEEPLAB = {"deeplab_weights": PRETRAINED, "deeplab_head": pretrain.HEAD}  # the pretrained stand-in, head and all
+# the pretrained stand-ins, head and all (`pretrain.HEAD`)
+KEPT_DEEPLAB = {"deeplab_weights": PRETRAINED, "deeplab_head": pretrain.HEAD}
+KEPT_UNET = {"unet_weights": PRETRAINED, "unet_head": pretrain.HEAD}
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,12 @@ ABLATIONS = {
     "mutual T=4": Setting("mutual", {"kl_temperature": 4.0}),
     "mutual simultaneous": Setting("mutual", {"mutual_schedule": "simultaneous"}),
     "mutual two U-Nets": Setting("mutual", {"mutual_partner": "unet"}),
-    # the partner's head start: pretrained (the paper's COCO DeepLabV3, here `mistudy pretrain`) or from scratch;
-    # the stand-in keeps its whole head (`pretrain.HEAD`): the strongest partner it can be
+    # the partner's head start: pretrained (the paper's COCO DeepLabV3, here `mistudy pretrain`) or from scratch
     "mutual, pretrained DeepLabV3 partner (head kept)": Setting("mutual", KEPT_DEEPLAB),
     # the regime where the methods' authors showed gains: fine-tuning pretrained networks
-    "baseline, pretrained U-Net": Setting("baseline", {"unet_weights": PRETRAINED}),
-    "rmi, pretrained U-Net": Setting("rmi", {"unet_weights": PRETRAINED}, baseline="baseline, pretrained U-Net"),
-    "mutual, both pretrained (heads kept)": Setting("mutual", {**KEPT_DEEPLAB, "unet_weights": PRETRAINED},
+    "baseline, pretrained U-Net": Setting("baseline", KEPT_UNET),
+    "rmi, pretrained U-Net": Setting("rmi", KEPT_UNET, baseline="baseline, pretrained U-Net"),
+    "mutual, both pretrained (heads kept)": Setting("mutual", {**KEPT_DEEPLAB, **KEPT_UNET},
                                                     baseline="baseline, pretrained U-Net"),
 }
 # each use-case at every rate of the tuning grid (`mistudy.report.tuning`)
@@ -196,12 +196,13 @@ def _difference(method, reference, metric="miou", checkpoint="best_miou"):
 def _after_first_epoch(group: list[dict], partner: str) -> dict[str, float] | None:
     """{"partner", "student"}: the mean over seeds of each network's validation mIoU after the first epoch (the
     partner's head start: a pretrained partner leads its student from scratch there); None when a run of the group
-    has no history."""
-    first = [(runs.load_history(r["run_dir"]) or [None])[0] for r in group]
-    if any(h is None for h in first):
+    has no history or was not scored after its first epoch."""
+    keys = {"partner": f"{partner}/val_miou", "student": f"{PRIMARY_NETWORK}/val_miou"}
+    first = [(runs.load_history(r["run_dir"]) or [{}])[0] for r in group]
+    # a run without a history, or not scored after its first epoch (eval_every > 1): no head start to show
+    if any(h.get("epoch") != 1 or any(k not in h for k in keys.values()) for h in first):
         return None
-    return {role: float(np.mean([h[f"{net}/val_miou"] for h in first]))
-            for role, net in (("partner", partner), ("student", PRIMARY_NETWORK))}
+    return {role: statistics.fmean(h[key] for h in first) for role, key in keys.items()}
 
 
 def effects(grid: dict[str, list[dict]], checkpoint: str = "best_miou") -> list[dict]:
@@ -321,7 +322,9 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
     write_table(table, Path(figures_dir) / f"{dataset}_06_{name}", prov, title="\n".join([
         f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset} ({profile} profile, seeds {' '.join(map(str, seeds))}, checkpoint {checkpoint}): "
         f"mIoU mean over seeds [95% t-interval]; Δ: paired differences [{stats.PAIRED_INTERVAL_TEXT}]. Holm: the "
-        "verdict once the column's comparisons are counted together (family-wise 5%).",
+        "verdict once the column's comparisons are counted together (family-wise 5%). Mutual rows: the partner's "
+        "mIoU under the same checkpoint rule, then each network's validation mIoU after the first epoch (mean over "
+        "seeds, from each run's history, whatever the rule): the partner's head start.",
         f"Protocol (every setting alike, the named change aside): "
         f"{comparison.protocol_text(reference['config'], reference['metrics'], checkpoint)}."]))
     verdicts = {key: [stats.adjusted_verdict(r[key], r[f"{key}_holm"]) if r.get(key) else None for r in rows]

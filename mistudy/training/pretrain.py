@@ -7,10 +7,12 @@ shapes, the study's three among them, like COCO's classes around VOC's) with its
 images than a study trains on -- and writes their weights as plain state dicts:
 
     <out>/unet.pt, <out>/deeplabv3.pt           (+ .provenance.json); runs in <out>/runs/<network>/
-    <figures>/pretrain.{csv,md}                 each network's pretraining scores and times (`pretraining_rows`)
+    <figures>/pretrain.{csv,md}                 each network's pretraining scores and times (`pretraining_rows`),
+                                                and its start on the study's validation images (`study_start_miou`)
 
 The weights kept are each network's best_miou checkpoint on the pretraining corpus' own selection split: nothing of
-the study's train, selection or validation images is ever seen.  Pretraining runs once per profile (the authors
+the study's train, selection or validation images is seen in training them (the table scores the exported weights on
+the study's validation images afterwards, to show the head start the study's pretrained settings begin from).  Pretraining runs once per profile (the authors
 used one checkpoint for every run): the study's pretrained settings read ``results/<profile>/pretrain/*.pt``.
 Finished runs are reused, an interrupted one continues where it stopped and a finished one asked for more --epochs
 is extended, so running the command again only writes what is missing; a weights file that already holds the
@@ -43,7 +45,8 @@ PRETRAIN_DATA_SEED = 1_000  # the study's synthetic data use data_seed 0: anothe
 PRETRAIN_LEVEL = "medium"
 DEFAULTS = {"samples": 2048, "epochs": 12}
 # the stand-ins were pretrained on the study's classes, so the settings that start from them keep the whole head
-# (`deeplab_head`/`unet_head` keep: none of their layers new), unlike the authors, who gave COCO's DeepLabV3 a new one
+# (`deeplab_head`/`unet_head` keep: none of their layers new), unlike the authors, who gave COCO's DeepLabV3 a new one;
+# notebook 06's pretrained settings and the pretraining table's start column both load them so
 HEAD = "keep"
 START_COLUMN = "study's val mIoU before training on it"
 
@@ -145,7 +148,8 @@ def study_start_miou(path: Path, network: str, profile: str, device: str = "auto
     loader = loaders.make_loader(loaders.build_datasets(cfg)["val"], cfg, train=False, device=ctx.device)
     autocast = networks.autocast_for(networks.amp_dtype(cfg, ctx.device), ctx.device)
     scores = inference.evaluate(nets, loader, dataset_info(cfg.dataset).num_classes, ctx, autocast,
-                                networks.use_channels_last(cfg, ctx.device))
+                                networks.use_channels_last(cfg, ctx.device), cfg.resolved_eval_passes,
+                                cfg.boundary_tolerance, cfg.probabilities)  # as the runs' evaluation (engine)
     return scores[network]["miou"]
 
 
@@ -167,8 +171,12 @@ def write_pretraining_table(out: Path, figures_dir: Path, profile: str, device: 
              f"pretraining corpus' own validation split; the last column: each exported stand-in, its head kept, on "
              f"the {profile} study's validation images (synthetic, data_seed 0) before any training on the study's "
              f"images. Command: {command}")
+    from mistudy.methods.metrics import SCORING_VERSION
+
+    # the precision of the runs and of the start's scoring (another machine may score reused runs otherwise)
+    start_amp = profile_settings(profile, device).get("amp", "off")
     prov = dict(profile=profile, weights_dir=str(out), command=command, device=sorted({r["device"] for r in rows}),
-                amp=sorted({r["amp"] for r in rows}))
+                amp=sorted({r["amp"] for r in rows} | {start_amp}), scoring_version=SCORING_VERSION)
     return write_table(rows, Path(figures_dir) / "pretrain", prov, title=title)[1]
 
 
