@@ -167,3 +167,11 @@ def test_an_unchanged_file_keeps_its_sidecar_when_only_the_date_or_cpu_differ(tm
     assert side.read_text() == before
     provenance.write_provenance(path, provenance.provenance(a=2), content_changed=False)
     assert json.loads(side.read_text())["a"] == 2
+    # the same figure made in another clone: only the folders of its runs differ, so the sidecar stays
+    side = provenance.write_provenance(path, dict(provenance.provenance(a=2), results_dir="/work/results/quick",
+                                                  run_dir="/work/results/quick/synthetic/baseline/seed0"))
+    before = side.read_text()
+    provenance.write_provenance(path, dict(provenance.provenance(a=2), results_dir="/tmp/clone/results/quick",
+                                           run_dir="/tmp/clone/results/quick/synthetic/baseline/seed0"),
+                                content_changed=False)
+    assert side.read_text() == before

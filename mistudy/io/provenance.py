@@ -14,8 +14,9 @@ from mistudy.io import atomic
 
 
 # Fields that say when and where a file was written, not what it holds: a file whose content did not change keeps
-# its old sidecar when the new one differs in these only (regenerating an unchanged figure changes nothing).
-VOLATILE = ("date", "cpu")
+# its old sidecar when the new one differs in these only (regenerating an unchanged figure changes nothing, in
+# another clone too: the folders of its runs are that clone's).
+VOLATILE = ("date", "cpu", "results_dir", "run_dir", "weights_dir")
 
 
 def cpu_model() -> str:
@@ -47,7 +48,7 @@ def provenance(**fields) -> dict:
 
 def write_provenance(path, prov: dict, content_changed: bool = True) -> Path:
     """Write `<path>.provenance.json` beside a figure or table.  When the file itself did not change and the old
-    provenance differs from ``prov`` in its date or CPU only (`VOLATILE`), it is kept: regenerating an unchanged
+    provenance differs from ``prov`` in its date, CPU or folders only (`VOLATILE`), it is kept: regenerating an unchanged
     figure changes nothing in the checkout."""
     side = Path(str(path) + ".provenance.json")
     text = json.dumps(prov, indent=2, default=str) + "\n"
