@@ -69,9 +69,15 @@ def rmi_floor(radius: int = 3) -> float:
     return rmi_term(np.zeros((radius, radius)), np.full((radius, radius), 0.5), radius)
 
 
+EXAMPLE_DIGITS = 10  # significant digits of `rmi_term_examples`: torch's float64 reductions differ from the 12th on
+                     # with the number of threads (a study's Ray tasks run one, the sequential executor two)
+
+
 def rmi_term_examples(radius: int = 3, size: int = 48, seed: int = 0) -> list[dict]:
     """The RMI training term beside notebook 01's bound for its toy label map and predictions with more and more
-    structure, and for a class absent from the image: rows {"case", "RMI term (nats/dim)", "bound (bits)"}."""
+    structure, and for a class absent from the image: rows {"case", "RMI term (nats/dim)", "bound (bits)"}, each
+    number to EXAMPLE_DIGITS significant digits (the same on any number of threads)."""
+    digits = lambda x: None if x is None else float(f"{x:.{EXAMPLE_DIGITS}g}")  # noqa: E731
     labels = theory_plots.toy_label_map(size)
     cases = {"class absent from the image (any prediction)": (np.zeros_like(labels),
                                                                theory_plots.noisy_prediction(labels, 0.0, seed)),
@@ -79,8 +85,8 @@ def rmi_term_examples(radius: int = 3, size: int = 48, seed: int = 0) -> list[di
              "blurred truth, sigma = 3": (labels, theory_plots.blurred_prediction(labels, 3.0)),
              "blurred truth, sigma = 1": (labels, theory_plots.blurred_prediction(labels, 1.0)),
              "the truth itself": (labels, labels)}
-    return [{"case": name, "RMI term (nats/dim)": rmi_term(lab, prob, radius),
-             "bound (bits)": infotheory.rmi_bound_bits(lab, prob, radius) if lab.any() else None}
+    return [{"case": name, "RMI term (nats/dim)": digits(rmi_term(lab, prob, radius)),
+             "bound (bits)": digits(infotheory.rmi_bound_bits(lab, prob, radius) if lab.any() else None)}
             for name, (lab, prob) in cases.items()]
 
 

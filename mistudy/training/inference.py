@@ -19,7 +19,7 @@ from mistudy.methods.metrics import SegmentationMetrics
 from mistudy.training import runs
 from mistudy.training.config import CHECKPOINTS, WEIGHTS_OPTIONS
 from mistudy.training.distributed import Context, resolve_device
-from mistudy.training.loaders import SeededItems, build_datasets, to_device
+from mistudy.training.loaders import SeededItems, build_datasets, make_loader, to_device
 from mistudy.training.networks import amp_dtype, autocast_for, build_networks, use_channels_last
 
 
@@ -75,6 +75,21 @@ def evaluate(nets: dict[str, nn.Module], loader: DataLoader, num_classes: int, c
         m.all_reduce()
         result[name] = {**m.compute(), "per_image": m.per_image()}
     return result
+
+
+def evaluate_on_val(nets: dict[str, nn.Module], cfg, device: str = "auto") -> dict[str, dict]:
+    """Scores of ``nets`` on the validation split of ``cfg`` (a `TrainConfig`), as a run's evaluation scores them:
+    its passes, boundary tolerance, probabilities, precision and memory format, on one process (`evaluate`)."""
+    ctx = Context(0, 1, resolve_device(device))
+    loader = make_loader(build_datasets(cfg)["val"], cfg, train=False, device=ctx.device)
+    channels_last = use_channels_last(cfg, ctx.device)
+    nets = {n: net.to(ctx.device) for n, net in nets.items()}
+    if channels_last:
+        nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
+    return evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx,
+                    autocast_for(amp_dtype(cfg, ctx.device), ctx.device), channels_last,
+                    passes=cfg.resolved_eval_passes, boundary_tolerance=cfg.boundary_tolerance,
+                    probabilities=cfg.probabilities)
 
 
 def load_network(run_dir, network: str, checkpoint: str = "best_miou", device="cpu") -> nn.Module:

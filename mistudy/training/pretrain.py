@@ -134,22 +134,14 @@ def study_start_miou(path: Path, network: str, profile: str, device: str = "auto
     """The mIoU of the weights file ``path`` (a ``network`` stand-in) on the validation images of ``profile``'s
     synthetic study, before any training on the study's images: the head start of notebook 06's pretrained settings,
     loaded as they load it (head kept)."""
-    from mistudy.data import dataset_info
-    from mistudy.training import inference, loaders, networks
-    from mistudy.training.distributed import Context, resolve_device
+    from mistudy.training import inference, networks
 
     settings = profile_settings(profile, device)
     weights = dict.fromkeys(WEIGHTS_OPTIONS) | ({"unet_weights": str(path), "unet_head": HEAD} if network == "unet"
                                                else {"deeplab_weights": str(path), "deeplab_head": HEAD})
     settings.update(use_case="baseline", network=network, device=device, **weights)
     cfg = TrainConfig.from_dict(settings)
-    ctx = Context(0, 1, resolve_device(device))
-    nets = networks.place_networks(networks.build_networks(cfg, names=(network,)), cfg, ctx)
-    loader = loaders.make_loader(loaders.build_datasets(cfg)["val"], cfg, train=False, device=ctx.device)
-    autocast = networks.autocast_for(networks.amp_dtype(cfg, ctx.device), ctx.device)
-    scores = inference.evaluate(nets, loader, dataset_info(cfg.dataset).num_classes, ctx, autocast,
-                                networks.use_channels_last(cfg, ctx.device), cfg.resolved_eval_passes,
-                                cfg.boundary_tolerance, cfg.probabilities)  # as the runs' evaluation (engine)
+    scores = inference.evaluate_on_val(networks.build_networks(cfg, names=(network,)), cfg, device)
     return scores[network]["miou"]
 
 

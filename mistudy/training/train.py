@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from mistudy import data
 from mistudy.io import atomic, safeload
 from mistudy.methods.metrics import SCORING_VERSION, nan_to_none
 from mistudy.training import distributed, engine, inference, loaders, networks, runs
@@ -394,15 +393,6 @@ def evaluate_run(run_dir, checkpoint: str = "best_miou", protocol: str | None = 
     if protocol is not None and protocol != cfg.eval_protocol:
         overrides["eval_passes"] = None  # the new protocol's default number of passes
     cfg = cfg.replace(**overrides, device=device)
-    ctx = distributed.Context(0, 1, distributed.resolve_device(device))
-    val = loaders.build_datasets(cfg)["val"]
-    loader = loaders.make_loader(val, cfg, train=False, device=ctx.device)
-    channels_last = networks.use_channels_last(cfg, ctx.device)
-    nets = {n: inference.load_network(run_dir, n, checkpoint, ctx.device) for n in cfg.networks}
-    if channels_last:
-        nets = {n: net.to(memory_format=torch.channels_last) for n, net in nets.items()}
-    autocast = networks.autocast_for(networks.amp_dtype(cfg, ctx.device), ctx.device)
-    result = inference.evaluate(nets, loader, data.dataset_info(cfg.dataset).num_classes, ctx, autocast, channels_last,
-                                passes=cfg.resolved_eval_passes, boundary_tolerance=cfg.boundary_tolerance,
-                                probabilities=cfg.probabilities)
+    nets = {n: inference.load_network(run_dir, n, checkpoint, distributed.resolve_device(device)) for n in cfg.networks}
+    result = inference.evaluate_on_val(nets, cfg, device)
     return {n: json_metrics(m) for n, m in result.items()}
