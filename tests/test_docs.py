@@ -24,9 +24,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Committed files known to be out of date, each with why and what remakes it.  A stale file not matched here fails
 # the test (a figure whose settings, protocol or scoring changed under it); an exact path (no wildcard) that is no
 # longer stale fails too, so the entry is removed when the file is regenerated.  Wildcards cover folders being re-run.
-KNOWN_STALE = {
-    "figures/quick/synthetic_06_ablations.*": "scored before metrics version 3: python -m mistudy study --notebooks 06",
-}
+KNOWN_STALE: dict[str, str] = {}
 
 
 def _doc_id(path: Path) -> str:
