@@ -213,6 +213,16 @@ def test_the_forest_plot_says_what_its_colours_mean_and_long_titles_wrap():
     assert fig.legends[0].get_bbox_to_anchor().x0 == pytest.approx(fig.bbox.width)  # at the figure's right edge
     assert viz.wrap_title("short") == "short"
     plt.close(fig)
+    # a row that others are compared with, and has no bar of its own in a panel, says "reference" there (not a
+    # blank row); a row with no bar that nothing is compared with stays blank; the x-axis says what Δ is of
+    rows = [{"setting": "baseline (CE)", "d": None, "e": Interval(0.1, 0.0, 0.2, 3)},
+            {"setting": "rmi", "d": Interval(-0.2, -0.3, -0.1, 3), "e": None}]
+    fig = viz.plot_effects(rows, {"d": "a", "e": "b"}, references={"d": [None, "baseline (CE)"], "e": ["x", None]},
+                           xlabel="Δ mIoU (95% interval)")
+    texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert texts == {"a": ["reference", "vs baseline (CE)"], "b": ["vs x"]}
+    assert [ax.get_xlabel() for ax in fig.axes] == ["Δ mIoU (95% interval)"] * 2
+    plt.close(fig)
 
 
 def test_the_drawn_masks_are_the_scored_ones_under_bf16_and_channels_last(tmp_path):

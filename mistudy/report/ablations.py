@@ -334,8 +334,10 @@ def write_results(rows: list[dict], grid: dict[str, list[dict]], figures_dir, da
                                        for r in rows]}
     fig = viz.plot_effects(rows, {"vs_baseline": "Δ mIoU vs the row's baseline",
                                   "vs_paper_setting": "Δ mIoU vs the paper's setting of its method"},
-                           title=f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset}: "
-                                 f"effects with 95% intervals ({len(seeds)} seeds), coloured by the table's Holm "
-                                 f"verdict", verdicts=verdicts, references=references)
+                           title=f"{'Ablations' if name == 'ablations' else 'The ' + name + ' grid'} on {dataset} "
+                                 f"({profile} profile: {reference['config']['epochs']} epochs; checkpoint "
+                                 f"{checkpoint}): effects with 95% intervals over {len(seeds)} seeds and the "
+                                 f"validation images, coloured by the table's Holm verdict",
+                           verdicts=verdicts, references=references, xlabel="Δ mIoU (95% interval)")
     viz.save_figure(fig, Path(figures_dir) / f"{dataset}_06_{name}.png", prov)
     return table, fig

@@ -330,21 +330,27 @@ VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
 
 
 def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "", verdicts: dict[str, list] | None = None,
-                 references: dict[str, list] | None = None) -> matplotlib.figure.Figure:
+                 references: dict[str, list] | None = None, xlabel: str = "Δ (95% interval)"
+                 ) -> matplotlib.figure.Figure:
     """Forest plot: one panel per key of ``keys`` ({row key: panel title}), one row per setting, the estimate with
     its interval as a horizontal bar, zero dashed, one x-scale for every panel, the legend beside.  rows: dicts with
     "setting" and `mistudy.methods.stats.Interval` values (None: not applicable).  verdicts: {key: [verdict per row]},
     the verdict the table reads (e.g. Holm-adjusted): "better"/"worse" colour the row, anything else is grey, and
     a hollow marker says the interval alone excludes 0 where that verdict does not; without it, the interval's own.
-    references: {key: [what the row is compared with, per row]}, written above each bar."""
+    references: {key: [what the row is compared with, per row]}, written above each bar; a row without a bar in a
+    panel whose other rows are compared with it says "reference" there."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys) + 2.6, 0.55 * len(rows) + 1.8), sharey=True,
                              sharex=True, squeeze=False)
     y = np.arange(len(rows))[::-1]
     for ax, (key, panel) in zip(axes[0], keys.items()):
+        compared_with = set((references or {}).get(key) or [])
         for i, (yi, row) in enumerate(zip(y, rows)):
             d = row.get(key)
             if d is None:
+                if row["setting"] in compared_with:
+                    ax.annotate("reference", (0.5, yi), xycoords=("axes fraction", "data"), ha="center",
+                                va="center", fontsize=8, color="0.35", style="italic")
                 continue
             interval = not np.isnan(d.low)
             raw = "better" if interval and d.low > 0 else "worse" if interval and d.high < 0 else None
@@ -360,7 +366,7 @@ def plot_effects(rows: list[dict], keys: dict[str, str], title: str = "", verdic
                             textcoords="offset points", fontsize=7, color="0.35", va="bottom")
         ax.axvline(0, color="0.3", linestyle="--", linewidth=1)
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("Δ (95% interval)")
+        ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, [r["setting"] for r in rows])
     axes[0][0].set_ylim(-0.6, len(rows) - 0.2)
