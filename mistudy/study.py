@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the profile's, one for every use-case) or tuned (each use-case its own, chosen by 06's tuning "
                    "grid on the selection split and read from its committed table; runs and figures then go to "
                    "results/<profile>/tuned/ and figures/<profile>/tuned/)")
+    p.add_argument("--rates-from", default=None, choices=list(PROFILES), metavar="PROFILE",
+                   help="--recipe tuned: the profile whose tuning table gives the rates (figures/<PROFILE>/; default: "
+                        "the study's own), e.g. quick for a long study whose budget the tuning grid does not fit")
     p.add_argument("--profile", default=None, choices=list(PROFILES),
                    help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()) + f" (default: {DEFAULT_PROFILE_TEXT}; "
                         "with --dataset all: paper)")
@@ -223,9 +226,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
         if reported:
             raise UsageError(f"--grids tuning: seeds {reported} are the {args.profile} study's own seeds; tune on "
                              f"seeds no comparison table reports (default: {list(tuning.TUNING_SEEDS)})")
+    if args.rates_from and args.recipe != "tuned":
+        raise UsageError("--rates-from names where the tuned recipe's rates come from: add --recipe tuned")
     rates = {}
     if args.recipe == "tuned" and set(keys) & set(PER_RUN):
-        _, figures = _folders(args, tuned_from=True)
+        figures = _rates_table_dir(args)
         try:
             rates = {dataset: tuning.chosen_rates(figures, dataset) for dataset in datasets}
         except (FileNotFoundError, ValueError) as e:
@@ -312,6 +317,11 @@ def _folders(args: argparse.Namespace, tuned_from: bool = False) -> tuple[Path, 
     sub = "tuned" if args.recipe == "tuned" and not tuned_from else ""
     return (Path(args.results_dir or default_results_dir(args.profile) / sub).resolve(),
             Path(args.figures_dir or default_figures_dir(args.profile) / sub).resolve())
+
+
+def _rates_table_dir(args: argparse.Namespace) -> Path:
+    """Where the tuned recipe reads its tuning table: figures/<--rates-from>/, else the study's own folder."""
+    return default_figures_dir(args.rates_from).resolve() if args.rates_from else _folders(args, tuned_from=True)[1]
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -435,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
             return 1
         if args.recipe == "tuned":
+            tuning.record_source(results, args.rates_from or args.profile)
             _link_shared_runs(args, steps)
         return _run(args, work, device, how)
 

@@ -738,6 +738,37 @@ def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chos
         _plan(nb_dir, *argv, "--figures-dir", str(figures))
 
 
+def test_the_tuned_recipe_can_take_its_rates_from_another_profiles_tuning_table(nb_dir, tmp_path, monkeypatch):
+    """--rates-from quick: a long study at the rates tuned at quick (the tuning grid does not fit the long budget).
+    The rates come from figures/quick/, not the study's own table (which holds other choices); the tuned study's
+    folder records the source, and its tables' command names it; --rates-from without --recipe tuned is refused."""
+    from mistudy import study
+    from mistudy.io.tables import write_table
+    from mistudy.report import comparison, results_page, tuning
+
+    monkeypatch.setenv("MISTUDY_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("MISTUDY_RESULTS", str(tmp_path / "results"))
+    for profile, best in (("quick", (1e-3, 1e-3, 3e-4)), ("long", (3e-4, 3e-4, 1e-4))):
+        rows = [{"use_case": uc, "lr": lr, "chosen": lr == b} for uc, b in zip(("baseline", "rmi", "mutual"), best)
+                for lr in tuning.LEARNING_RATES]
+        write_table(rows, tmp_path / "figures" / profile / tuning.table_stem("synthetic"))
+    argv = ["--notebooks", "02", "03", "04", "--seeds", "0", "--profile", "long", "--recipe", "tuned"]
+    assert [s.parameters["config"]["lr"] for s in _plan(nb_dir, *argv)] == [3e-4, 3e-4, 1e-4]  # its own table
+    assert [s.parameters["config"]["lr"] for s in _plan(nb_dir, *argv, "--rates-from", "quick")] == [1e-3, 1e-3, 3e-4]
+    with pytest.raises(UsageError, match="--rates-from .* add --recipe tuned"):
+        _plan(nb_dir, "--notebooks", "02", "--profile", "long", "--rates-from", "quick")
+
+    monkeypatch.setattr(study, "_run", lambda *a, **k: 0)  # the folder is locked and noted; nothing trained
+    assert study.main(["--notebooks-dir", str(nb_dir), *argv, "--rates-from", "quick"]) == 0
+    tuned = tmp_path / "results" / "long" / "tuned"
+    prov = comparison.comparison_provenance(tuned, ["synthetic"], "best_miou")
+    assert prov["rates_from"] == "quick"
+    assert results_page.study_command("long", prov, "tuned").endswith("--recipe tuned --rates-from quick")
+    assert results_page.study_command("long", {"rates_from": "long"}, "tuned").endswith("--recipe tuned")
+    assert "rates_from" not in comparison.comparison_provenance(tmp_path / "results" / "long", ["synthetic"],
+                                                                 "best_miou")  # the shared recipe's folder
+
+
 def test_the_tuned_recipe_takes_the_shared_runs_of_a_use_case_whose_rate_did_not_change(nb_dir, tmp_path,
                                                                                          monkeypatch, capsys):
     """Tuning chose the shared rate for the baseline: its finished shared runs are the tuned recipe's too (linked,

@@ -589,6 +589,8 @@ def runs_provenance(found: list[dict]) -> dict:
 
 def comparison_provenance(results_dir, datasets, checkpoint: str) -> dict:
     found = [r for d in datasets for uc in USE_CASES for r in runs_for(results_dir, d, uc)]
+    from mistudy.report import tuning
+
     return dict(datasets=[d for d in datasets if any(runs_for(results_dir, d, uc) for uc in USE_CASES)],
                 **runs_provenance(found), checkpoint=checkpoint, notebook="05_comparison.ipynb",
-                results_dir=str(Path(results_dir).resolve()))
+                results_dir=str(Path(results_dir).resolve()), **tuning.source(results_dir))

@@ -140,6 +140,8 @@ def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str
         parts.append("--seeds " + " ".join(map(str, seeds)))
     if recipe and recipe != "shared":
         parts.append(f"--recipe {recipe}")
+        if prov.get("rates_from") and prov["rates_from"] != profile:
+            parts.append(f"--rates-from {prov['rates_from']}")
     if prov.get("notebook", "").startswith("06"):
         grid = stem.rsplit("_06_", 1)[-1] if "_06_" in stem else "ablations"
         parts.append(f"--notebooks 06 --grids {grid}")

@@ -6,6 +6,7 @@ images the tables report).
                                                                          # --executor ray), then its table:
         figures/<profile>/<dataset>_06_tuning.{csv,md}                   # every use-case x rate, the chosen ones
     python -m mistudy study --profile P --recipe tuned                   # the study at each method's chosen rate
+    python -m mistudy study --profile P --recipe tuned --rates-from Q    # ... at the rates chosen at profile Q
 
 A run's tuning score is its best selection-split mIoU over the validated epochs (the score the headline checkpoint
 rule, best_miou, selects on); a rate's score is the mean over the tuning seeds; each use-case takes the rate with the
@@ -24,6 +25,7 @@ from mistudy.training.config import PRIMARY_NETWORK, USE_CASES
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)  # the same for every use-case: the paper's 1e-4 (rmi, mutual) to 3e-3
 TUNING_SEEDS = (100, 101)  # never a study seed (those count from 0)
 RECIPES = ("shared", "tuned")  # the study's recipes: the profile's one rate for every use-case, or each its own
+SOURCE_FILE = "rates_from.json"  # in a tuned study's results folder: the profile whose tuning table gave its rates
 RULE_TEXT = ("each use-case's rate is the one whose runs reach the highest mean best selection-split mIoU over the "
              "tuning seeds (the selection split is held out of training; the validation images are never looked at)")
 
@@ -66,6 +68,22 @@ def tuning_rows(grid: dict[str, list[dict]]) -> list[dict]:
                          "seeds": " ".join(str(r["config"]["seed"]) for r in group),
                          "selection mIoU [95% CI]": interval, "selection_miou": score.estimate, "chosen": lr == best})
     return rows
+
+
+def record_source(results_dir, profile: str) -> None:
+    """Note in a tuned study's results folder which profile's tuning table gave its rates (`source`)."""
+    from mistudy.io import atomic
+
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    atomic.write_json(Path(results_dir) / SOURCE_FILE, {"rates_from": profile})
+
+
+def source(results_dir) -> dict:
+    """{"rates_from": profile} of a tuned study's results folder (`record_source`), else {} (a shared recipe's)."""
+    import json
+
+    path = Path(results_dir) / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def write_tuning(rows: list[dict], figures_dir, dataset: str, prov: dict, protocol: str) -> tuple[Path, Path]:
