@@ -738,6 +738,22 @@ def test_the_tuned_recipe_trains_each_use_case_at_the_rate_its_tuning_table_chos
         _plan(nb_dir, *argv, "--figures-dir", str(figures))
 
 
+def test_a_results_page_command_names_seeds_other_than_the_grids_own():
+    """The command beside a table must remake it: the long tuning check ran on one tuning seed (--seeds 100), which
+    the tuning grid's default (seeds 100 and 101) would not; the default seeds of each grid are left out."""
+    from mistudy.report import results_page
+
+    def command(profile, seeds, stem):
+        return results_page.study_command(profile, {"notebook": "06_ablations.ipynb", "seed": seeds}, None, stem)
+
+    assert command("long", [100], "synthetic_06_tuning") == \
+        "python -m mistudy study --profile long --seeds 100 --notebooks 06 --grids tuning"
+    assert "--seeds" not in command("quick", [100, 101], "synthetic_06_tuning")
+    assert "--seeds" not in command("long", [0, 1, 2, 3, 4], "synthetic_06_controls")
+    assert "--seeds 0 1" in command("quick", [0, 1], "synthetic_06_ablations")
+    assert results_page.study_command("long", {"seed": [0, 1, 2]}) == "python -m mistudy study --profile long --seeds 0 1 2"
+
+
 def test_the_tuned_recipe_can_take_its_rates_from_another_profiles_tuning_table(nb_dir, tmp_path, monkeypatch):
     """--rates-from quick: a long study at the rates tuned at quick (the tuning grid does not fit the long budget).
     The rates come from figures/quick/, not the study's own table (which holds other choices); the tuned study's

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mistudy.io import atomic
 from mistudy.methods.metrics import SCORING_VERSION
+from mistudy.report.tuning import TUNING_SEEDS
 from mistudy.training.config import PROFILES, STUDY_SEEDS
 
 # ----------------------------------------------------------------------------------------- citations
@@ -130,20 +131,23 @@ def _as_list(value) -> list:
 
 
 def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str = "") -> str:
-    """The command that makes a table, from its provenance: the profile, the seeds when not the declared number,
-    the recipe, notebook 06's grid; a table made by another command names it (provenance "command")."""
+    """The command that makes a table, from its provenance: the profile, the seeds when not the default ones (the
+    declared number; the tuning grid's: its tuning seeds), the recipe, notebook 06's grid; a table made by another
+    command names it (provenance "command")."""
     if prov.get("command"):
         return prov["command"]
     parts = ["python -m mistudy study", f"--profile {profile}"]
+    grid = (stem.rsplit("_06_", 1)[-1] if "_06_" in stem else "ablations") \
+        if prov.get("notebook", "").startswith("06") else None
     seeds = _as_list(prov.get("seed"))
-    if seeds and seeds != list(range(STUDY_SEEDS.get(profile, 0))) and not prov.get("notebook", "").startswith("06"):
+    default = list(TUNING_SEEDS) if grid == "tuning" else list(range(STUDY_SEEDS.get(profile, 0)))
+    if seeds and seeds != default:  # e.g. the long tuning check on one tuning seed
         parts.append("--seeds " + " ".join(map(str, seeds)))
     if recipe and recipe != "shared":
         parts.append(f"--recipe {recipe}")
         if prov.get("rates_from") and prov["rates_from"] != profile:
             parts.append(f"--rates-from {prov['rates_from']}")
-    if prov.get("notebook", "").startswith("06"):
-        grid = stem.rsplit("_06_", 1)[-1] if "_06_" in stem else "ablations"
+    if grid:
         parts.append(f"--notebooks 06 --grids {grid}")
     return " ".join(parts)
 
