@@ -18,7 +18,6 @@ from pathlib import Path
 
 from mistudy.io import atomic
 from mistudy.methods.metrics import SCORING_VERSION
-from mistudy.report.tuning import TUNING_SEEDS
 from mistudy.training.config import PROFILES, STUDY_SEEDS
 
 # ----------------------------------------------------------------------------------------- citations
@@ -140,7 +139,12 @@ def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str
     grid = (stem.rsplit("_06_", 1)[-1] if "_06_" in stem else "ablations") \
         if prov.get("notebook", "").startswith("06") else None
     seeds = _as_list(prov.get("seed"))
-    default = list(TUNING_SEEDS) if grid == "tuning" else list(range(STUDY_SEEDS.get(profile, 0)))
+    if grid:
+        from mistudy.report.ablations import default_grid  # the grid's default seeds (the tuning grid: its own)
+
+        default = default_grid(profile, grid=grid)[1]
+    else:
+        default = list(range(STUDY_SEEDS.get(profile, 0)))
     if seeds and seeds != default:  # e.g. the long tuning check on one tuning seed
         parts.append("--seeds " + " ".join(map(str, seeds)))
     if recipe and recipe != "shared":
