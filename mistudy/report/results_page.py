@@ -129,10 +129,12 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [] if value is None else [value]
 
 
-def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str = "") -> str:
+def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str = "",
+                  figures_dir: str | None = None) -> str:
     """The command that makes a table, from its provenance: the profile, the seeds when not the default ones (the
-    declared number; the tuning grid's: its tuning seeds), the recipe, notebook 06's grid; a table made by another
-    command names it (provenance "command")."""
+    declared number; the tuning grid's: its tuning seeds), the recipe, notebook 06's grid, and ``figures_dir`` (the
+    table's folder, when not the profile's own: e.g. a second precision's tables); a table made by another command
+    names it (provenance "command")."""
     if prov.get("command"):
         return prov["command"]
     parts = ["python -m mistudy study", f"--profile {profile}"]
@@ -153,7 +155,22 @@ def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str
             parts.append(f"--rates-from {prov['rates_from']}")
     if grid:
         parts.append(f"--notebooks 06 --grids {grid}")
+    if figures_dir:
+        parts.append(f"--figures-dir {figures_dir}")
     return " ".join(parts)
+
+
+def _figures_dir_option(figures_dir: Path, profile: str, recipe: str) -> str | None:
+    """--figures-dir's value for tables in ``figures_dir``: None in the profile's own folder (figures/<profile>/,
+    tuned/ under it for the tuned recipe), else the folder, relative to the project when inside it."""
+    from mistudy.training.runs import default_figures_dir, project_path
+
+    own = default_figures_dir(profile) / ("tuned" if recipe == "tuned" else "")
+    where = figures_dir.resolve()
+    if where == own.resolve():
+        return None
+    root = project_path("figures").resolve().parent
+    return where.relative_to(root).as_posix() if where.is_relative_to(root) else where.as_posix()
 
 
 def _find(figures_dir: Path, pattern: str) -> list[Path]:
@@ -178,12 +195,13 @@ def results_page(figures_dir, profile: str, recipe: str | None = None, link_pref
         return "\n".join(out)
     provs = {p: read_provenance(p) or {} for p, _, _ in found}
     stale = {p: stale_reasons(p, provs[p]) for p, _, _ in found}
+    elsewhere = _figures_dir_option(figures_dir, profile, recipe)
     out += ["## How these were made", "", "| table | command | device | precision | CPU (of the machine that wrote it) | torch | written | status |",
             "|---|---|---|---|---|---|---|---|"]
     for p, _, _ in found:
         prov = provs[p]
         status = "current" if not stale[p] else "**stale**: " + "; ".join(stale[p])
-        out.append(f"| [{p.name}]({rel(p)}) | `{study_command(profile, prov, recipe, p.stem)}` | "
+        out.append(f"| [{p.name}]({rel(p)}) | `{study_command(profile, prov, recipe, p.stem, elsewhere)}` | "
                    f"{', '.join(map(str, _as_list(prov.get('device')))) or 'not recorded'} | "
                    f"{_precision(prov.get('amp'))} | {prov.get('cpu') or 'not recorded'} | {prov.get('torch', '?')} | "
                    f"{str(prov.get('date', ''))[:10]} | {status} |")
