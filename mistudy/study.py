@@ -314,7 +314,7 @@ def _run_config(args: argparse.Namespace, use_case: str, dataset: str, root: str
 def _folders(args: argparse.Namespace, tuned_from: bool = False) -> tuple[Path, Path]:
     """(results, figures): the study's folders, by default the profile's (`runs.default_results_dir`), in tuned/
     under --recipe tuned; ``tuned_from``: where the tuning table the tuned recipe reads is (the profile's own)."""
-    sub = "tuned" if args.recipe == "tuned" and not tuned_from else ""
+    sub = "" if tuned_from else tuning.recipe_folder(args.recipe)
     return (Path(args.results_dir or default_results_dir(args.profile) / sub).resolve(),
             Path(args.figures_dir or default_figures_dir(args.profile) / sub).resolve())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mistudy.io import atomic
 from mistudy.methods.metrics import SCORING_VERSION
+from mistudy.report.tuning import recipe_folder
 from mistudy.training.config import PROFILES, STUDY_SEEDS
 
 # ----------------------------------------------------------------------------------------- citations
@@ -165,7 +166,7 @@ def _figures_dir_option(figures_dir: Path, profile: str, recipe: str) -> str | N
     tuned/ under it for the tuned recipe), else the folder, relative to the project when inside it."""
     from mistudy.training.runs import default_figures_dir, project_path
 
-    own = default_figures_dir(profile) / ("tuned" if recipe == "tuned" else "")
+    own = default_figures_dir(profile) / recipe_folder(recipe)
     where = figures_dir.resolve()
     if where == own.resolve():
         return None
@@ -181,7 +182,7 @@ def results_page(figures_dir, profile: str, recipe: str | None = None, link_pref
     """The text of ``<figures_dir>/RESULTS.md``: see the module docstring.  ``recipe``: 'tuned' for the tuned
     recipe's folder (default: 'tuned' when the folder is named so)."""
     figures_dir = Path(figures_dir)
-    recipe = recipe or ("tuned" if figures_dir.name == "tuned" else "shared")
+    recipe = recipe or ("tuned" if figures_dir.name == recipe_folder("tuned") else "shared")
     found = [(p, heading, what) for pattern, heading, what in PAGE_TABLES for p in _find(figures_dir, pattern)]
     rel = lambda p: link_prefix + p.relative_to(figures_dir).as_posix()  # noqa: E731
     out = [f"# Results: the {profile} profile" + (" at each method's tuned learning rate" if recipe == "tuned" else ""),

@@ -30,6 +30,12 @@ RULE_TEXT = ("each use-case's rate is the one whose runs reach the highest mean 
              "tuning seeds (the selection split is held out of training; the validation images are never looked at)")
 
 
+def recipe_folder(recipe: str) -> str:
+    """A recipe's sub-folder of results/<profile>/ and figures/<profile>/: none for the shared recipe (the profile's
+    own folders), tuned/ for the tuned one."""
+    return "" if recipe == "shared" else recipe
+
+
 def setting_name(use_case: str, lr: float) -> str:
     """The grid's name of a use-case at a rate, e.g. 'rmi lr=0.0003' (its ablations.Setting)."""
     return f"{use_case} lr={lr:g}"
