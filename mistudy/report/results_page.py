@@ -162,15 +162,16 @@ def study_command(profile: str, prov: dict, recipe: str | None = None, stem: str
 
 
 def _figures_dir_option(figures_dir: Path, profile: str, recipe: str) -> str | None:
-    """--figures-dir's value for tables in ``figures_dir``: None in the profile's own folder (figures/<profile>/,
-    tuned/ under it for the tuned recipe), else the folder, relative to the project when inside it."""
-    from mistudy.training.runs import default_figures_dir, project_path
+    """--figures-dir's value for tables in ``figures_dir``: None in a profile's own folder (<profile>/, tuned/ under
+    it for the tuned recipe; told by the names, so the page is the same wherever figures/ is), else the folder,
+    relative to the project when inside it."""
+    from mistudy.training.runs import project_root
 
-    own = default_figures_dir(profile) / recipe_folder(recipe)
     where = figures_dir.resolve()
-    if where == own.resolve():
+    own = (profile, recipe_folder(recipe)) if recipe_folder(recipe) else (profile,)
+    if where.parts[-len(own):] == own:
         return None
-    root = project_path("figures").resolve().parent
+    root = project_root().resolve()
     return where.relative_to(root).as_posix() if where.is_relative_to(root) else where.as_posix()
 
 

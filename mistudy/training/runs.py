@@ -71,10 +71,12 @@ def project_path(name: str) -> Path:
     checkout (no pyproject.toml beside the package) the current directory is the root.
     """
     override = os.environ.get(f"MISTUDY_{name.upper()}")
-    if override:
-        return Path(override)
-    root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
-    return root / name
+    return Path(override) if override else project_root() / name
+
+
+def project_root() -> Path:
+    """The source checkout (`PROJECT_ROOT`), or the current directory where there is none (no pyproject.toml)."""
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def default_results_dir(profile: str) -> Path:
